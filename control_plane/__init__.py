@@ -1,0 +1,1 @@
+"""The Infernet control plane: HTTP API, accounts, jobs, placement over NATS."""

@@ -1,0 +1,1 @@
+"""Accounts and API keys: who is calling, and what they may do."""

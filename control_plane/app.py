@@ -1,0 +1,78 @@
+"""The Litestar application factory: routes, dependencies, error mapping, OpenAPI, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from control_plane.accounts.auth import Principal
+from control_plane.health.controller import healthz, readyz
+from control_plane.jobs.controller import JobsController
+from control_plane.jobs.service import JobService
+from control_plane.lib.request_id import request_id_middleware
+from control_plane.lib.responses import EXCEPTION_HANDLERS
+from control_plane.models.controller import ModelsController
+from control_plane.runtime import Runtime
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def provide_principal(request: Request) -> Principal:
+    return await _runtime(request).auth.authenticate(request.headers.get("authorization"))
+
+
+def provide_runtime(request: Request) -> Runtime:
+    return _runtime(request)
+
+
+def provide_jobs(request: Request) -> JobService:
+    return _runtime(request).jobs
+
+
+def provide_registry(request: Request) -> NodeRegistry:
+    return _runtime(request).registry
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litestar:
+    """Build the app; it starts its own Runtime at startup unless one is given (tests, dev)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        own = runtime is None
+        app.state.runtime = runtime or await Runtime.start(settings)
+        try:
+            yield
+        finally:
+            if own:
+                await app.state.runtime.stop()
+
+    return Litestar(
+        route_handlers=[healthz, readyz, JobsController, ModelsController],
+        dependencies={
+            "principal": Provide(provide_principal),
+            "runtime": Provide(provide_runtime, sync_to_thread=False),
+            "jobs": Provide(provide_jobs, sync_to_thread=False),
+            "registry": Provide(provide_registry, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_id_middleware],
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="Infernet", version="0.1.0", path="/docs",
+            description="Submit inference jobs to an open network of GPU nodes.",
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", description="API key: inf_...")
+            }),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,134 @@
+"""One NATS connection per replica: JetStream streams, assignment requests, and subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+import protocol
+from control_plane.errors import InfernetError
+from protocol import subjects
+
+log = structlog.get_logger("control_plane.bus")
+
+
+class BusError(InfernetError):
+    """NATS is unreachable or refused an operation."""
+
+    code = "service_unavailable"
+    status = 503
+
+
+class Bus:
+    """NATS for the control plane; every subject comes from protocol.subjects."""
+
+    def __init__(self, nc: NATS, *, token_replay_secs: float = 600.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self._token_replay_secs = token_replay_secs
+        self._subs: list = []
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str, token_replay_secs: float = 600.0) -> Bus:
+        servers = [u.strip() for u in url.split(",") if u.strip()]
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats_error", error=str(exc))
+
+        async def on_disconnect() -> None:
+            log.warning("nats_disconnected", detail="reconnecting; assignments wait until NATS is back")
+
+        async def on_reconnect() -> None:
+            log.info("nats_reconnected")
+
+        try:
+            nc = await nats.connect(
+                servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                connect_timeout=5, error_cb=on_error, disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect, allow_reconnect=True,
+            )
+        except Exception as exc:  # nats raises several unrelated types on connect failure
+            raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
+        bus = cls(nc, token_replay_secs=token_replay_secs)
+        await bus.ensure_streams()
+        return bus
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def ensure_streams(self) -> None:
+        """Create (or update) the results stream and the token replay stream."""
+        await self._ensure_stream(StreamConfig(
+            name=subjects.RESULTS_STREAM, subjects=[subjects.all_job_results()],
+            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+            max_age=7 * 24 * 3600.0, duplicate_window=120.0,
+        ))
+        await self._ensure_stream(StreamConfig(
+            name=subjects.TOKENS_STREAM, subjects=[subjects.all_job_tokens()],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.MEMORY,
+            max_age=self._token_replay_secs, max_bytes=512 * 1024 * 1024,
+        ))
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        for attempt in range(20):
+            try:
+                try:
+                    await self.js.stream_info(config.name)
+                    await self.js.update_stream(config)
+                except NotFoundError:
+                    await self.js.add_stream(config)
+                return
+            except Exception as exc:  # JetStream may still be electing a leader after a (re)start
+                if attempt == 19:
+                    raise BusError(f"cannot create JetStream stream {config.name}: {exc}") from exc
+                await asyncio.sleep(0.25 * (attempt + 1))
+
+    async def assign(self, node_id: str, assignment: protocol.Assignment, timeout: float) -> protocol.AssignmentReply | None:
+        """Offer a job to a node; None when it did not answer in time (or is not listening)."""
+        try:
+            msg = await self.nc.request(subjects.node_assign(node_id), protocol.encode(assignment), timeout=timeout)
+        except (NatsTimeout, NoRespondersError, asyncio.TimeoutError):
+            return None
+        except ConnectionClosedError as exc:
+            raise BusError("NATS connection closed") from exc
+        try:
+            return protocol.decode(msg.data, protocol.AssignmentReply)
+        except protocol.DecodeError as exc:
+            log.warning("malformed_assignment_reply", node_id=node_id, job_id=assignment.job_id, error=str(exc))
+            return None
+
+    async def publish(self, subject: str, message: object) -> None:
+        await self.nc.publish(subject, protocol.encode(message))
+
+    async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]]):
+        sub = await self.nc.subscribe(subject, cb=handler)
+        self._subs.append(sub)
+        return sub
+
+    async def results_subscription(self, *, batch_ack_wait: float = 30.0):
+        """The durable pull consumer all replicas share for job outcomes."""
+        config = ConsumerConfig(
+            durable_name=subjects.RESULTS_CONSUMER, ack_wait=batch_ack_wait, max_ack_pending=20_000,
+        )
+        return await self.js.pull_subscribe(
+            subjects.all_job_results(), durable=subjects.RESULTS_CONSUMER, stream=subjects.RESULTS_STREAM,
+            config=config,
+        )
+
+    async def flush(self) -> None:
+        await self.nc.flush()
+
+    async def close(self) -> None:
+        try:
+            await self.nc.drain()
+        except Exception:  # already closed or disconnected: nothing left to drain
+            await self.nc.close()

@@ -1,0 +1,82 @@
+"""Domain errors of the control plane; each carries the API error code and HTTP status it maps to.
+
+    InfernetError               root; code "internal_error", 500
+    ├── BadRequest              400 bad_request
+    ├── Unauthorized            401 unauthorized
+    ├── Forbidden               403 forbidden
+    ├── NotFound                404 not_found
+    │   └── ModelNotFound       404 model_not_found
+    ├── Conflict                409 conflict
+    ├── NoCapacity              503 no_capacity
+    └── ServiceUnavailable      503 service_unavailable
+"""
+
+from __future__ import annotations
+
+
+class InfernetError(Exception):
+    """Root of control-plane errors: `code` and `status` are what the API answers."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class BadRequest(InfernetError):
+    """A missing, malformed or out-of-range field; `param` names it."""
+
+    code = "bad_request"
+    status = 400
+
+
+class Unauthorized(InfernetError):
+    """No bearer key, or one that is not known."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(InfernetError):
+    """A known key that may not be used (revoked, expired, account deactivated) or lacks a scope."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(InfernetError):
+    """No such resource for this caller."""
+
+    code = "not_found"
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    """No node on the network serves the model."""
+
+    code = "model_not_found"
+
+
+class Conflict(InfernetError):
+    """The resource is in a state that does not allow the operation."""
+
+    code = "conflict"
+    status = 409
+
+
+class NoCapacity(InfernetError):
+    """The model exists but no node can take the job."""
+
+    code = "no_capacity"
+    status = 503
+
+
+class ServiceUnavailable(InfernetError):
+    """A dependency (PostgreSQL, NATS) is not reachable right now."""
+
+    code = "service_unavailable"
+    status = 503

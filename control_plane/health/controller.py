@@ -1,0 +1,21 @@
+"""`/healthz` (process alive) and `/readyz` (PostgreSQL and NATS reachable); no key needed."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+
+from control_plane.runtime import Runtime
+
+
+@get("/healthz", summary="Liveness", tags=["health"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Readiness: PostgreSQL and NATS reachable", tags=["health"])
+async def readyz(runtime: Runtime) -> Response[dict]:
+    db_ok = await runtime.db.ping()
+    nats_ok = runtime.bus.connected
+    body = {"status": "ok" if db_ok and nats_ok else "unavailable",
+            "postgres": "ok" if db_ok else "unreachable", "nats": "ok" if nats_ok else "unreachable"}
+    return Response(body, status_code=200 if db_ok and nats_ok else 503)

@@ -1,0 +1,1 @@
+"""Jobs: submit, read and list inference jobs (`/api/v1/jobs`)."""

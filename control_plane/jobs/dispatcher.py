@@ -1,0 +1,244 @@
+"""Places jobs on nodes: per-model FIFO queues, assignment offers over NATS, requeue on refusal or loss."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+import protocol
+from protocol import subjects
+from control_plane.bus import Bus, BusError
+from control_plane.scheduler import placement
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from control_plane.store import Database, StoreError
+
+log = structlog.get_logger("control_plane.dispatcher")
+
+
+@dataclass(slots=True)
+class QueuedJob:
+    """A pending job this replica holds and is trying to place."""
+
+    id: str
+    model: str
+    kind: str
+    request: dict[str, Any]
+    deadline: float  # unix seconds
+    attempt: int = 1
+    pinned_node_id: str | None = None
+    tried: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], *, attempt: int) -> QueuedJob:
+        deadline = row["deadline"]
+        return cls(
+            id=row["id"], model=row["model"], kind=row.get("kind") or "chat", request=row["request"],
+            deadline=deadline.timestamp() if isinstance(deadline, datetime) else float(deadline),
+            attempt=attempt, pinned_node_id=row.get("pinned_node_id"),
+        )
+
+    def assignment(self, lease: str) -> protocol.Assignment:
+        req = self.request
+        params = req.get("params") or {}
+        return protocol.Assignment(
+            job_id=self.id, attempt=self.attempt, lease=lease, model=self.model, kind=self.kind,
+            messages=tuple(protocol.ChatMessage(m["role"], m["content"]) for m in req.get("messages", ())),
+            inputs=tuple(req.get("inputs", ())),
+            params=protocol.GenerationParams(
+                max_tokens=params.get("max_tokens", 512), temperature=params.get("temperature", 0.7),
+                top_p=params.get("top_p", 1.0), stop=tuple(params.get("stop") or ()), seed=params.get("seed"),
+                format=params.get("format"),
+            ),
+            deadline=self.deadline, stream=bool(req.get("stream", True)),
+        )
+
+
+class Dispatcher:
+    """Owns this replica's pending queues and the job -> node reservations it made."""
+
+    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, settings: Settings, *, clock=time.time) -> None:
+        self._db = db
+        self._bus = bus
+        self._registry = registry
+        self._settings = settings
+        self._clock = clock
+        self._queues: dict[tuple[str, str | None], deque[QueuedJob]] = {}
+        self._held: dict[str, QueuedJob] = {}  # job id -> queued or being offered
+        self._reserved: dict[str, str] = {}  # job id -> node id this replica reserved a slot on
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- queue -----------------------------------------------------------------------------------
+    def enqueue(self, job: QueuedJob, *, front: bool = False, wake: bool = True) -> None:
+        queue = self._queues.setdefault((job.model, job.pinned_node_id), deque())
+        if front:
+            queue.appendleft(job)
+        else:
+            queue.append(job)
+        self._held[job.id] = job
+        if wake:
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Something changed (a slot freed, a node appeared): try the queues again."""
+        self._wake.set()
+
+    def held_ids(self) -> list[str]:
+        return list(self._held)
+
+    def queued_count(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job from this replica's hold (it was cancelled or finished elsewhere)."""
+        self._held.pop(job_id, None)
+        for queue in self._queues.values():
+            for job in queue:
+                if job.id == job_id:
+                    queue.remove(job)
+                    return
+
+    async def run(self) -> None:
+        """Place queued jobs whenever woken; never returns until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.sweep_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch_loop_error")
+
+    async def _drain(self) -> None:
+        now = self._clock()
+        for key in list(self._queues):
+            queue = self._queues[key]
+            while queue:
+                job = queue[0]
+                if job.deadline <= now:
+                    queue.popleft()
+                    await self._expire(job)
+                    continue
+                node_id = self._pick(job)
+                if node_id is None:
+                    break  # FIFO per model: later jobs wait behind the head
+                queue.popleft()
+                self._registry.reserve(node_id)
+                self._spawn(self._offer(job, node_id))
+            if not queue:
+                del self._queues[key]
+
+    def _pick(self, job: QueuedJob) -> str | None:
+        if job.pinned_node_id is not None:
+            view = self._registry.get(job.pinned_node_id)
+            if view is None or view.free_slots <= 0:
+                return None
+        found = placement.candidates(
+            self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1
+        )
+        if not found:
+            return None
+        first = found[0]
+        return first if isinstance(first, str) else first.node_id
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- offering --------------------------------------------------------------------------------
+    async def _offer(self, job: QueuedJob, node_id: str) -> None:
+        lease = secrets.token_hex(8)
+        bound = log.bind(job_id=job.id, node_id=node_id, attempt=job.attempt)
+        try:
+            started = await self._db.execute(
+                "start_attempt", {"id": job.id, "attempt": job.attempt, "lease": lease, "node_id": node_id}
+            )
+        except StoreError as exc:
+            self._registry.release(node_id)
+            bound.warning("placement_db_error", error=str(exc), action="job stays queued; retrying")
+            self.enqueue(job, front=True)
+            return
+        if not started:
+            # Cancelled or finished meanwhile: nothing to place.
+            self._registry.release(node_id)
+            self._held.pop(job.id, None)
+            return
+        try:
+            reply = await self._bus.assign(node_id, job.assignment(lease), self._settings.assign_timeout_s)
+        except BusError:
+            reply = None
+        if reply is not None and reply.accepted:
+            self._reserved[job.id] = node_id
+            self._held.pop(job.id, None)
+            bound.info("job_assigned")
+            return
+        self._registry.release(node_id)
+        if reply is None:
+            bound.warning("assignment_unanswered", detail="node did not answer in time; trying the next node")
+            await self._bus_quiet_cancel(node_id, job)
+        else:
+            bound.info("assignment_rejected", reason=reply.reason, detail=reply.detail)
+            if reply.reason == "at_capacity":
+                self._registry.mark_full(node_id)
+        job.tried.add(node_id)
+        try:
+            await self._db.execute(
+                "revert_attempt",
+                {"id": job.id, "lease": lease, "claimed_by": self._settings.replica_id,
+                 "claim_secs": self._settings.claim_secs},
+            )
+        except StoreError as exc:
+            bound.warning("revert_failed", error=str(exc), detail="the sweeper will re-place the job")
+        if self._pick_possible(job):
+            self.enqueue(job, front=True)
+        else:
+            # Every candidate refused once: start over with all of them at the next change or sweep.
+            job.tried.clear()
+            self.enqueue(job, front=True, wake=False)
+
+    def _pick_possible(self, job: QueuedJob) -> bool:
+        return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1))
+
+    async def _bus_quiet_cancel(self, node_id: str, job: QueuedJob) -> None:
+        try:
+            await self._bus.publish(subjects.node_cancel(node_id), protocol.Cancel(job.id, job.attempt, "unanswered"))
+        except Exception:  # best effort: the node may be gone
+            pass
+
+    async def _expire(self, job: QueuedJob) -> None:
+        self._held.pop(job.id, None)
+        try:
+            await self._db.execute(
+                "fail_pending",
+                {"id": job.id, "error": "no_capacity",
+                 "error_message": f"No nodes available with model {job.model} before the job's deadline"},
+            )
+            log.info("job_expired_in_queue", job_id=job.id, model=job.model)
+        except StoreError as exc:
+            log.warning("expire_failed", job_id=job.id, error=str(exc))
+
+    # -- outcomes --------------------------------------------------------------------------------
+    def job_ended(self, job_id: str, node_id: str | None) -> None:
+        """Release the slot this replica reserved for a job (any outcome)."""
+        reserved = self._reserved.pop(job_id, None)
+        if reserved is not None:
+            self._registry.release(reserved)
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,147 @@
+"""Records job outcomes from the durable JetStream consumer: write the row first, then ack."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+
+import protocol
+from control_plane.bus import Bus
+from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from control_plane.store import Database, StoreError
+from control_plane.store.database import jsonb
+from protocol import subjects
+
+log = structlog.get_logger("control_plane.recorder")
+
+#: Failure codes that mean the engine never started on the job, so another node may try it.
+RETRYABLE_BEFORE_TOKENS = {"engine_unavailable", "engine_busy", "model_unavailable", "draining", "node_shutdown"}
+
+
+class OutcomeRecorder:
+    """Consumes results and failures; idempotent by (job, attempt, lease, node)."""
+
+    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings) -> None:
+        self._db = db
+        self._bus = bus
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+
+    # -- local observers (every replica sees every outcome on core NATS) -------------------------
+    async def observe(self) -> None:
+        """Subscribe to outcomes to free local reservations and wake local waiters at once."""
+        async def on_outcome(msg) -> None:
+            try:
+                outcome = protocol.decode(msg.data, protocol.JobOutcome)
+            except protocol.DecodeError:
+                return  # the durable consumer logs malformed messages once
+            self._dispatcher.job_ended(outcome.job_id, outcome.node_id)
+        await self._bus.subscribe(subjects.all_job_results(), on_outcome)
+
+    def waiter(self, job_id: str) -> asyncio.Future:
+        """A future resolved with the job's final row once this replica records or sees it recorded."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        return fut
+
+    def _resolve(self, job_id: str, row: dict[str, Any]) -> None:
+        for fut in self._waiters.pop(job_id, ()):
+            if not fut.done():
+                fut.set_result(row)
+
+    # -- durable consumer ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Fetch outcomes in batches, record each, then ack; survives NATS restarts."""
+        psub = None
+        while True:
+            try:
+                if psub is None:
+                    psub = await self._bus.results_subscription()
+                msgs = await psub.fetch(batch=256, timeout=1.0)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("results_fetch_failed", error=str(exc), action="retrying in 1s")
+                psub = None
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.gather(*(self._handle(m) for m in msgs))
+
+    async def _handle(self, msg) -> None:
+        try:
+            outcome = protocol.decode(msg.data, protocol.JobOutcome)
+        except protocol.DecodeError as exc:
+            log.error("malformed_outcome_dropped", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return
+        try:
+            await self.record(outcome)
+        except StoreError as exc:
+            log.warning("outcome_not_recorded", job_id=outcome.job_id, error=str(exc),
+                        action="not acked; JetStream will redeliver")
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+
+    async def record(self, outcome: protocol.JobOutcome) -> dict | None:
+        """Write the outcome to the job row if it belongs to the current attempt; returns the row or None."""
+        bound = log.bind(job_id=outcome.job_id, node_id=outcome.node_id, attempt=outcome.attempt)
+        key = {"id": outcome.job_id, "attempt": outcome.attempt, "lease": outcome.lease, "node_id": outcome.node_id}
+        if isinstance(outcome, protocol.JobResult):
+            result = {
+                "content": outcome.content, "finish_reason": outcome.finish_reason,
+                "usage": {"prompt_tokens": outcome.usage.prompt_tokens,
+                          "completion_tokens": outcome.usage.completion_tokens},
+                "ttft_ms": outcome.timings.ttft_ms, "duration_ms": outcome.timings.duration_ms,
+                "tokens_per_second": outcome.timings.tokens_per_second, "chunks": outcome.chunks,
+            }
+            if outcome.embeddings is not None:
+                result["embeddings"] = [list(v) for v in outcome.embeddings.vectors]
+            row = await self._db.fetchone("complete_job", {
+                **key, "result": jsonb(result), "prompt_tokens": outcome.usage.prompt_tokens,
+                "completion_tokens": outcome.usage.completion_tokens, "first_token_at": None,
+            })
+            if row is None:
+                bound.info("stale_result_ignored", detail="job is not processing this attempt/lease on this node")
+                return None
+            self._registry.record_outcome(outcome.node_id, True)
+            bound.info("job_completed", completion_tokens=outcome.usage.completion_tokens)
+            self._resolve(outcome.job_id, row)
+            return row
+        # failure
+        if outcome.retryable and outcome.attempt < self._settings.max_attempts and outcome.error in RETRYABLE_BEFORE_TOKENS:
+            row = await self._db.fetchone("requeue_attempt", {
+                "id": outcome.job_id, "attempt": outcome.attempt, "lease": outcome.lease,
+                "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
+            })
+            if row is not None:
+                self._registry.record_outcome(outcome.node_id, False)
+                bound.warning("attempt_failed_requeued", error=outcome.error, detail=outcome.message)
+                job = QueuedJob.from_row(row, attempt=outcome.attempt + 1)
+                job.tried.add(outcome.node_id)
+                self._dispatcher.enqueue(job)
+                return row
+            return None
+        row = await self._db.fetchone("fail_attempt", {
+            **key, "error": outcome.error, "error_message": outcome.message,
+            "result": jsonb({"content": outcome.partial_content,
+                             "usage": {"prompt_tokens": outcome.usage.prompt_tokens,
+                                       "completion_tokens": outcome.usage.completion_tokens}}),
+            "prompt_tokens": outcome.usage.prompt_tokens, "completion_tokens": outcome.usage.completion_tokens,
+        })
+        if row is None:
+            bound.info("stale_failure_ignored")
+            return None
+        self._registry.record_outcome(outcome.node_id, False)
+        bound.warning("job_failed", error=outcome.error, detail=outcome.message)
+        self._resolve(outcome.job_id, row)
+        return row

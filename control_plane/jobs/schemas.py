@@ -1,0 +1,109 @@
+"""Request and response shapes of `/api/v1/jobs`, as msgspec Structs with their limits."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+ModelId = Annotated[str, Meta(min_length=1, max_length=200, description="Model identifier, e.g. qwen2.5:14b")]
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+
+class MessageIn(Struct, forbid_unknown_fields=False):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Annotated[str, Meta(max_length=1_000_000)]
+
+
+class JobCreate(Struct, forbid_unknown_fields=False):
+    """POST /api/v1/jobs body."""
+
+    model: ModelId
+    messages: Annotated[list[MessageIn], Meta(min_length=1, max_length=10_000)]
+    max_tokens: Annotated[int, Meta(ge=1, le=131_072)] = 512
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    stream: bool = False
+    node_id: Annotated[str, Meta(pattern=r"^node_[0-9a-f]{1,64}$")] | None = None
+    max_wallclock_secs: Annotated[float, Meta(gt=0.0, le=86_400.0)] | None = None
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class JobResultView(Struct, omit_defaults=True):
+    content: str
+    usage: Usage
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    tokens_per_second: float | None = None
+
+
+class JobView(Struct, omit_defaults=True):
+    """A job as the API shows it; absent fields are omitted, as in the reference."""
+
+    id: str
+    status: JobStatus
+    model: str
+    created_at: str
+    node_id: str | None = None
+    attempt: int | None = None
+    result: JobResultView | None = None
+    error: str | None = None
+    error_message: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    latency_ms: int | None = None
+
+
+class JobList(Struct):
+    jobs: list[JobView]
+
+
+def iso(ts: datetime | None) -> str | None:
+    """Render a timestamp as the reference does: 2026-04-30T14:23:41Z."""
+    if ts is None:
+        return None
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_view(row: dict[str, Any]) -> JobView:
+    """Build the API view of a jobs row."""
+    result = None
+    stored = row.get("result")
+    if row["status"] == "completed" and stored is not None:
+        usage = stored.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        result = JobResultView(
+            content=stored.get("content", ""),
+            usage=Usage(prompt, completion, prompt + completion),
+            finish_reason=stored.get("finish_reason"),
+            ttft_ms=stored.get("ttft_ms"),
+            tokens_per_second=stored.get("tokens_per_second"),
+        )
+    latency = None
+    if row.get("completed_at") is not None:
+        latency = int((row["completed_at"] - row["created_at"]).total_seconds() * 1000)
+    return JobView(
+        id=row["id"], status=row["status"], model=row["model"], created_at=iso(row["created_at"]),
+        node_id=row.get("node_id"), attempt=row.get("attempt") or None, result=result,
+        error=row.get("error"), error_message=row.get("error_message"),
+        started_at=iso(row.get("started_at")), completed_at=iso(row.get("completed_at")), latency_ms=latency,
+    )
+
+
+def request_payload(body: JobCreate) -> dict[str, Any]:
+    """What the jobs row keeps of the request to (re)build assignments."""
+    return {
+        "messages": [{"role": m.role, "content": m.content} for m in body.messages],
+        "params": {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p},
+        "stream": body.stream,
+    }
+
+

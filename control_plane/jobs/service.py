@@ -1,0 +1,94 @@
+"""Job use cases: submit (commit, then queue for placement), read one, list an account's jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from control_plane.accounts.auth import Principal
+from control_plane.errors import BadRequest, ModelNotFound, NoCapacity, NotFound
+from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
+from control_plane.jobs.schemas import JobCreate, request_payload
+from control_plane.jobs.sweeper import Sweeper
+from control_plane.lib.ids import new_id
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from control_plane.store import Database
+from control_plane.store.database import jsonb
+
+JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+
+
+class JobService:
+    def __init__(self, db: Database, registry: NodeRegistry, dispatcher: Dispatcher, sweeper: Sweeper,
+                 settings: Settings) -> None:
+        self._db = db
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._sweeper = sweeper
+        self._settings = settings
+
+    def check_routable(self, model: str, pinned: str | None) -> None:
+        """Refuse at once what no node could ever run now: unknown model (404) or no accepting node (503)."""
+        if not self._sweeper.warm and not self._registry.has_model(model):
+            return  # just started: nodes may not have advertised yet, so queue rather than refuse
+        if pinned is not None:
+            node = self._registry.get(pinned)
+            if node is None:
+                raise BadRequest(f"node_id {pinned} is not a node on the network", param="node_id")
+            if node.state == "offline":
+                raise NoCapacity(f"node {pinned} is offline")
+            if model not in node.models:
+                raise ModelNotFound(f"Model {model} is not available on node {pinned}")
+            if node.state == "draining":
+                raise NoCapacity(f"node {pinned} is draining and takes no new jobs")
+            return
+        if not self._registry.has_model(model):
+            raise ModelNotFound(f"Model {model} is not registered on the network")
+        if not self._registry.accepting(model):
+            raise NoCapacity(f"No nodes available with model {model}")
+
+    async def submit(self, principal: Principal, body: JobCreate, *, request_id: str | None = None,
+                     payload: dict | None = None, kind: str = "chat") -> dict:
+        self.check_routable(body.model, body.node_id)
+        wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
+        payload = payload if payload is not None else request_payload(body)
+        row = await self._db.fetchone("insert_job", {
+            "id": new_id("job"), "account_id": principal.account_id, "api_key_id": principal.key_id,
+            "kind": kind, "model": body.model, "request": jsonb(payload), "pinned_node_id": body.node_id,
+            "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
+            "wallclock_secs": wallclock, "request_id": request_id,
+        })
+        self._dispatcher.enqueue(QueuedJob(
+            id=row["id"], model=body.model, kind=kind, request=payload, deadline=row["deadline"].timestamp(),
+            attempt=1, pinned_node_id=body.node_id,
+        ))
+        return row
+
+    async def get(self, principal: Principal, job_id: str) -> dict:
+        row = None
+        if job_id.startswith("job_") and len(job_id) <= 64:
+            row = await self._db.fetchone("get_job", {"id": job_id, "account_id": principal.account_id})
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return row
+
+    async def list(self, principal: Principal, *, limit: int | None, status: str | None,
+                   since: str | None) -> list[dict]:
+        limit = 20 if limit is None else limit
+        if not 1 <= limit <= 100:
+            raise BadRequest("limit must be between 1 and 100", param="limit")
+        if status in ("", "all"):
+            status = None
+        if status is not None and status not in JOB_STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(JOB_STATUSES)}", param="status")
+        since_ts = None
+        if since:
+            try:
+                since_ts = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            except ValueError:
+                raise BadRequest(f"since must be an ISO 8601 timestamp, got {since!r}", param="since") from None
+            if since_ts.tzinfo is None:
+                raise BadRequest("since must include a timezone (e.g. 2026-04-30T14:23:41Z)", param="since")
+        return await self._db.fetchall("list_jobs", {
+            "account_id": principal.account_id, "status": status, "since": since_ts, "limit": limit,
+        })

@@ -1,0 +1,108 @@
+"""Periodic upkeep: lost nodes' jobs, orphaned pending jobs, claim renewal, jobs past their deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+import structlog
+
+from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from control_plane.store import Database, StoreError
+
+log = structlog.get_logger("control_plane.sweeper")
+
+#: Seconds past a job's deadline before a processing job with no outcome is failed here.
+DEADLINE_GRACE_SECS = 30.0
+
+
+class Sweeper:
+    """Keeps every job moving when nodes or replicas disappear."""
+
+    def __init__(self, db: Database, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings,
+                 *, clock=time.monotonic) -> None:
+        self._db = db
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._clock = clock
+        self._started = clock()
+        self._last_renew = 0.0
+
+    @property
+    def warm(self) -> bool:
+        """True once a full offline window has passed since start, so the registry has heard every live node."""
+        return self._clock() - self._started >= self._settings.warmup_s
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sweep_interval_s)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except StoreError as exc:
+                log.warning("sweep_failed", error=str(exc), action="retrying next interval")
+            except Exception:
+                log.exception("sweep_error")
+
+    async def sweep(self) -> None:
+        lost = self._registry.expire()
+        if lost:
+            log.warning("nodes_offline", node_ids=lost, detail="missed 3 heartbeats; re-placing their jobs")
+            await self.nodes_lost(lost)
+        now = self._clock()
+        held = self._dispatcher.held_ids()
+        if held and now - self._last_renew > self._settings.claim_secs / 3:
+            self._last_renew = now
+            await self._db.execute("renew_claims", {"ids": held, "claimed_by": self._settings.replica_id,
+                                                    "claim_secs": self._settings.claim_secs})
+        if self.warm:
+            await self._adopt_orphans()
+        for row in await self._db.fetchall("stale_processing", {"grace_secs": DEADLINE_GRACE_SECS}):
+            if await self._db.execute("expire_processing", {"id": row["id"], "attempt": row["attempt"]}):
+                log.warning("job_timed_out", job_id=row["id"], node_id=row["node_id"])
+                self._dispatcher.job_ended(row["id"], row["node_id"])
+
+    async def _adopt_orphans(self) -> None:
+        rows = await self._db.fetchall("claim_orphaned_pending", {
+            "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs, "limit": 200,
+        })
+        held = set(self._dispatcher.held_ids())
+        for row in rows:
+            if row["id"] in held:
+                continue
+            attempt = row["attempt"] if row["attempt"] > 0 else 1
+            self._dispatcher.enqueue(QueuedJob.from_row(row, attempt=attempt))
+            log.info("job_adopted", job_id=row["id"], detail="pending job had no live replica holding it")
+
+    async def nodes_lost(self, node_ids: Iterable[str], *, started_before=None) -> None:
+        """Re-place (or fail) the processing jobs of nodes that died or restarted."""
+        node_ids = list(node_ids)
+        rows = await self._db.fetchall("processing_on_nodes", {"node_ids": node_ids})
+        for row in rows:
+            if started_before is not None and row.get("started_at") and row["started_at"] >= started_before:
+                continue
+            bound = log.bind(job_id=row["id"], node_id=row["node_id"], attempt=row["attempt"])
+            self._dispatcher.job_ended(row["id"], row["node_id"])
+            self._registry.record_outcome(row["node_id"], False)
+            if row["first_token_at"] is None and row["attempt"] < self._settings.max_attempts:
+                requeued = await self._db.fetchone("requeue_attempt", {
+                    "id": row["id"], "attempt": row["attempt"], "lease": None,
+                    "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
+                })
+                if requeued is not None:
+                    job = QueuedJob.from_row(requeued, attempt=row["attempt"] + 1)
+                    job.tried.add(row["node_id"])
+                    self._dispatcher.enqueue(job)
+                    bound.warning("job_requeued_node_lost")
+                continue
+            message = (f"node {row['node_id']} was lost after tokens reached the client"
+                       if row["first_token_at"] is not None
+                       else f"node {row['node_id']} was lost on the last allowed attempt ({row['attempt']})")
+            if await self._db.execute("fail_processing", {"id": row["id"], "attempt": row["attempt"],
+                                                          "error": "node_lost", "error_message": message}):
+                bound.warning("job_failed_node_lost")

@@ -1,0 +1,102 @@
+"""Maps every error to the caller's envelope: {error, error_message}, RFC 9457 problem+json, or OpenAI's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+
+from control_plane.errors import InfernetError
+
+log = structlog.get_logger("control_plane.errors")
+
+PROBLEM_TYPE_BASE = "https://infernet.dev/errors/"
+
+_TITLES = {
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 422: "Unprocessable Content",
+    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+# OpenAI's envelope puts a "type" on each error; the SDK keys its exception classes off the status.
+_OPENAI_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+    403: "permission_error", 404: "not_found_error", 409: "invalid_request_error",
+    429: "rate_limit_error", 500: "server_error", 503: "server_error",
+}
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, *, param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    """Render one error in the envelope the caller speaks."""
+    if request.url.path.startswith("/v1/"):
+        body: dict[str, Any] = {
+            "error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"),
+                      "code": code, "param": param}
+        }
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+    if request.headers.get("x-api-version") == "2":
+        body = {"type": PROBLEM_TYPE_BASE + code, "title": _TITLES.get(status, "Error"),
+                "status": status, "detail": message, "code": code}
+        if param:
+            body["param"] = param
+        return Response(body, status_code=status, headers=headers, media_type="application/problem+json")
+    return Response({"error": code, "error_message": message}, status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    parts, param = [], None
+    for item in extra:
+        if isinstance(item, dict):
+            key = item.get("key")
+            param = param or key
+            parts.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+    if parts:
+        return "invalid request: " + "; ".join(parts), param
+    return f"invalid request: {exc.detail}", None
+
+
+def handle_infernet_error(request: Request, exc: InfernetError) -> Response[Any]:
+    if exc.status >= 500:
+        log.error("request_failed", error=exc.code, detail=exc.message, path=request.url.path)
+    return error_response(request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, ValidationException):
+        message, param = _validation_message(exc)
+        return error_response(request, 400, "bad_request", message, param=param)
+    if isinstance(exc, NotFoundException):
+        return error_response(request, 404, "not_found", f"no route for {request.method} {request.url.path}")
+    if isinstance(exc, MethodNotAllowedException):
+        return error_response(request, 405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    status = exc.status_code
+    code = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}.get(status, "bad_request" if status < 500 else "internal_error")
+    return error_response(request, status, code, str(exc.detail), headers=exc.headers)
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[Any]:
+    log.exception("unhandled_error", path=request.url.path, method=request.method)
+    return error_response(
+        request, 500, "internal_error",
+        "something went wrong on our side; retry, and quote the x-request-id if it persists",
+    )
+
+
+EXCEPTION_HANDLERS = {
+    InfernetError: handle_infernet_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

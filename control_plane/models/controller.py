@@ -1,0 +1,32 @@
+"""`GET /api/v1/models`: models at least one online node has, with node counts and tokens/sec."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+from msgspec import Struct
+
+from control_plane.accounts.auth import Principal
+from control_plane.scheduler.registry import NodeRegistry
+
+
+class ModelEntry(Struct):
+    id: str
+    nodes: int
+    avg_tokens_per_second: float | None
+
+
+class ModelList(Struct):
+    models: list[ModelEntry]
+
+
+class ModelsController(Controller):
+    path = "/api/v1/models"
+    tags = ["models"]
+
+    @get("/", summary="List models available on the network")
+    async def list_models(self, principal: Principal, registry: NodeRegistry) -> ModelList:
+        entries = []
+        for model, nodes, tps in registry.models_summary():
+            entries.append(ModelEntry(id=model, nodes=nodes, avg_tokens_per_second=None if tps is None else round(tps, 1)))
+        entries.sort(key=lambda e: e.id)
+        return ModelList(models=entries)

@@ -1,0 +1,1 @@
+"""Nodes: registration, token checks on advertisements, and the network view."""

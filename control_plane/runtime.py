@@ -1,0 +1,82 @@
+"""Builds and runs one replica's moving parts: store, bus, registry, dispatcher, recorder, sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+
+from control_plane.accounts.auth import Authenticator
+from control_plane.bus import Bus
+from control_plane.jobs.dispatcher import Dispatcher
+from control_plane.jobs.recorder import OutcomeRecorder
+from control_plane.jobs.service import JobService
+from control_plane.jobs.sweeper import Sweeper
+from control_plane.nodes.heartbeats import HeartbeatHandler
+from control_plane.nodes.service import NodeTokenVerifier
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from control_plane.store import Database
+from control_plane.store.migrate import apply_migrations
+
+log = structlog.get_logger("control_plane.runtime")
+
+
+@dataclass
+class Runtime:
+    """Everything a request handler may need, created once per process."""
+
+    settings: Settings
+    db: Database
+    bus: Bus
+    registry: NodeRegistry
+    dispatcher: Dispatcher
+    recorder: OutcomeRecorder
+    sweeper: Sweeper
+    heartbeats: HeartbeatHandler
+    auth: Authenticator
+    jobs: JobService
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
+        if not settings.database_url:
+            raise SystemExit("INFERNET_DATABASE_URL is not set: point it at PostgreSQL (or use 'infernet-control-plane dev')")
+        if migrate:
+            applied = await asyncio.to_thread(apply_migrations, settings.database_url)
+            if applied:
+                log.info("migrations_applied", migrations=applied)
+        db = await Database.open(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        try:
+            bus = await Bus.connect(settings.nats_url, name=f"infernet-control-plane {settings.replica_id}",
+                                    token_replay_secs=settings.token_replay_secs)
+        except Exception:
+            await db.close()
+            raise
+        registry = NodeRegistry()
+        dispatcher = Dispatcher(db, bus, registry, settings)
+        sweeper = Sweeper(db, registry, dispatcher, settings)
+        recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings)
+        heartbeats = HeartbeatHandler(db, bus, registry, NodeTokenVerifier(db), dispatcher, sweeper)
+        rt = cls(settings=settings, db=db, bus=bus, registry=registry, dispatcher=dispatcher, recorder=recorder,
+                 sweeper=sweeper, heartbeats=heartbeats, auth=Authenticator(db, cache_secs=settings.auth_cache_secs),
+                 jobs=JobService(db, registry, dispatcher, sweeper, settings))
+        await heartbeats.start()
+        await recorder.observe()
+        await bus.flush()
+        for name, coro in (("dispatcher", dispatcher.run()), ("recorder", recorder.run()),
+                           ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop())):
+            rt.tasks.append(asyncio.create_task(coro, name=name))
+        log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)
+        return rt
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.dispatcher.close()
+        await self.heartbeats.flush()
+        await self.bus.close()
+        await self.db.close()
+        log.info("control_plane_stopped", replica_id=self.settings.replica_id)

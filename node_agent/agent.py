@@ -1,0 +1,347 @@
+"""The node agent's lifecycle: advertise, accept assignments up to its slots, run them, publish outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+
+import protocol
+from node_agent import __version__
+from node_agent.engines.base import Completion, Delta, Engine, EngineError, EngineModel
+from node_agent.rates import RollingRates
+from node_agent.settings import NodeSettings
+from protocol import subjects
+
+log = structlog.get_logger("node_agent")
+
+#: Failure codes a control plane may retry on another node when no token was produced.
+_RETRYABLE = {"engine_unavailable", "engine_busy", "model_unavailable", "node_shutdown"}
+
+
+@dataclass(slots=True)
+class RunningJob:
+    assignment: protocol.Assignment
+    task: asyncio.Task | None = None
+    cancel_reason: str | None = None
+    chunks: int = 0
+    parts: list[str] = field(default_factory=list)
+
+
+class NodeAgent:
+    """One agent process: one NATS connection, one engine, a bounded set of running jobs."""
+
+    def __init__(self, settings: NodeSettings, engine: Engine, *, node_id: str) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.node_id = node_id
+        self.boot_id = secrets.token_hex(6)
+        self.state: str = "online"
+        self.jobs: dict[str, RunningJob] = {}
+        self.rates = RollingRates()
+        self.models: list[EngineModel] = []
+        self.engine_ok = False
+        self.engine_version: str | None = None
+        self.nc: NATS | None = None
+        self.js = None
+        self.jobs_served = 0
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._engine_warned = False
+        self._log = log.bind(node_id=node_id)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, advertise and serve until stop() (or drain) completes."""
+        await self.refresh_engine()
+        self.nc = await nats.connect(
+            servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
+            name=f"infernet-node {self.node_id}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            connect_timeout=5, allow_reconnect=True,
+            error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
+        )
+        self.js = self.nc.jetstream()
+        await self.nc.subscribe(subjects.node_assign(self.node_id), cb=self._on_assign)
+        await self.nc.subscribe(subjects.node_cancel(self.node_id), cb=self._on_cancel)
+        await self.nc.subscribe(subjects.node_drain(self.node_id), cb=self._on_drain)
+        await self.nc.flush()
+        self._log.info("node_started", nats=self.settings.nats_url, engine=self.settings.engine,
+                       engine_url=self.settings.engine_url, slots=self.settings.max_concurrency)
+        advertiser = asyncio.create_task(self._advertise_loop(), name="advertise")
+        try:
+            await self._stop.wait()
+        finally:
+            advertiser.cancel()
+            await asyncio.gather(advertiser, return_exceptions=True)
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Take no new jobs, let running ones finish within the grace period, then stop."""
+        if self.state != "draining":
+            self.state = "draining"
+            self._log.info("node_draining", running=len(self.jobs))
+            await self.advertise()
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except asyncio.TimeoutError:
+            self._log.warning("drain_grace_expired", running=len(self.jobs), detail="stopping remaining jobs")
+            for job in list(self.jobs.values()):
+                self._cancel(job, "node_shutdown")
+            await asyncio.wait_for(self._idle.wait(), timeout=10)
+        self.stop()
+
+    async def _shutdown(self) -> None:
+        for job in list(self.jobs.values()):
+            self._cancel(job, "node_shutdown")
+        tasks = [j.task for j in self.jobs.values() if j.task]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception:  # connection already gone
+                pass
+        await self.engine.aclose()
+        self._log.info("node_stopped", jobs_served=self.jobs_served)
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        self._log.warning("nats_error", error=str(exc))
+
+    async def _on_disconnect(self) -> None:
+        self._log.warning("nats_disconnected", detail="reconnecting with backoff; results are held until NATS is back")
+
+    async def _on_reconnect(self) -> None:
+        self._log.info("nats_reconnected")
+        asyncio.create_task(self.advertise())
+
+    # -- advertising -----------------------------------------------------------------------------
+    async def refresh_engine(self) -> None:
+        """Ask the engine what it has; on failure advertise no models until it answers again."""
+        try:
+            health = await asyncio.wait_for(self.engine.health(), timeout=5)
+            models = list(await asyncio.wait_for(self.engine.list_models(), timeout=5)) if health.ok else []
+        except (EngineError, asyncio.TimeoutError) as exc:
+            health, models = None, []
+            detail = str(exc) or type(exc).__name__
+        else:
+            detail = health.detail
+        ok = bool(health and health.ok)
+        if ok and not self.engine_ok:
+            self._log.info("engine_reachable", engine=self.settings.engine, version=health.version,
+                           models=[m.name for m in models])
+            self._engine_warned = False
+        elif not ok and not self._engine_warned:
+            self._log.warning("engine_unreachable", engine=self.settings.engine, url=self.settings.engine_url,
+                              detail=detail, action="start the engine (e.g. 'ollama serve') or set OLLAMA_HOST; "
+                                                     "the node advertises no models until it answers")
+            self._engine_warned = True
+        self.engine_ok = ok
+        self.engine_version = health.version if health else None
+        self.models = models
+
+    def advertisement(self) -> protocol.Advertisement:
+        return protocol.Advertisement(
+            node_id=self.node_id, token=self.settings.node_token or "", agent_version=__version__,
+            engine=self.settings.engine, engine_version=self.engine_version, engine_ok=self.engine_ok,
+            state=self.state, slots=self.settings.max_concurrency, active_jobs=len(self.jobs),
+            models=tuple(
+                protocol.ModelInfo(name=m.name, loaded=m.loaded, size_bytes=m.size_bytes,
+                                   context_length=m.context_length, tokens_per_second=self.rates.get(m.name),
+                                   embeddings=m.embeddings)
+                for m in self.models
+            ),
+            labels=dict(self.settings.labels), boot_id=self.boot_id,
+            interval_s=self.settings.advertise_interval_s, sent_at=time.time(),
+        )
+
+    async def advertise(self) -> None:
+        if self.nc is None or not self.nc.is_connected:
+            return
+        try:
+            await self.nc.publish(subjects.advertisements(), protocol.encode(self.advertisement()))
+        except Exception as exc:  # disconnected mid-publish: the next tick retries
+            self._log.debug("advertise_failed", error=str(exc))
+
+    async def _advertise_loop(self) -> None:
+        while True:
+            await self.advertise()
+            await asyncio.sleep(self.settings.advertise_interval_s)
+            await self.refresh_engine()
+
+    # -- assignments -----------------------------------------------------------------------------
+    async def _on_assign(self, msg) -> None:
+        try:
+            assignment = protocol.decode(msg.data, protocol.Assignment)
+        except protocol.DecodeError as exc:
+            self._log.warning("malformed_assignment", error=str(exc))
+            await msg.respond(protocol.encode(protocol.AssignmentReply(
+                job_id="", attempt=0, accepted=False, node_id=self.node_id, reason="bad_assignment", detail=str(exc))))
+            return
+        reason, detail = self._refusal(assignment)
+        reply = protocol.AssignmentReply(job_id=assignment.job_id, attempt=assignment.attempt,
+                                         accepted=reason is None, node_id=self.node_id, reason=reason, detail=detail)
+        if reason is None:
+            job = RunningJob(assignment)
+            self.jobs[assignment.job_id] = job
+            self._idle.clear()
+            job.task = asyncio.create_task(self._run(job), name=f"job {assignment.job_id}")
+        await msg.respond(protocol.encode(reply))
+
+    def _refusal(self, a: protocol.Assignment) -> tuple[str | None, str | None]:
+        if self.state == "draining":
+            return "draining", "node is draining"
+        if a.job_id in self.jobs:
+            return "at_capacity", "job already running here"
+        if len(self.jobs) >= self.settings.max_concurrency:
+            return "at_capacity", f"{len(self.jobs)}/{self.settings.max_concurrency} slots busy"
+        if not self.engine_ok or all(m.name != a.model for m in self.models):
+            return "model_unavailable", f"engine does not serve {a.model}"
+        return None, None
+
+    async def _on_cancel(self, msg) -> None:
+        try:
+            cancel = protocol.decode(msg.data, protocol.Cancel)
+        except protocol.DecodeError as exc:
+            self._log.warning("malformed_cancel", error=str(exc))
+            return
+        job = self.jobs.get(cancel.job_id)
+        if job is not None and job.assignment.attempt == cancel.attempt:
+            self._cancel(job, cancel.reason or "cancelled")
+
+    async def _on_drain(self, msg) -> None:
+        asyncio.create_task(self.drain())
+
+    def _cancel(self, job: RunningJob, reason: str) -> None:
+        if job.task is not None and not job.task.done() and job.cancel_reason is None:
+            job.cancel_reason = reason
+            job.task.cancel()
+
+    # -- running a job ---------------------------------------------------------------------------
+    async def _run(self, job: RunningJob) -> None:
+        a = job.assignment
+        bound = self._log.bind(job_id=a.job_id, attempt=a.attempt, model=a.model)
+        started = time.monotonic()
+        try:
+            outcome = await self._execute(job, started)
+        except asyncio.CancelledError:
+            reason = job.cancel_reason or "node_shutdown"
+            outcome = self._failure(job, reason, f"job stopped on node {self.node_id}: {reason}")
+        except EngineError as exc:
+            bound.warning("job_engine_error", error=exc.code, detail=str(exc))
+            outcome = self._failure(job, exc.code, f"{self.settings.engine} on node {self.node_id}: {exc}",
+                                    produced=exc.produced_tokens)
+        except TimeoutError:
+            outcome = self._failure(job, "timeout", "the job passed its wall-clock deadline")
+        except Exception as exc:
+            bound.exception("job_crashed")
+            outcome = self._failure(job, "internal_error", f"node agent error: {type(exc).__name__}: {exc}")
+        finally:
+            self.jobs.pop(a.job_id, None)
+            if not self.jobs:
+                self._idle.set()
+        self.jobs_served += 1
+        bound.info("job_finished", outcome=type(outcome).__name__, error=getattr(outcome, "error", None),
+                   chunks=job.chunks)
+        await self._publish_outcome(outcome)
+
+    def _failure(self, job: RunningJob, code: str, message: str, *, produced: bool = False) -> protocol.JobFailure:
+        a = job.assignment
+        produced = produced or job.chunks > 0
+        return protocol.JobFailure(
+            job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, error=code, message=message,
+            partial_content="".join(job.parts), chunks=job.chunks,
+            retryable=(not produced) and code in _RETRYABLE,
+        )
+
+    async def _execute(self, job: RunningJob, started: float) -> protocol.JobOutcome:
+        a = job.assignment
+        remaining = a.deadline - time.time() if a.deadline else None
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            if a.kind == "embed":
+                vectors, prompt_tokens = await self.engine.embed(a.model, a.inputs)
+                usage = protocol.Usage(prompt_tokens or 0, 0, prompt_tokens or 0)
+                return protocol.JobResult(
+                    job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, usage=usage,
+                    timings=protocol.Timings(duration_ms=(time.monotonic() - started) * 1000),
+                    embeddings=protocol.EmbedOutput(tuple(tuple(v) for v in vectors)),
+                )
+            return await self._generate(job, started)
+
+    async def _generate(self, job: RunningJob, started: float) -> protocol.JobResult:
+        a = job.assignment
+        coalesce = self.settings.coalesce_ms / 1000.0
+        subject = subjects.job_tokens(a.job_id)
+        pending: list[str] = []
+        last_flush = 0.0
+        ttft = None
+        completion = Completion()
+        publish = self.nc.publish
+
+        async def flush() -> None:
+            nonlocal last_flush
+            job.chunks += 1
+            text = "".join(pending)
+            pending.clear()
+            last_flush = time.monotonic()
+            await publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text)))
+
+        async for item in self.engine.chat(a.model, a.messages, a.params):
+            if isinstance(item, Delta):
+                if not item.text:
+                    continue
+                job.parts.append(item.text)
+                pending.append(item.text)
+                now = time.monotonic()
+                if ttft is None:
+                    ttft = (now - started) * 1000
+                    await flush()
+                elif now - last_flush >= coalesce:
+                    await flush()
+            else:
+                completion = item
+        if pending:
+            await flush()
+        duration = (time.monotonic() - started) * 1000
+        tps = completion.tokens_per_second
+        self.rates.observe(a.model, tps)
+        prompt = completion.prompt_tokens or 0
+        generated = completion.completion_tokens if completion.completion_tokens is not None else len(job.parts)
+        return protocol.JobResult(
+            job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, content="".join(job.parts),
+            finish_reason="length" if completion.finish_reason == "length" else "stop",
+            usage=protocol.Usage(prompt, generated, prompt + generated),
+            timings=protocol.Timings(ttft_ms=ttft, duration_ms=duration, tokens_per_second=tps),
+            chunks=job.chunks,
+        )
+
+    async def _publish_outcome(self, outcome: protocol.JobOutcome) -> None:
+        """Publish to JetStream until it is stored (deduplicated by job, attempt and lease)."""
+        data = protocol.encode(outcome)
+        subject = subjects.job_result(outcome.job_id)
+        headers = {"Nats-Msg-Id": f"{outcome.job_id}:{outcome.attempt}:{outcome.lease}"}
+        delay = 0.1
+        give_up = time.monotonic() + 3600
+        while True:
+            try:
+                await self.js.publish(subject, data, headers=headers, timeout=5)
+                return
+            except Exception as exc:  # NATS down, JetStream electing, stream missing: keep it and retry
+                if time.monotonic() > give_up:
+                    self._log.error("outcome_dropped", job_id=outcome.job_id, error=str(exc),
+                                    detail="could not store the result for an hour; the control plane will re-place or fail the job")
+                    return
+                self._log.warning("outcome_publish_retry", job_id=outcome.job_id, error=str(exc) or type(exc).__name__,
+                                  retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

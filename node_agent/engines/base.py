@@ -1,0 +1,123 @@
+"""The small interface every inference engine implements, and the errors it may raise.
+
+Error tree::
+
+    EngineError                 anything the engine did wrong; `code` is the job failure code
+    ├── EngineUnavailable       engine not reachable (connection refused / reset) -> "engine_unavailable"
+    ├── EngineBusy              engine refused for load (e.g. Ollama 503 queue full) -> "engine_busy"
+    ├── ModelUnavailable        the engine does not have the model -> "model_unavailable"
+    └── GenerationFailed        the engine reported an error, possibly mid-stream -> "engine_error"
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protocol import ChatMessage, GenerationParams
+
+
+class EngineError(Exception):
+    """Root of engine errors; `code` becomes the job's failure code."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, *, produced_tokens: bool = False) -> None:
+        super().__init__(message)
+        self.produced_tokens = produced_tokens
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not be reached."""
+
+    code = "engine_unavailable"
+
+
+class EngineBusy(EngineError):
+    """The engine refused the request because it is overloaded."""
+
+    code = "engine_busy"
+
+
+class ModelUnavailable(EngineError):
+    """The engine does not have the requested model."""
+
+    code = "model_unavailable"
+
+
+class GenerationFailed(EngineError):
+    """The engine reported an error while generating."""
+
+    code = "engine_error"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineModel:
+    """A model the engine can serve; `loaded` means resident in memory right now."""
+
+    name: str
+    loaded: bool = False
+    size_bytes: int | None = None
+    context_length: int | None = None
+    embeddings: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of generated text as the engine streamed it."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class Completion:
+    """The end of a generation: counts and timings from the engine's own counters (None = unknown)."""
+
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    #: Seconds the engine spent generating completion tokens (Ollama: eval_duration).
+    eval_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self.completion_tokens or not self.eval_seconds:
+            return None
+        return self.completion_tokens / self.eval_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    ok: bool
+    version: str | None = None
+    detail: str | None = None
+
+
+class Engine(Protocol):
+    """What the agent needs from an inference engine; implementations live one per module."""
+
+    name: str
+
+    async def health(self) -> EngineHealth:
+        """Is the engine reachable, and which version is it."""
+        ...
+
+    async def list_models(self) -> Sequence[EngineModel]:
+        """Every model the engine can serve, with `loaded` set for those in memory."""
+        ...
+
+    def chat(
+        self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta | Completion]:
+        """Stream a chat completion: Deltas, then exactly one Completion last. Raises EngineError."""
+        ...
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+        """Embed each input; returns the vectors and the prompt token count (None if unknown)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

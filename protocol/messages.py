@@ -1,0 +1,172 @@
+"""Every message on the bus as a msgspec Struct: advertisements, assignments, tokens, outcomes."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+from protocol.version import PROTOCOL_VERSION
+
+NodeState = Literal["online", "draining"]
+RejectReason = Literal["at_capacity", "model_unavailable", "draining", "bad_assignment"]
+FinishReason = Literal["stop", "length", "cancelled"]
+JobKind = Literal["chat", "embed"]
+
+
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Base of all wire messages: frozen, unknown fields ignored for forward compatibility."""
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class GpuInfo(_Wire):
+    name: str
+    vram_total_mb: int | None = None
+    vram_free_mb: int | None = None
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+
+
+class ModelInfo(_Wire):
+    """One model a node can serve; tokens_per_second is None when not yet measured."""
+
+    name: str
+    loaded: bool = False
+    size_bytes: int | None = None
+    context_length: int | None = None
+    tokens_per_second: float | None = None
+    embeddings: bool = False
+
+
+class Advertisement(_Wire, tag="advertisement"):
+    """Heartbeat a node publishes every few seconds; the control plane's registry is built from it."""
+
+    node_id: str
+    token: str
+    agent_version: str
+    engine: str
+    state: NodeState
+    slots: int
+    active_jobs: int
+    models: tuple[ModelInfo, ...] = ()
+    engine_version: str | None = None
+    engine_ok: bool = True
+    gpus: tuple[GpuInfo, ...] = ()
+    labels: dict[str, str] = {}
+    #: Random id of this agent process; a new one means the node restarted and lost its in-flight jobs.
+    boot_id: str = ""
+    interval_s: float = 5.0
+    sent_at: float = 0.0
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class GenerationParams(_Wire):
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    #: Structured output: "json" or a JSON Schema object, passed to the engine.
+    format: Union[str, dict, None] = None
+
+
+class Assignment(_Wire, tag="assignment"):
+    """A control plane offers one attempt of one job to one node (request/reply)."""
+
+    job_id: str
+    attempt: int
+    lease: str
+    model: str
+    kind: JobKind = "chat"
+    messages: tuple[ChatMessage, ...] = ()
+    inputs: tuple[str, ...] = ()
+    params: GenerationParams = GenerationParams()
+    #: Unix time after which the node must stop the job.
+    deadline: float = 0.0
+    stream: bool = True
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class AssignmentReply(_Wire, tag="assignment_reply"):
+    job_id: str
+    attempt: int
+    accepted: bool
+    node_id: str
+    reason: RejectReason | None = None
+    detail: str | None = None
+
+
+class TokenChunk(_Wire, tag="token"):
+    """A run of generated text; seq starts at 1 and increases by one per chunk."""
+
+    job_id: str
+    attempt: int
+    seq: int
+    text: str
+
+
+class Usage(_Wire):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(_Wire):
+    """What the node measured; None means the engine did not report it."""
+
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    tokens_per_second: float | None = None
+
+
+class EmbedOutput(_Wire):
+    vectors: tuple[tuple[float, ...], ...] = ()
+
+
+class JobResult(_Wire, tag="result"):
+    """A finished attempt: the whole text (or embeddings), usage and timings."""
+
+    job_id: str
+    attempt: int
+    lease: str
+    node_id: str
+    content: str = ""
+    finish_reason: FinishReason = "stop"
+    usage: Usage = Usage()
+    timings: Timings = Timings()
+    chunks: int = 0
+    embeddings: EmbedOutput | None = None
+
+
+class JobFailure(_Wire, tag="failure"):
+    """An attempt that ended without a result; error is a stable code, message is for humans."""
+
+    job_id: str
+    attempt: int
+    lease: str
+    node_id: str
+    error: str
+    message: str
+    partial_content: str = ""
+    usage: Usage = Usage()
+    chunks: int = 0
+    #: True when the failure happened before the engine produced any token (safe to retry).
+    retryable: bool = False
+
+
+JobOutcome = Union[JobResult, JobFailure]
+
+
+class Cancel(_Wire, tag="cancel"):
+    job_id: str
+    attempt: int
+    reason: str = "cancelled"
+
+
+class Drain(_Wire, tag="drain"):
+    node_id: str
+    reason: str = "requested"
