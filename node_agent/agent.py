@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import nats
@@ -296,20 +297,21 @@ class NodeAgent:
             last_flush = time.monotonic()
             await publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text)))
 
-        async for item in self.engine.chat(a.model, a.messages, a.params):
-            if isinstance(item, Delta):
-                if not item.text:
-                    continue
-                job.parts.append(item.text)
-                pending.append(item.text)
-                now = time.monotonic()
-                if ttft is None:
-                    ttft = (now - started) * 1000
-                    await flush()
-                elif now - last_flush >= coalesce:
-                    await flush()
-            else:
-                completion = item
+        async with aclosing(self.engine.chat(a.model, a.messages, a.params)) as stream:
+            async for item in stream:
+                if isinstance(item, Delta):
+                    if not item.text:
+                        continue
+                    job.parts.append(item.text)
+                    pending.append(item.text)
+                    now = time.monotonic()
+                    if ttft is None:
+                        ttft = (now - started) * 1000
+                        await flush()
+                    elif now - last_flush >= coalesce:
+                        await flush()
+                else:
+                    completion = item
         if pending:
             await flush()
         duration = (time.monotonic() - started) * 1000

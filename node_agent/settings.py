@@ -8,6 +8,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+class SettingsError(ValueError):
+    """A setting has a value the agent cannot use; the message names it and where it came from."""
+
+
 def normalize_ollama_host(value: str) -> str:
     """OLLAMA_HOST accepts `host`, `host:port` or a URL; return a URL."""
     value = value.strip().rstrip("/")
@@ -35,10 +39,13 @@ class NodeSettings:
     nats_url: str = "nats://127.0.0.1:4222"
     #: Token from `infernet-control-plane nodes register NAME` (INFERNET_NODE_TOKEN).
     node_token: str | None = None
-    #: Engine kind (INFERNET_ENGINE): "ollama" (default).
+    #: Engine kind (INFERNET_ENGINE): "ollama" (default), "openai" (vLLM, SGLang, llama.cpp server,
+    #: LM Studio), "llamacpp" (built-in, in-process).
     engine: str = "ollama"
-    #: Engine URL (INFERNET_ENGINE_URL, or OLLAMA_HOST for Ollama).
+    #: Engine URL (INFERNET_ENGINE_URL, or OLLAMA_HOST for Ollama); for llamacpp the GGUF path ("" = bundled).
     engine_url: str = "http://127.0.0.1:11434"
+    #: Bearer key for an OpenAI-compatible engine that wants one (INFERNET_ENGINE_API_KEY).
+    engine_api_key: str | None = None
     #: Jobs run at once (INFERNET_MAX_CONCURRENCY; default OLLAMA_NUM_PARALLEL or 1).
     max_concurrency: int = 1
     #: Seconds between advertisements (INFERNET_ADVERTISE_INTERVAL_S).
@@ -49,7 +56,32 @@ class NodeSettings:
     drain_grace_s: float = 60.0
     log_format: str = "json"
     log_level: str = "info"
+    #: Free-form facts advertised with the node, e.g. region=eu-west (INFERNET_LABELS="region=eu-west,tier=a").
     labels: dict[str, str] = field(default_factory=dict)
+    #: Only models matching one of these glob patterns are advertised; empty = all (INFERNET_MODELS_ALLOW).
+    models_allow: tuple[str, ...] = ()
+    #: Models matching any of these glob patterns are never advertised (INFERNET_MODELS_DENY).
+    models_deny: tuple[str, ...] = ()
+    #: The operator's asking price in credits per 1M tokens, advertised as the label `price_per_mtok`.
+    price_per_mtok: float | None = None
+    #: Port of the /metrics and /status HTTP endpoint; 0 = off (INFERNET_METRICS_PORT; 9464 is customary).
+    metrics_port: int = 0
+    #: Interface the /metrics endpoint binds (INFERNET_METRICS_HOST).
+    metrics_host: str = "127.0.0.1"
+    #: Run a short generation per loaded model at start so tokens/sec is known before the first job.
+    bench_on_start: bool = False
+    #: Ollama's keep_alive for every request, e.g. "30m" or "-1" (INFERNET_KEEP_ALIVE); unset = Ollama's default.
+    keep_alive: str | None = None
+    #: llama.cpp threads for the built-in engine; 0 = half the CPUs (INFERNET_LLAMA_THREADS).
+    llama_threads: int = 0
+    #: llama.cpp context window for the built-in engine, in tokens (INFERNET_LLAMA_CONTEXT).
+    llama_context: int = 4096
+    #: The control plane's HTTP URL, used by `doctor` (reachability, clock skew) (INFERNET_CONTROL_PLANE_URL).
+    control_plane_url: str | None = None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, file_values: Mapping[str, Any] | None = None,
@@ -59,24 +91,78 @@ class NodeSettings:
         values: dict[str, Any] = {"max_concurrency": _default_concurrency(env)}
         names = {f.name: f for f in fields(cls)}
         for key, value in (file_values or {}).items():
-            if key in names:
-                values[key] = value
+            if key not in names:
+                raise SettingsError(f"unknown setting {key!r} in the config file; known: {', '.join(names)}")
+            values[key] = _from_file(names[key].type, key, value)
         for name, f in names.items():
             raw = env.get(f"INFERNET_{name.upper()}")
             if raw:
-                values[name] = _coerce(f.type, raw)
-        if "INFERNET_ENGINE_URL" not in env and env.get("OLLAMA_HOST") and values.get("engine", "ollama") == "ollama":
+                values[name] = _coerce(f.type, raw, f"INFERNET_{name.upper()}")
+        engine = str(flags.get("engine") or values.get("engine") or "ollama").strip().lower()
+        if "INFERNET_ENGINE_URL" not in env and env.get("OLLAMA_HOST") and engine == "ollama":
             values["engine_url"] = normalize_ollama_host(env["OLLAMA_HOST"])
         values.update({k: v for k, v in flags.items() if v is not None})
+        values["engine"] = engine
+        if "engine_url" not in values:
+            from node_agent.engines.registry import UnknownEngine, default_url
+
+            try:
+                values["engine_url"] = default_url(engine)
+            except UnknownEngine as exc:
+                raise SettingsError(str(exc)) from None
         return cls(**values)
 
+    def advertised_labels(self) -> dict[str, str]:
+        """Labels as advertised: the configured ones plus the asking price when set."""
+        labels = dict(self.labels)
+        if self.price_per_mtok is not None:
+            labels["price_per_mtok"] = f"{self.price_per_mtok:g}"
+        return labels
 
-def _coerce(kind: Any, raw: str) -> Any:
+
+def _coerce(kind: Any, raw: str, source: str) -> Any:
+    """An environment string as the field's type."""
     kind = str(kind)
-    if kind.startswith("int"):
-        return int(raw)
-    if kind.startswith("float"):
-        return float(raw)
+    try:
+        if kind.startswith("bool"):
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{source}={raw!r} is not a valid {kind.split(' ')[0]}") from None
     if kind.startswith("dict"):
-        return dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
+        return dict(item.strip().split("=", 1) for item in raw.split(",") if "=" in item)
+    if kind.startswith("tuple"):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     return raw
+
+
+def _from_file(kind: Any, key: str, value: Any) -> Any:
+    """A TOML value checked against the field's type (TOML already gives ints, floats, lists, tables)."""
+    kind = str(kind)
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "dict": isinstance(value, dict),
+        "tuple": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "str": isinstance(value, str),
+    }
+    base = kind.split("[")[0].split(" ")[0]
+    if base not in ok:
+        return value
+    if not ok[base]:
+        raise SettingsError(f"config file: {key} = {value!r} should be a {kind}")
+    if base == "tuple":
+        return tuple(value)
+    if base == "dict":
+        return {str(k): str(v) for k, v in value.items()}
+    if base == "float":
+        return float(value)
+    return value

@@ -128,7 +128,9 @@ class Bus:
         await self.nc.flush()
 
     async def close(self) -> None:
+        """Flush what was published and close; unacked outcomes are redelivered to another replica."""
         try:
-            await self.nc.drain()
-        except Exception:  # already closed or disconnected: nothing left to drain
-            await self.nc.close()
+            await self.nc.flush(timeout=2)
+        except Exception:  # disconnected: nothing more can be flushed
+            pass
+        await self.nc.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from control_plane.runtime import Runtime
 
@@ -13,7 +14,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="Readiness: PostgreSQL and NATS reachable", tags=["health"])
-async def readyz(runtime: Runtime) -> Response[dict]:
+async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict]:
     db_ok = await runtime.db.ping()
     nats_ok = runtime.bus.connected
     body = {"status": "ok" if db_ok and nats_ok else "unavailable",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 from msgspec import Struct
 
 from control_plane.accounts.auth import Principal
@@ -24,7 +25,7 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("/", summary="List models available on the network")
-    async def list_models(self, principal: Principal, registry: NodeRegistry) -> ModelList:
+    async def list_models(self, principal: NamedDependency[Principal], registry: NamedDependency[NodeRegistry]) -> ModelList:
         entries = []
         for model, nodes, tps in registry.models_summary():
             entries.append(ModelEntry(id=model, nodes=nodes, avg_tokens_per_second=None if tps is None else round(tps, 1)))

@@ -1,0 +1,484 @@
+"""In-memory registry of nodes fed by advertisements: liveness, free-slot estimates, model and placement indexes."""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, NamedTuple
+
+from control_plane.scheduler.placement import (
+    DEFAULT_PRIOR_TPS,
+    Score,
+    known_tps,
+    load_band,
+    reliability_rank,
+    tps_band,
+)
+from protocol.messages import Advertisement, GpuInfo, ModelInfo
+
+NodeStatus = Literal["online", "draining", "offline"]
+ModelHealth = Literal["ready", "loading", "unavailable"]
+
+OFFLINE_AFTER_INTERVALS = 3
+RETENTION_S = 600.0
+SUCCESS_ALPHA = 0.2  # weight of the newest outcome in the success-rate moving average
+_DEFAULT_INTERVAL_S, _MIN_INTERVAL_S, _MAX_INTERVAL_S = 5.0, 0.1, 3600.0
+_OFFLINE_CHECK, _FORGET_CHECK = 0, 1
+
+_Bucket = dict[str, None]  # node ids with one same score, in the order they got it (ties go to the first)
+
+
+class Change(enum.IntFlag):
+    """What an advertisement changed; truthy when queued jobs may now be placeable."""
+
+    NONE = 0
+    NEW = 1  # first advertisement from this node (or first since it was forgotten)
+    ONLINE = 2  # an existing node started accepting jobs again (back from offline, draining or engine down)
+    CAPACITY = 4  # more free slots than this replica estimated before
+    MODELS = 8  # a model appeared or became loaded
+
+
+class ModelSummary(NamedTuple):
+    name: str
+    nodes: int  # online nodes advertising it
+    tokens_per_second: float | None  # mean over those with a measured figure; None when none has one
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A read-only snapshot of one node as this replica sees it."""
+
+    node_id: str
+    state: NodeStatus
+    agent_version: str
+    engine: str
+    engine_version: str | None
+    engine_ok: bool
+    slots: int
+    active_jobs: int  # as last advertised
+    estimated_active: int  # advertised, plus reservations since, minus jobs ended since
+    free_slots: int  # estimated; 0 while marked full after an at_capacity rejection
+    full: bool
+    inflight: int  # jobs this replica has reserved on the node and not yet released
+    models: Mapping[str, ModelInfo]
+    gpus: tuple[GpuInfo, ...]
+    labels: Mapping[str, str]
+    interval_s: float
+    last_seen: float  # on the registry's clock
+    success_rate: float
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "online" and self.engine_ok
+
+
+@dataclass(slots=True, eq=False)
+class _Node:
+    node_id: str
+    ad: Advertisement
+    interval_s: float
+    last_seen: float
+    deadline: float  # silent until then -> offline
+    indexed: dict[str, ModelInfo]  # what this node contributes to the model index (empty: serves nothing)
+    models_sig: tuple[tuple[str, bool, int | None], ...]  # (model, loaded, tokens/sec band or None) of `indexed`
+    offline: bool = False
+    offline_since: float = 0.0
+    drain_requested: bool = False
+    full: bool = False
+    fresh: int = 0  # reservations made since the last advertisement and still running
+    finished: int = 0  # jobs counted in the last advertisement that ended since
+    inflight: int = 0
+    success_rate: float = 1.0
+    sig: tuple | None = None  # what the placement index holds for this node; None: not placed
+    placed: list[_Bucket] = field(default_factory=list)  # the buckets holding it, one per model
+    timer_at: float | None = None
+
+    @property
+    def slots(self) -> int:
+        return max(self.ad.slots, 0)
+
+    @property
+    def est_active(self) -> int:
+        return max(max(self.ad.active_jobs, 0) + self.fresh - self.finished, 0)
+
+    @property
+    def free(self) -> int:
+        return 0 if self.full else max(self.slots - self.est_active, 0)
+
+    @property
+    def draining(self) -> bool:
+        return self.ad.state == "draining" or self.drain_requested
+
+    def alive(self, now: float) -> bool:
+        return not self.offline and now < self.deadline
+
+    def accepting(self, now: float) -> bool:
+        return self.alive(now) and self.ad.engine_ok and not self.draining
+
+
+class _Ranking:
+    """Placeable nodes grouped by score: a bucket per score and a heap of the scores that have a bucket."""
+
+    __slots__ = ("keys", "buckets")
+
+    def __init__(self) -> None:
+        self.keys: list[Score] = []  # heap; a score is in it exactly when it has a bucket (maybe emptied)
+        self.buckets: dict[Score, _Bucket] = {}
+
+    def add(self, key: Score, node_id: str, live: int) -> _Bucket:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = {}
+            heapq.heappush(self.keys, key)
+        bucket[node_id] = None
+        if len(self.keys) > 2 * live + 64:  # emptied buckets deep in the heap: sweep them
+            self.buckets = {k: b for k, b in self.buckets.items() if b}
+            self.keys = list(self.buckets)
+            heapq.heapify(self.keys)
+        return bucket
+
+
+class _ModelIndex:
+    """Per model: the nodes serving it, their placement rankings and the sum of measured tokens/sec."""
+
+    __slots__ = ("nodes", "known", "unknown", "tps_milli", "tps_n")
+
+    def __init__(self) -> None:
+        self.nodes: set[str] = set()
+        self.known = _Ranking()  # nodes with a measured tokens/sec: full score
+        self.unknown = _Ranking()  # nodes without: score before the model's prior is applied
+        self.tps_milli = 0
+        self.tps_n = 0
+
+
+def _milli(tps: float) -> int:
+    return int(round(tps * 1000))
+
+
+class NodeRegistry:
+    """Every node this replica has heard from; pure and in memory (the caller feeds it and reads it)."""
+
+    def __init__(self, *, now: Callable[[], float] = time.monotonic, retention_s: float = RETENTION_S) -> None:
+        self._now = now
+        self._retention_s = retention_s
+        self._nodes: dict[str, _Node] = {}
+        self._index: dict[str, _ModelIndex] = {}
+        self._timers: list[tuple[float, int, str]] = []
+
+    # -- feeding ---------------------------------------------------------------------------------
+    def observe(self, ad: Advertisement) -> Change:
+        """Insert or update a node from its advertisement; the result says what became possible."""
+        now = self._now()
+        interval = ad.interval_s if math.isfinite(ad.interval_s) and ad.interval_s > 0 else _DEFAULT_INTERVAL_S
+        interval = min(max(interval, _MIN_INTERVAL_S), _MAX_INTERVAL_S)
+        served = {m.name: m for m in ad.models} if ad.engine_ok else {}
+        node = self._nodes.get(ad.node_id)
+        change = Change.NONE
+        if node is None:
+            node = _Node(ad.node_id, ad, interval, now, now, {}, ())
+            self._nodes[ad.node_id] = node
+            change |= Change.NEW
+            was_accepting, free_before, before = False, 0, {}
+        else:
+            was_accepting = node.accepting(now)
+            free_before = node.free if was_accepting else 0
+            before = node.indexed
+            if node.offline:
+                node.offline, node.drain_requested = False, False
+        node.ad, node.interval_s, node.last_seen = ad, interval, now
+        node.deadline = now + OFFLINE_AFTER_INTERVALS * interval
+        node.fresh = node.finished = 0
+        node.full = False
+        if ad.state == "draining":
+            node.drain_requested = False  # acknowledged: from now on the advertisement says
+        self._set_served(node, served)
+        self._arm(node)
+        self._rerank(node)
+        if node.accepting(now):
+            if not was_accepting and not change & Change.NEW:
+                change |= Change.ONLINE
+            if node.free > free_before:
+                change |= Change.CAPACITY
+            if any(name not in before or (m.loaded and not before[name].loaded) for name, m in served.items()):
+                change |= Change.MODELS
+        return change
+
+    def expire(self) -> list[str]:
+        """Mark nodes silent for 3 of their intervals offline and return them; forget long-offline ones."""
+        now = self._now()
+        gone: list[str] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, kind, node_id = heapq.heappop(timers)
+            node = self._nodes.get(node_id)
+            if node is None:
+                continue
+            if kind == _FORGET_CHECK:
+                if node.offline and node.offline_since + self._retention_s <= now:
+                    self.forget(node_id)
+                continue
+            if node.timer_at != when or node.offline:
+                continue  # superseded by an earlier check
+            node.timer_at = None
+            if node.deadline > now:
+                self._arm(node)
+                continue
+            node.offline, node.offline_since = True, now
+            self._set_served(node, {})
+            self._rerank(node)
+            heapq.heappush(timers, (now + self._retention_s, _FORGET_CHECK, node_id))
+            gone.append(node_id)
+        return gone
+
+    def forget(self, node_id: str) -> None:
+        """Drop a node entirely (its timer entries go stale and are skipped)."""
+        node = self._nodes.pop(node_id, None)
+        if node is not None:
+            self._unplace(node)
+            self._set_served(node, {})
+
+    def reserve(self, node_id: str) -> bool:
+        """Count a job this replica is placing on the node until the node's next advertisement includes it."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return False
+        node.fresh += 1
+        node.inflight += 1
+        self._rerank(node)
+        return True
+
+    def release(self, node_id: str) -> bool:
+        """A job this replica reserved ended (or was refused); True when the node now has a free slot."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return False
+        node.inflight = max(node.inflight - 1, 0)
+        if node.fresh > 0:
+            node.fresh -= 1
+        else:
+            node.finished = min(node.finished + 1, max(node.ad.active_jobs, 0))
+        node.full = False
+        self._rerank(node)
+        return node.accepting(self._now()) and node.free > 0
+
+    def mark_full(self, node_id: str) -> None:
+        """The node refused a job at_capacity: give it no more until its next advertisement or a release."""
+        node = self._nodes.get(node_id)
+        if node is not None and not node.full:
+            node.full = True
+            self._rerank(node)
+
+    def set_draining(self, node_id: str) -> None:
+        """Stop placing on the node now (a drain was requested), before its advertisement says so."""
+        node = self._nodes.get(node_id)
+        if node is not None and not node.drain_requested:
+            node.drain_requested = True
+            self._rerank(node)
+
+    def record_outcome(self, node_id: str, success: bool) -> None:
+        """Fold one job outcome into the node's success rate (exponentially weighted)."""
+        node = self._nodes.get(node_id)
+        if node is not None:
+            node.success_rate += SUCCESS_ALPHA * ((1.0 if success else 0.0) - node.success_rate)
+            self._rerank(node)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, node_id: str) -> NodeView | None:
+        node = self._nodes.get(node_id)
+        return None if node is None else self._view(node, self._now())
+
+    def nodes(self) -> list[NodeView]:
+        now = self._now()
+        return [self._view(n, now) for n in self._nodes.values()]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._nodes
+
+    def model_names(self) -> list[str]:
+        """Models some live node (draining included) serves."""
+        return sorted(name for name in self._index if self.has_model(name))
+
+    def has_model(self, model: str) -> bool:
+        """Some live node (online or draining, engine up) advertises the model."""
+        idx = self._index.get(model)
+        if idx is None:
+            return False
+        now, nodes = self._now(), self._nodes
+        return any(nodes[n].alive(now) for n in idx.nodes)
+
+    def accepting(self, model: str) -> bool:
+        """Some live, non-draining node with its engine up advertises the model."""
+        idx = self._index.get(model)
+        if idx is None:
+            return False
+        now, nodes = self._now(), self._nodes
+        return any(nodes[n].accepting(now) for n in idx.nodes)
+
+    def model_health(self, model: str) -> ModelHealth:
+        """ready: an accepting node has it loaded; loading: only on disk; else unavailable."""
+        idx = self._index.get(model)
+        if idx is None:
+            return "unavailable"
+        now, on_disk = self._now(), False
+        for node_id in idx.nodes:
+            node = self._nodes[node_id]
+            if node.accepting(now):
+                if node.indexed[model].loaded:
+                    return "ready"
+                on_disk = True
+        return "loading" if on_disk else "unavailable"
+
+    def models_summary(self) -> list[ModelSummary]:
+        """Per model some online node serves: how many online nodes, and their mean measured tokens/sec."""
+        now, out = self._now(), []
+        for name, idx in sorted(self._index.items()):
+            count, known = 0, []
+            for node_id in idx.nodes:
+                node = self._nodes[node_id]
+                if node.accepting(now):
+                    count += 1
+                    tps = node.indexed[name].tokens_per_second
+                    if tps is not None and tps > 0 and math.isfinite(tps):
+                        known.append(tps)
+            if count:
+                out.append(ModelSummary(name, count, math.fsum(known) / len(known) if known else None))
+        return out
+
+    def tps_prior(self, model: str) -> float:
+        """Tokens/sec assumed for a node that has not measured the model: the mean of those that have."""
+        idx = self._index.get(model)
+        if idx is None or not idx.tps_n:
+            return DEFAULT_PRIOR_TPS
+        return idx.tps_milli / idx.tps_n / 1000
+
+    # -- placement support (see placement.candidates) --------------------------------------------
+    def score_of(self, node_id: str, model: str) -> Score | None:
+        """The node's score for the model if it is alive, accepting and serves it (free slot not required)."""
+        node = self._nodes.get(node_id)
+        if node is None or not node.accepting(self._now()) or model not in node.indexed:
+            return None
+        info = node.indexed[model]
+        tps = known_tps(info.tokens_per_second) or self.tps_prior(model)
+        return Score(0 if info.loaded else 1, load_band(node.est_active, node.slots) - tps_band(tps),
+                     reliability_rank(node.success_rate), node.est_active)
+
+    def ranked(self, model: str, limit: int, exclude: Collection[str] = ()) -> list[tuple[Score, str]]:
+        """The best `limit` placeable nodes for the model with their scores, best first, from the index."""
+        idx = self._index.get(model)
+        if idx is None or limit <= 0:
+            return []
+        now = self._now()
+        best = self._top(idx.known, limit, exclude, now)
+        if idx.unknown.keys:
+            shift = tps_band(self.tps_prior(model))
+            best += [(s._replace(cost_band=s.cost_band - shift), n)
+                     for s, n in self._top(idx.unknown, limit, exclude, now)]
+            best.sort(key=lambda found: found[0])
+        return best[:limit]
+
+    # -- internals -------------------------------------------------------------------------------
+    def _top(self, ranking: _Ranking, limit: int, exclude: Collection[str], now: float) -> list[tuple[Score, str]]:
+        """The first `limit` live, not excluded nodes in score order; silent ones met on the way are unplaced."""
+        keys, buckets, nodes = ranking.keys, ranking.buckets, self._nodes
+        got: list[tuple[Score, str]] = []
+        seen: list[Score] = []
+        dead: list[_Node] = []
+        while keys and len(got) < limit:
+            key = heapq.heappop(keys)
+            seen.append(key)
+            for node_id in buckets[key]:
+                node = nodes[node_id]
+                if now >= node.deadline:
+                    dead.append(node)  # silent past its deadline: its next advertisement places it again
+                elif node_id not in exclude:
+                    got.append((key, node_id))
+                    if len(got) == limit:
+                        break
+        for node in dead:
+            self._unplace(node)
+        for key in seen:
+            if buckets[key]:
+                heapq.heappush(keys, key)
+            else:
+                del buckets[key]
+        return got
+
+    def _set_served(self, node: _Node, served: dict[str, ModelInfo]) -> None:
+        """Move the node's contribution to the model index from what it served to `served`."""
+        for name, info in node.indexed.items():
+            idx = self._index[name]
+            tps = known_tps(info.tokens_per_second)
+            if tps is not None:
+                idx.tps_milli -= _milli(tps)
+                idx.tps_n -= 1
+            if name not in served:
+                idx.nodes.discard(node.node_id)
+                if not idx.nodes:
+                    del self._index[name]
+        for name, info in served.items():
+            idx = self._index.get(name)
+            if idx is None:
+                idx = self._index[name] = _ModelIndex()
+            idx.nodes.add(node.node_id)
+            tps = known_tps(info.tokens_per_second)
+            if tps is not None:
+                idx.tps_milli += _milli(tps)
+                idx.tps_n += 1
+        node.indexed = served
+        node.models_sig = tuple((n, m.loaded, None if (t := known_tps(m.tokens_per_second)) is None else tps_band(t))
+                                for n, m in served.items())
+
+    def _rerank(self, node: _Node) -> None:
+        """Move the node to the buckets matching its current score if what placement sees of it changed."""
+        slots, active = node.slots, node.est_active
+        placeable = (not node.offline and node.ad.engine_ok and not node.draining and not node.full
+                     and active < slots and bool(node.indexed))
+        sig = (load_band(active, slots), reliability_rank(node.success_rate), active, node.models_sig) \
+            if placeable else None
+        if sig == node.sig:
+            return
+        self._unplace(node)
+        if sig is None:
+            return
+        node.sig = sig
+        lb, rel, _, models = sig
+        node_id, placed = node.node_id, node.placed
+        for name, loaded, band in models:
+            idx = self._index[name]
+            if band is None:
+                placed.append(idx.unknown.add(Score(0 if loaded else 1, lb, rel, active), node_id, len(idx.nodes)))
+            else:
+                placed.append(idx.known.add(Score(0 if loaded else 1, lb - band, rel, active), node_id,
+                                            len(idx.nodes)))
+
+    def _unplace(self, node: _Node) -> None:
+        for bucket in node.placed:
+            bucket.pop(node.node_id, None)
+        node.placed = []
+        node.sig = None
+
+    def _arm(self, node: _Node) -> None:
+        """Make sure an offline check is queued no later than the node's deadline."""
+        if node.timer_at is None or node.deadline < node.timer_at:
+            node.timer_at = node.deadline
+            heapq.heappush(self._timers, (node.deadline, _OFFLINE_CHECK, node.node_id))
+
+    def _view(self, node: _Node, now: float) -> NodeView:
+        ad = node.ad
+        state: NodeStatus = "offline" if not node.alive(now) else "draining" if node.draining else "online"
+        return NodeView(
+            node_id=node.node_id, state=state, agent_version=ad.agent_version, engine=ad.engine,
+            engine_version=ad.engine_version, engine_ok=ad.engine_ok, slots=node.slots,
+            active_jobs=max(ad.active_jobs, 0), estimated_active=node.est_active, free_slots=node.free,
+            full=node.full, inflight=node.inflight, models=MappingProxyType({m.name: m for m in ad.models}),
+            gpus=ad.gpus, labels=MappingProxyType(dict(ad.labels)), interval_s=node.interval_s,
+            last_seen=node.last_seen, success_rate=node.success_rate,
+        )

