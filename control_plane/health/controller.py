@@ -18,5 +18,7 @@ async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict]:
     db_ok = await runtime.db.ping()
     nats_ok = runtime.bus.connected
     body = {"status": "ok" if db_ok and nats_ok else "unavailable",
-            "postgres": "ok" if db_ok else "unreachable", "nats": "ok" if nats_ok else "unreachable"}
+            "postgres": "ok" if db_ok else "unreachable", "nats": "ok" if nats_ok else "unreachable",
+            # "warming" right after start: nodes may not have advertised yet, so unknown models are queued, not refused.
+            "registry": "warm" if runtime.sweeper.warm else "warming", "nodes_online": runtime.registry.online_count()}
     return Response(body, status_code=200 if db_ok and nats_ok else 503)

@@ -299,6 +299,11 @@ class NodeRegistry:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def online_count(self) -> int:
+        """Nodes heard within their offline window (draining included)."""
+        now = self._now()
+        return sum(1 for n in self._nodes.values() if n.alive(now))
+
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._nodes
 
