@@ -17,6 +17,7 @@ from control_plane.jobs.service import JobService
 from control_plane.lib.request_id import request_id_middleware
 from control_plane.lib.responses import EXCEPTION_HANDLERS
 from control_plane.models.controller import ModelsController
+from control_plane.nodes.controller import NodesController
 from control_plane.runtime import Runtime
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
@@ -56,7 +57,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
                 await app.state.runtime.stop()
 
     return Litestar(
-        route_handlers=[healthz, readyz, JobsController, ModelsController],
+        route_handlers=[healthz, readyz, JobsController, ModelsController, NodesController],
         dependencies={
             "principal": Provide(provide_principal),
             "runtime": Provide(provide_runtime, sync_to_thread=False),

@@ -71,6 +71,12 @@ class Runtime:
         log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)
         return rt
 
+    def registry_clock(self) -> float:
+        """The monotonic clock the registry stamps `last_seen` with."""
+        import time
+
+        return time.monotonic()
+
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()

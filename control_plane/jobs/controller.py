@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -27,6 +27,11 @@ class JobsController(Controller):
     @get("/{job_id:str}", summary="Get job status and result")
     async def get_job(self, job_id: FromPath[str], principal: NamedDependency[Principal], jobs: NamedDependency[JobService]) -> JobView:
         return job_view(await jobs.get(principal, job_id))
+
+    @delete("/{job_id:str}", status_code=200, summary="Cancel a pending or running job")
+    async def cancel_job(self, job_id: FromPath[str], principal: NamedDependency[Principal],
+                         jobs: NamedDependency[JobService]) -> JobView:
+        return job_view(await jobs.cancel(principal, job_id))
 
     @get("/", summary="List your recent jobs")
     async def list_jobs(

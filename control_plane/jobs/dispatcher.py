@@ -213,10 +213,14 @@ class Dispatcher:
         return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1))
 
     async def _bus_quiet_cancel(self, node_id: str, job: QueuedJob) -> None:
+        await self.cancel_on_node(node_id, job.id, job.attempt, reason="unanswered")
+
+    async def cancel_on_node(self, node_id: str, job_id: str, attempt: int, *, reason: str = "cancelled") -> None:
+        """Tell a node to stop one attempt of a job (best effort: a gone node has nothing to stop)."""
         try:
-            await self._bus.publish(subjects.node_cancel(node_id), protocol.Cancel(job.id, job.attempt, "unanswered"))
-        except Exception:  # best effort: the node may be gone
-            pass
+            await self._bus.publish(subjects.node_cancel(node_id), protocol.Cancel(job_id, attempt, reason))
+        except Exception as exc:
+            log.warning("cancel_not_sent", job_id=job_id, node_id=node_id, error=str(exc))
 
     async def _expire(self, job: QueuedJob) -> None:
         self._held.pop(job.id, None)

@@ -92,6 +92,15 @@ class OutcomeRecorder:
             return
         await msg.ack()
 
+    async def _keep_partial(self, outcome: protocol.JobOutcome, content: str) -> None:
+        """A cancelled job keeps what its running attempt produced before it stopped."""
+        await self._db.execute("keep_cancelled_partial", {
+            "id": outcome.job_id, "attempt": outcome.attempt, "lease": outcome.lease,
+            "result": jsonb({"content": content, "usage": {"prompt_tokens": outcome.usage.prompt_tokens,
+                                                           "completion_tokens": outcome.usage.completion_tokens}}),
+            "prompt_tokens": outcome.usage.prompt_tokens, "completion_tokens": outcome.usage.completion_tokens,
+        })
+
     async def record(self, outcome: protocol.JobOutcome) -> dict | None:
         """Write the outcome to the job row if it belongs to the current attempt; returns the row or None."""
         bound = log.bind(job_id=outcome.job_id, node_id=outcome.node_id, attempt=outcome.attempt)
@@ -111,6 +120,7 @@ class OutcomeRecorder:
                 "completion_tokens": outcome.usage.completion_tokens, "first_token_at": None,
             })
             if row is None:
+                await self._keep_partial(outcome, outcome.content)
                 bound.info("stale_result_ignored", detail="job is not processing this attempt/lease on this node")
                 return None
             self._registry.record_outcome(outcome.node_id, True)
@@ -139,6 +149,7 @@ class OutcomeRecorder:
             "prompt_tokens": outcome.usage.prompt_tokens, "completion_tokens": outcome.usage.completion_tokens,
         })
         if row is None:
+            await self._keep_partial(outcome, outcome.partial_content)
             bound.info("stale_failure_ignored")
             return None
         self._registry.record_outcome(outcome.node_id, False)

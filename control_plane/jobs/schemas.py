@@ -76,7 +76,7 @@ def job_view(row: dict[str, Any]) -> JobView:
     """Build the API view of a jobs row."""
     result = None
     stored = row.get("result")
-    if row["status"] == "completed" and stored is not None:
+    if row["status"] in ("completed", "cancelled") and stored is not None:
         usage = stored.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)

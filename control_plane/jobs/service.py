@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from control_plane.accounts.auth import Principal
-from control_plane.errors import BadRequest, ModelNotFound, NoCapacity, NotFound
+from control_plane.errors import BadRequest, Conflict, ModelNotFound, NoCapacity, NotFound
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.jobs.schemas import JobCreate, request_payload
 from control_plane.jobs.sweeper import Sweeper
@@ -70,6 +70,19 @@ class JobService:
             row = await self._db.fetchone("get_job", {"id": job_id, "account_id": principal.account_id})
         if row is None:
             raise NotFound(f"job {job_id} not found")
+        return row
+
+    async def cancel(self, principal: Principal, job_id: str) -> dict:
+        """Cancel a pending or running job; the node stops generating and a later result is ignored."""
+        row = None
+        if job_id.startswith("job_") and len(job_id) <= 64:
+            row = await self._db.fetchone("cancel_job", {"id": job_id, "account_id": principal.account_id})
+        if row is None:
+            current = await self.get(principal, job_id)  # 404 when unknown or another account's
+            raise Conflict(f"job {job_id} is already {current['status']} and cannot be cancelled")
+        self._dispatcher.forget(job_id)
+        if row["previous_status"] == "processing" and row["previous_node_id"]:
+            await self._dispatcher.cancel_on_node(row["previous_node_id"], job_id, row["previous_attempt"])
         return row
 
     async def list(self, principal: Principal, *, limit: int | None, status: str | None,

@@ -179,3 +179,26 @@ UPDATE jobs
 SET status = 'failed', completed_at = now(), error = %(error)s, error_message = %(error_message)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'processing'
 RETURNING id;
+
+-- ==== cancel, drain, network view (issue 4) ====
+
+-- name: cancel_job
+-- Cancel an account's job if it has not ended; returns where it was running (if anywhere).
+UPDATE jobs AS j
+SET status = 'cancelled', completed_at = now(), error = 'cancelled',
+    error_message = 'cancelled by the caller', claimed_by = NULL, claim_expires_at = NULL
+FROM (SELECT id, status AS previous_status, node_id AS previous_node_id, attempt AS previous_attempt
+      FROM jobs WHERE id = %(id)s AND account_id = %(account_id)s FOR UPDATE) AS before
+WHERE j.id = before.id AND j.status IN ('pending', 'processing')
+RETURNING j.*, before.previous_status, before.previous_node_id, before.previous_attempt;
+
+-- name: keep_cancelled_partial
+-- Keep what a cancelled attempt generated before it stopped (only for the attempt that was running).
+UPDATE jobs
+SET result = %(result)s, prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND status = 'cancelled' AND result IS NULL
+RETURNING id;
+
+-- name: node_names
+-- Names and first/last seen of every registered node.
+SELECT id, name, first_seen_at, last_seen_at FROM nodes;

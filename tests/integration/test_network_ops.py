@@ -1,0 +1,121 @@
+"""Cancel, drain, the network view, model health, and an engine that goes away and comes back."""
+
+from __future__ import annotations
+
+from tests.doubles.ollama_double import OllamaDouble
+from tests.fixtures.waiting import wait_until
+
+
+async def test_cancel_a_running_job_stops_the_engine_and_keeps_partial_output(stack):
+    async with OllamaDouble(models=["qwen2.5:7b"], stall_after=2) as d:
+        key = await stack.key()
+        node = await stack.add_node(d.url)
+        await stack.wait_nodes_serving("qwen2.5:7b")
+        job_id = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
+        await stack.wait_job(key, job_id, statuses=("processing",))
+        # Wait until the node has relayed the tokens generated before the engine stalled.
+        await wait_until(lambda: job_id in node.agent.jobs and node.agent.jobs[job_id].chunks > 0, timeout=30,
+                         message="the node never produced the first tokens")
+
+        r = await stack.client.delete(f"/api/v1/jobs/{job_id}", headers=stack.auth(key))
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled"
+        await d.wait_cancelled(1)  # the engine saw its stream closed
+
+        async def partial_kept():
+            body = (await stack.client.get(f"/api/v1/jobs/{job_id}", headers=stack.auth(key))).json()
+            return body if body.get("result", {}).get("content") else None
+        job = await wait_until(partial_kept, timeout=30, message="partial output never recorded")
+        assert job["status"] == "cancelled" and job["error"] == "cancelled"
+
+        # Cancelling again (or a finished job) is a clear conflict, not a silent success.
+        r = await stack.client.delete(f"/api/v1/jobs/{job_id}", headers=stack.auth(key))
+        assert (r.status_code, r.json()["error"]) == (409, "conflict")
+        assert "cancelled" in r.json()["error_message"]
+        other = await stack.key("mallory")
+        r = await stack.client.delete(f"/api/v1/jobs/{job_id}", headers=stack.auth(other))
+        assert r.status_code == 404
+        # The node is free again: the next job completes.
+        d.configure(stall_after=None)
+        nxt = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
+        assert (await stack.wait_job(key, nxt))["status"] == "completed"
+
+
+async def test_cancel_a_pending_job_means_it_never_runs(stack):
+    async with OllamaDouble(models=["qwen2.5:7b"], stall_after=1) as d:
+        key = await stack.key()
+        await stack.add_node(d.url, slots=1)
+        await stack.wait_nodes_serving("qwen2.5:7b")
+        first = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
+        await d.wait_active(1)
+        queued = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
+        r = await stack.client.delete(f"/api/v1/jobs/{queued}", headers=stack.auth(key))
+        assert r.json()["status"] == "cancelled"
+        d.configure(stall_after=None)
+        d.release()
+        assert (await stack.wait_job(key, first))["status"] == "completed"
+        third = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
+        assert (await stack.wait_job(key, third))["status"] == "completed"
+        assert (await stack.wait_job(key, queued))["status"] == "cancelled"
+        assert len(d.requests_to("/api/chat")) == 2  # the cancelled job never reached the engine
+
+
+async def test_nodes_list_shows_the_network_without_secrets(stack, double):
+    key = await stack.key()
+    node = await stack.add_node(double.url, name="gpu-box-7", slots=2)
+    await stack.wait_nodes_serving("qwen2.5:7b")
+    r = await stack.client.get("/api/v1/nodes", headers=stack.auth(key))
+    assert r.status_code == 200
+    [entry] = [n for n in r.json()["nodes"] if n["id"] == node.node_id]
+    assert entry["name"] == "gpu-box-7" and entry["state"] == "online" and entry["slots"] == 2
+    assert {m["id"] for m in entry["models"]} == {"qwen2.5:7b", "llama3.2:3b"}
+    assert entry["last_seen"].endswith("Z")
+    assert "infnode_" not in r.text and '"token"' not in r.text
+    assert (await stack.client.get("/api/v1/nodes")).status_code == 401
+
+
+async def test_model_health(stack):
+    async with OllamaDouble(models=["qwen2.5:7b", "llama3.2:3b"], loaded=["qwen2.5:7b"], load_on_use=False) as d:
+        key = await stack.key()
+        await stack.add_node(d.url)
+        await stack.wait_nodes_serving("qwen2.5:7b")
+
+        async def health(model):
+            r = await stack.client.get(f"/api/v1/models/{model}/health", headers=stack.auth(key))
+            assert r.status_code == 200, r.text
+            return r.json()
+        assert await health("qwen2.5:7b") == {"model": "qwen2.5:7b", "status": "ready"}
+        assert (await health("llama3.2:3b"))["status"] == "loading"
+        assert (await health("nope:1b"))["status"] == "unavailable"
+
+
+async def test_admin_drain_over_the_api(stack, double):
+    admin = await stack.key("ops", admin=True)
+    user = await stack.key("alice")
+    node = await stack.add_node(double.url)
+    await stack.wait_nodes_serving("qwen2.5:7b")
+    r = await stack.client.post(f"/api/v1/nodes/{node.node_id}/drain", headers=stack.auth(user))
+    assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+    r = await stack.client.post(f"/api/v1/nodes/{node.node_id}/drain", headers=stack.auth(admin))
+    assert r.status_code == 202 and r.json() == {"node_id": node.node_id, "state": "draining"}
+    # An idle node that drains finishes at once and stops; then nothing serves the model.
+    await wait_until(lambda: node.task.done(), timeout=30, message="drained node never stopped")
+    r = await stack.submit(user, model="qwen2.5:7b")
+    assert r.status_code in (404, 503), r.text
+
+
+async def test_engine_going_away_withdraws_its_models_and_they_return(stack):
+    async with OllamaDouble(models=["qwen2.5:7b"]) as d:
+        key = await stack.key()
+        node = await stack.add_node(d.url, interval=0.3)
+        await stack.wait_nodes_serving("qwen2.5:7b")
+        await d.stop()
+        await wait_until(lambda: not stack.runtime.registry.has_model("qwen2.5:7b"), timeout=30,
+                         message="models of a node whose engine stopped stayed advertised")
+        r = await stack.submit(key, model="qwen2.5:7b")
+        assert (r.status_code, r.json()["error"]) == (404, "model_not_found")
+        await d.start()
+        await stack.wait_nodes_serving("qwen2.5:7b")
+        job_id = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
+        job = await stack.wait_job(key, job_id)
+        assert job["status"] == "completed" and job["node_id"] == node.node_id
