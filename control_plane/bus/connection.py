@@ -114,15 +114,24 @@ class Bus:
         self._subs.append(sub)
         return sub
 
-    async def results_subscription(self, *, batch_ack_wait: float = 30.0):
-        """The durable pull consumer all replicas share for job outcomes."""
+    async def results_subscription(self, cb: Callable[[Msg], Awaitable[None]]):
+        """Push-subscribe to the durable consumer all replicas share for job outcomes (a deliver group:
+        each outcome goes to one replica; unacked ones are redelivered after ack_wait)."""
         config = ConsumerConfig(
-            durable_name=subjects.RESULTS_CONSUMER, ack_wait=batch_ack_wait, max_ack_pending=20_000,
+            durable_name=subjects.RESULTS_CONSUMER, deliver_group=subjects.RESULTS_CONSUMER,
+            ack_wait=30.0, max_ack_pending=20_000,
         )
-        return await self.js.pull_subscribe(
-            subjects.all_job_results(), durable=subjects.RESULTS_CONSUMER, stream=subjects.RESULTS_STREAM,
-            config=config,
+        return await self.js.subscribe(
+            subjects.all_job_results(), queue=subjects.RESULTS_CONSUMER, durable=subjects.RESULTS_CONSUMER,
+            stream=subjects.RESULTS_STREAM, config=config, cb=cb, manual_ack=True,
         )
+
+    async def results_consumer_exists(self) -> bool:
+        try:
+            await self.js.consumer_info(subjects.RESULTS_STREAM, subjects.RESULTS_CONSUMER)
+            return True
+        except NotFoundError:
+            return False
 
     async def flush(self) -> None:
         await self.nc.flush()

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 
 import protocol
 from control_plane.bus import Bus
@@ -58,23 +57,32 @@ class OutcomeRecorder:
 
     # -- durable consumer ----------------------------------------------------------------------
     async def run(self) -> None:
-        """Fetch outcomes in batches, record each, then ack; survives NATS restarts."""
-        psub = None
+        """Consume outcomes from the shared durable consumer; re-subscribe if NATS lost it (e.g. a wiped server)."""
+        limit = asyncio.Semaphore(256)
+        tasks: set[asyncio.Task] = set()
+
+        async def on_message(msg) -> None:
+            await limit.acquire()
+            task = asyncio.create_task(self._handle(msg))
+            tasks.add(task)
+            task.add_done_callback(lambda t: (tasks.discard(t), limit.release()))
+
+        sub = None
         while True:
             try:
-                if psub is None:
-                    psub = await self._bus.results_subscription()
-                msgs = await psub.fetch(batch=256, timeout=1.0)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
+                if sub is None or not await self._bus.results_consumer_exists():
+                    if sub is not None:
+                        await sub.unsubscribe()
+                    sub = await self._bus.results_subscription(on_message)
+                    log.info("results_consumer_subscribed")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("results_fetch_failed", error=str(exc), action="retrying in 1s")
-                psub = None
+                log.warning("results_subscribe_failed", error=str(exc) or type(exc).__name__, action="retrying in 1s")
+                sub = None
                 await asyncio.sleep(1.0)
                 continue
-            await asyncio.gather(*(self._handle(m) for m in msgs))
+            await asyncio.sleep(10.0)
 
     async def _handle(self, msg) -> None:
         try:
