@@ -50,7 +50,8 @@ class Runtime:
         db = await Database.open(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         try:
             bus = await Bus.connect(settings.nats_url, name=f"infernet-control-plane {settings.replica_id}",
-                                    token_replay_secs=settings.token_replay_secs)
+                                    token_replay_secs=settings.token_replay_secs,
+                                    stream_replicas=settings.stream_replicas)
         except Exception:
             await db.close()
             raise

@@ -37,6 +37,8 @@ class Settings:
     claim_secs: float = 10.0
     #: Seconds between sweeps for orphaned pending jobs, lost nodes and expired deadlines.
     sweep_interval_s: float = 1.0
+    #: JetStream replicas of the results and token streams (INFERNET_STREAM_REPLICAS): 3 on a 3-server cluster.
+    stream_replicas: int = 1
     #: How long token chunks stay replayable on the bus.
     token_replay_secs: float = 600.0
     #: PostgreSQL pool bounds.
@@ -46,6 +48,12 @@ class Settings:
     warmup_s: float = 15.0
     #: Seconds an authenticated key stays cached in memory.
     auth_cache_secs: float = 5.0
+    #: Seconds between SSE heartbeat comments on a quiet stream (INFERNET_STREAM_HEARTBEAT_S).
+    stream_heartbeat_s: float = 15.0
+    #: Token chunks buffered per open stream; beyond it the relay drops live chunks and replays them from JetStream.
+    stream_buffer_chunks: int = 4096
+    #: Streams and waiting /v1 requests one account may hold open on this replica; more get 429 (0 = no limit).
+    max_open_streams_per_account: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -30,14 +30,15 @@ class BusError(InfernetError):
 class Bus:
     """NATS for the control plane; every subject comes from protocol.subjects."""
 
-    def __init__(self, nc: NATS, *, token_replay_secs: float = 600.0) -> None:
+    def __init__(self, nc: NATS, *, token_replay_secs: float = 600.0, stream_replicas: int = 1) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self._token_replay_secs = token_replay_secs
+        self._replicas = stream_replicas
         self._subs: list = []
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, token_replay_secs: float = 600.0) -> Bus:
+    async def connect(cls, url: str, *, name: str, token_replay_secs: float = 600.0, stream_replicas: int = 1) -> Bus:
         servers = [u.strip() for u in url.split(",") if u.strip()]
 
         async def on_error(exc: Exception) -> None:
@@ -57,7 +58,7 @@ class Bus:
             )
         except Exception as exc:  # nats raises several unrelated types on connect failure
             raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
-        bus = cls(nc, token_replay_secs=token_replay_secs)
+        bus = cls(nc, token_replay_secs=token_replay_secs, stream_replicas=stream_replicas)
         await bus.ensure_streams()
         return bus
 
@@ -70,12 +71,13 @@ class Bus:
         await self._ensure_stream(StreamConfig(
             name=subjects.RESULTS_STREAM, subjects=[subjects.all_job_results()],
             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-            max_age=7 * 24 * 3600.0, duplicate_window=120.0,
+            max_age=7 * 24 * 3600.0, duplicate_window=120.0, num_replicas=self._replicas,
         ))
         await self._ensure_stream(StreamConfig(
             name=subjects.TOKENS_STREAM, subjects=[subjects.all_job_tokens()],
             retention=RetentionPolicy.LIMITS, storage=StorageType.MEMORY,
             max_age=self._token_replay_secs, max_bytes=512 * 1024 * 1024,
+            allow_direct=True,  # replay reads a job's chunks with one batched direct get (streaming/replay.py)
         ))
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
