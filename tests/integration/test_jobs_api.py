@@ -185,3 +185,16 @@ async def test_health_endpoints_need_no_key(stack):
     assert (await stack.client.get("/healthz")).json() == {"status": "ok"}
     r = await stack.client.get("/readyz")
     assert r.status_code == 200 and r.json()["postgres"] == "ok" and r.json()["nats"] == "ok"
+
+
+async def test_openapi_document_describes_the_api(stack):
+    r = await stack.client.get("/docs/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    paths = doc["paths"]
+    for path in ("/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/models", "/api/v1/nodes", "/healthz", "/readyz"):
+        assert path in paths, sorted(paths)
+    body = paths["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = doc["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]] if "$ref" in body else body
+    assert {"model", "messages"} <= set(schema["required"])
+    assert {"max_tokens", "temperature", "top_p", "node_id", "stream"} <= set(schema["properties"])
