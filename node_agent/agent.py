@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import secrets
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NATS
@@ -15,14 +17,26 @@ from nats.aio.client import Client as NATS
 import protocol
 from node_agent import __version__
 from node_agent.engines.base import Completion, Delta, Engine, EngineError, EngineModel
+from node_agent.gpu import GpuProbe
+from node_agent.metrics import NodeMetrics
 from node_agent.rates import RollingRates
 from node_agent.settings import NodeSettings
+from node_agent.status_http import StatusServer
 from protocol import subjects
 
 log = structlog.get_logger("node_agent")
 
 #: Failure codes a control plane may retry on another node when no token was produced.
 _RETRYABLE = {"engine_unavailable", "engine_busy", "model_unavailable", "node_shutdown"}
+#: The short generation `bench_on_start` runs per loaded model.
+_BENCH_PROMPT = (protocol.ChatMessage(role="user", content="Describe the sea in two sentences."),)
+
+
+def model_allowed(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> bool:
+    """Denied if any deny glob matches; else allowed when the allow list is empty or any allow glob matches."""
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in deny):
+        return False
+    return not allow or any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
 
 
 @dataclass(slots=True)
@@ -37,7 +51,8 @@ class RunningJob:
 class NodeAgent:
     """One agent process: one NATS connection, one engine, a bounded set of running jobs."""
 
-    def __init__(self, settings: NodeSettings, engine: Engine, *, node_id: str) -> None:
+    def __init__(self, settings: NodeSettings, engine: Engine, *, node_id: str,
+                 gpu_probe: GpuProbe | None = None, metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.node_id = node_id
@@ -46,6 +61,16 @@ class NodeAgent:
         self.jobs: dict[str, RunningJob] = {}
         self.rates = RollingRates()
         self.models: list[EngineModel] = []
+        #: Models the engine has that the allow/deny lists keep from being advertised.
+        self.hidden_models: list[str] = []
+        self.gpus: tuple[protocol.GpuInfo, ...] = ()
+        self.gpu_probe = gpu_probe or GpuProbe()
+        self.metrics = metrics or NodeMetrics()
+        self.metrics.slots.set(settings.max_concurrency)
+        self.status_server: StatusServer | None = None
+        self.started_at = time.time()
+        self.tokens_generated = 0
+        self.outcomes: dict[str, int] = {}
         self.engine_ok = False
         self.engine_version: str | None = None
         self.nc: NATS | None = None
@@ -55,25 +80,36 @@ class NodeAgent:
         self._idle = asyncio.Event()
         self._idle.set()
         self._engine_warned = False
+        self._nats_errors_logged: dict[str, float] = {}
         self._log = log.bind(node_id=node_id)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, advertise and serve until stop() (or drain) completes."""
         await self.refresh_engine()
-        self.nc = await nats.connect(
-            servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
-            name=f"infernet-node {self.node_id}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            connect_timeout=5, allow_reconnect=True,
-            error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
-        )
+        await self.refresh_gpus()
+        if self.settings.metrics_port:
+            self.status_server = StatusServer(self.settings.metrics_host, self.settings.metrics_port,
+                                              metrics=self.metrics.render, status=self.status)
+            await self.status_server.start()
+        try:
+            if self.settings.bench_on_start:
+                await self.bench()
+            self.nc = await self._connect()
+        except BaseException:
+            await self._close_side_services()
+            raise
+        if self.nc is None:  # stopped before NATS ever answered
+            await self._close_side_services()
+            await self.engine.aclose()
+            return
         self.js = self.nc.jetstream()
         await self.nc.subscribe(subjects.node_assign(self.node_id), cb=self._on_assign)
         await self.nc.subscribe(subjects.node_cancel(self.node_id), cb=self._on_cancel)
         await self.nc.subscribe(subjects.node_drain(self.node_id), cb=self._on_drain)
         await self.nc.flush()
         self._log.info("node_started", nats=self.settings.nats_url, engine=self.settings.engine,
-                       engine_url=self.settings.engine_url, slots=self.settings.max_concurrency)
+                       engine_url=self.engine_location, slots=self.settings.max_concurrency)
         advertiser = asyncio.create_task(self._advertise_loop(), name="advertise")
         try:
             await self._stop.wait()
@@ -84,6 +120,35 @@ class NodeAgent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def engine_location(self) -> str:
+        """Where the engine is, as the engine resolved it (the built-in engine: the GGUF file's path)."""
+        return getattr(self.engine, "url", None) or self.settings.engine_url
+
+    async def _connect(self) -> NATS | None:
+        """Connect to NATS; the client retries forever, so wait for it or for stop(), whichever comes first."""
+        connecting = asyncio.create_task(nats.connect(
+            servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
+            name=f"infernet-node {self.node_id}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            connect_timeout=5, allow_reconnect=True,
+            error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
+        ), name="nats-connect")
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+        return connecting.result() if not connecting.cancelled() else None
+
+    async def _close_side_services(self) -> None:
+        if self.status_server is not None:
+            await self.status_server.stop()
+            self.status_server = None
+        self.gpu_probe.close()
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Take no new jobs, let running ones finish within the grace period, then stop."""
@@ -112,15 +177,28 @@ class NodeAgent:
             except Exception:  # connection already gone
                 pass
         await self.engine.aclose()
+        await self._close_side_services()
         self._log.info("node_stopped", jobs_served=self.jobs_served)
 
     async def _on_nats_error(self, exc: Exception) -> None:
-        self._log.warning("nats_error", error=str(exc))
+        """NATS errors repeat every retry while it is down: log each distinct one at most every 30 s."""
+        text = str(exc) or type(exc).__name__
+        now = time.monotonic()
+        if now - self._nats_errors_logged.get(text, -1e9) < 30:
+            return
+        self._nats_errors_logged[text] = now
+        if self.nc is None:
+            self._log.warning("nats_unreachable", nats=self.settings.nats_url, error=text,
+                              action="retrying; check INFERNET_NATS_URL and that the control plane's NATS is "
+                                     "reachable from here ('infernet-node doctor')")
+        else:
+            self._log.warning("nats_error", error=text)
 
     async def _on_disconnect(self) -> None:
         self._log.warning("nats_disconnected", detail="reconnecting with backoff; results are held until NATS is back")
 
     async def _on_reconnect(self) -> None:
+        self.metrics.nats_reconnects.inc()
         self._log.info("nats_reconnected")
         asyncio.create_task(self.advertise())
 
@@ -147,7 +225,51 @@ class NodeAgent:
             self._engine_warned = True
         self.engine_ok = ok
         self.engine_version = health.version if health else None
-        self.models = models
+        allow, deny = self.settings.models_allow, self.settings.models_deny
+        self.models = [m for m in models if model_allowed(m.name, allow, deny)]
+        self.hidden_models = [m.name for m in models if not model_allowed(m.name, allow, deny)]
+        self.metrics.engine_up.set(1 if ok else 0)
+        self.metrics.models.set(len(self.models))
+
+    async def refresh_gpus(self) -> None:
+        """GPU facts for the next advertisement (NVML calls run in a thread; a CPU node has none)."""
+        self.gpus = await asyncio.to_thread(self.gpu_probe.snapshot)
+
+    async def bench(self) -> None:
+        """A short generation per loaded chat model, so tokens/sec is advertised before the first job."""
+        for model in [m for m in self.models if m.loaded and not m.embeddings]:
+            params = protocol.GenerationParams(max_tokens=32, temperature=0.0)
+            completion = None
+            try:
+                async with asyncio.timeout(120):
+                    async with aclosing(self.engine.chat(model.name, _BENCH_PROMPT, params)) as stream:
+                        async for item in stream:
+                            if isinstance(item, Completion):
+                                completion = item
+            except (EngineError, TimeoutError) as exc:
+                self._log.warning("bench_failed", model=model.name, error=str(exc) or type(exc).__name__)
+                continue
+            tps = completion.tokens_per_second if completion else None
+            self.rates.observe(model.name, tps)
+            if tps is not None:
+                self.metrics.tokens_per_second.labels(model=model.name).set(self.rates.get(model.name))
+            self._log.info("bench_done", model=model.name, tokens_per_second=tps,
+                           tokens=completion.completion_tokens if completion else None)
+
+    def status(self) -> dict:
+        """What this node advertises right now, plus its counters: served at /status for `infernet-node status`."""
+        ad = self.advertisement()
+        return {
+            "node_id": self.node_id, "agent_version": __version__, "state": self.state,
+            "engine": self.settings.engine, "engine_url": self.engine_location,
+            "engine_ok": self.engine_ok, "engine_version": self.engine_version,
+            "nats_url": self.settings.nats_url, "nats_connected": bool(self.nc and self.nc.is_connected),
+            "slots": ad.slots, "active_jobs": ad.active_jobs, "jobs_served": self.jobs_served,
+            "outcomes": dict(self.outcomes), "tokens_generated": self.tokens_generated,
+            "models": [msgspec.to_builtins(m) for m in ad.models], "hidden_models": list(self.hidden_models),
+            "gpus": [msgspec.to_builtins(g) for g in ad.gpus], "labels": dict(ad.labels),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
 
     def advertisement(self) -> protocol.Advertisement:
         return protocol.Advertisement(
@@ -160,7 +282,7 @@ class NodeAgent:
                                    embeddings=m.embeddings)
                 for m in self.models
             ),
-            labels=dict(self.settings.labels), boot_id=self.boot_id,
+            gpus=self.gpus, labels=self.settings.advertised_labels(), boot_id=self.boot_id,
             interval_s=self.settings.advertise_interval_s, sent_at=time.time(),
         )
 
@@ -177,6 +299,7 @@ class NodeAgent:
             await self.advertise()
             await asyncio.sleep(self.settings.advertise_interval_s)
             await self.refresh_engine()
+            await self.refresh_gpus()
 
     # -- assignments -----------------------------------------------------------------------------
     async def _on_assign(self, msg) -> None:
@@ -193,6 +316,7 @@ class NodeAgent:
         if reason is None:
             job = RunningJob(assignment)
             self.jobs[assignment.job_id] = job
+            self.metrics.active_slots.set(len(self.jobs))
             self._idle.clear()
             job.task = asyncio.create_task(self._run(job), name=f"job {assignment.job_id}")
         await msg.respond(protocol.encode(reply))
@@ -238,6 +362,7 @@ class NodeAgent:
             outcome = self._failure(job, reason, f"job stopped on node {self.node_id}: {reason}")
         except EngineError as exc:
             bound.warning("job_engine_error", error=exc.code, detail=str(exc))
+            self.metrics.engine_errors.labels(code=exc.code).inc()
             outcome = self._failure(job, exc.code, f"{self.settings.engine} on node {self.node_id}: {exc}",
                                     produced=exc.produced_tokens)
         except TimeoutError:
@@ -247,9 +372,14 @@ class NodeAgent:
             outcome = self._failure(job, "internal_error", f"node agent error: {type(exc).__name__}: {exc}")
         finally:
             self.jobs.pop(a.job_id, None)
+            self.metrics.active_slots.set(len(self.jobs))
             if not self.jobs:
                 self._idle.set()
         self.jobs_served += 1
+        kind = "completed" if isinstance(outcome, protocol.JobResult) else (
+            "cancelled" if outcome.error == "cancelled" else "failed")
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
+        self.metrics.job_finished(kind, getattr(outcome, "error", None))
         bound.info("job_finished", outcome=type(outcome).__name__, error=getattr(outcome, "error", None),
                    chunks=job.chunks)
         await self._publish_outcome(outcome)
@@ -319,6 +449,10 @@ class NodeAgent:
         self.rates.observe(a.model, tps)
         prompt = completion.prompt_tokens or 0
         generated = completion.completion_tokens if completion.completion_tokens is not None else len(job.parts)
+        self.tokens_generated += generated
+        self.metrics.tokens.labels(model=a.model).inc(generated)
+        if (rate := self.rates.get(a.model)) is not None:
+            self.metrics.tokens_per_second.labels(model=a.model).set(rate)
         return protocol.JobResult(
             job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, content="".join(job.parts),
             finish_reason="length" if completion.finish_reason == "length" else "stop",

@@ -1,17 +1,76 @@
-"""`infernet-node`: the GPU operator's command line."""
+"""`infernet-node`: the GPU operator's command line (init, start, status, doctor)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
-from node_agent.agent import NodeAgent
-from node_agent.logs import configure_logging
-from node_agent.settings import NodeSettings
+from node_agent import config
+from node_agent.settings import NodeSettings, SettingsError
 from protocol.identity import node_id_from_token
+
+_ENGINES = ("ollama", "openai", "llamacpp")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _config_option(fn):
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help=f"Config file [env {config.ENV_VAR}; default ~/.config/infernet/node.toml]")(fn)
+
+
+def _settings_options(fn):
+    """The settings every command can override from the command line (None = not passed)."""
+    options = [
+        click.option("--nats-url", default=None, help="Control plane's NATS URL [env INFERNET_NATS_URL]"),
+        click.option("--node-token", default=None,
+                     help="Token from 'infernet-control-plane nodes register' [env INFERNET_NODE_TOKEN]"),
+        click.option("--engine", type=click.Choice(_ENGINES), default=None, help="Engine kind [env INFERNET_ENGINE]"),
+        click.option("--engine-url", default=None,
+                     help="Engine URL; llamacpp: a .gguf path [env INFERNET_ENGINE_URL or OLLAMA_HOST]"),
+        click.option("--max-concurrency", type=int, default=None,
+                     help="Jobs at once [env INFERNET_MAX_CONCURRENCY, default OLLAMA_NUM_PARALLEL or 1]"),
+        click.option("--metrics-port", type=int, default=None,
+                     help="Port for /metrics and /status, 0 = off [env INFERNET_METRICS_PORT]"),
+        click.option("--control-plane-url", default=None, help="Control plane HTTP URL (doctor: clock check)"),
+        click.option("--allow-model", "models_allow", multiple=True, help="Advertise only models matching (glob)"),
+        click.option("--deny-model", "models_deny", multiple=True, help="Never advertise models matching (glob)"),
+        click.option("--label", "labels", multiple=True, help="Advertised label KEY=VALUE (repeatable)"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return _config_option(fn)
+
+
+def _resolve(config_path: Path | None, flags: dict[str, Any]) -> NodeSettings:
+    """Settings from flags > environment > config file > defaults; exits with the reason on a bad value."""
+    explicit = config_path is not None or bool(os.environ.get(config.ENV_VAR))
+    path = config_path or config.default_path()
+    for key in ("models_allow", "models_deny"):
+        flags[key] = tuple(flags[key]) if flags.get(key) else None
+    if flags.get("labels"):
+        bad = [item for item in flags["labels"] if "=" not in item]
+        if bad:
+            _fail(f"--label takes KEY=VALUE, got {bad[0]!r}")
+        flags["labels"] = dict(item.split("=", 1) for item in flags["labels"])
+    else:
+        flags["labels"] = None
+    try:
+        return NodeSettings.resolve(file_values=config.load(path, required=explicit), **flags)
+    except SettingsError as exc:
+        _fail(str(exc))
+    except TypeError as exc:
+        _fail(f"bad setting: {exc}")
 
 
 @click.group()
@@ -20,39 +79,92 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--nats-url", default=None, help="Control plane's NATS URL [env INFERNET_NATS_URL]")
-@click.option("--node-token", default=None, help="Token from 'infernet-control-plane nodes register' [env INFERNET_NODE_TOKEN]")
-@click.option("--engine", default=None, help="Engine kind: ollama [env INFERNET_ENGINE]")
-@click.option("--engine-url", default=None, help="Engine URL [env INFERNET_ENGINE_URL or OLLAMA_HOST]")
-@click.option("--max-concurrency", type=int, default=None, help="Jobs at once [env INFERNET_MAX_CONCURRENCY, default OLLAMA_NUM_PARALLEL or 1]")
-@click.option("--advertise-interval", "advertise_interval_s", type=float, default=None, help="Seconds between heartbeats (default 5)")
+@_config_option
+@click.option("--nats-url", default="nats://127.0.0.1:4222", show_default=True)
+@click.option("--node-token", default="", help="Token from 'infernet-control-plane nodes register NAME'")
+@click.option("--engine", type=click.Choice(_ENGINES), default="ollama", show_default=True)
+@click.option("--engine-url", default=None, help="Default: the engine's usual address")
+@click.option("--max-concurrency", type=int, default=1, show_default=True)
+@click.option("--region", default="", help="Advertised as the label region")
+@click.option("--force", is_flag=True, help="Overwrite an existing file")
+def init(config_path: Path | None, force: bool, engine_url: str | None, **values: Any) -> None:
+    """Write a commented config file to edit."""
+    from node_agent.engines.registry import default_url
+
+    path = config_path or config.default_path()
+    if path.exists() and not force:
+        _fail(f"{path} exists; edit it, or pass --force to overwrite it")
+    text = config.render(engine_url=default_url(values["engine"]) if engine_url is None else engine_url, **values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it will hold the node token
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    click.echo(f"wrote {path}\nnext: put your node token in it, then run 'infernet-node doctor --config {path}'")
+
+
+@main.command()
+@_settings_options
+@click.option("--advertise-interval", "advertise_interval_s", type=float, default=None,
+              help="Seconds between heartbeats (default 5)")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
-def start(**flags) -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option("--bench-on-start/--no-bench-on-start", default=None,
+              help="Measure tokens/sec per loaded model before serving")
+def start(config_path: Path | None, **flags: Any) -> None:
     """Start the node in the foreground; SIGTERM drains, SIGINT stops."""
-    settings = NodeSettings.resolve(**flags)
+    from node_agent.logs import configure_logging
+
+    settings = _resolve(config_path, flags)
     configure_logging(settings.log_format, settings.log_level)
     if not settings.node_token:
-        click.echo("error: no node token. Register the node on the control plane with\n"
-                   "  infernet-control-plane nodes register MY-NODE\n"
-                   "and pass the printed token as --node-token or INFERNET_NODE_TOKEN.", err=True)
-        sys.exit(2)
+        _fail("no node token. Register the node on the control plane with\n"
+              "  infernet-control-plane nodes register MY-NODE\n"
+              "and pass the printed token as --node-token, INFERNET_NODE_TOKEN or node_token in the config file.")
     node_id = node_id_from_token(settings.node_token)
     if node_id is None:
-        click.echo("error: the node token is malformed (expected infnode_<id>_<secret>); "
-                   "copy it exactly as 'nodes register' printed it.", err=True)
-        sys.exit(2)
+        _fail("the node token is malformed (expected infnode_<id>_<secret>); "
+              "copy it exactly as 'nodes register' printed it.")
     asyncio.run(_serve(settings, node_id))
 
 
 async def _serve(settings: NodeSettings, node_id: str) -> None:
-    from node_agent.engines.registry import create_engine
+    from node_agent.agent import NodeAgent
+    from node_agent.engines.registry import engine_for
 
-    engine = create_engine(settings.engine, settings.engine_url)
-    agent = NodeAgent(settings, engine, node_id=node_id)
+    agent = NodeAgent(settings, engine_for(settings), node_id=node_id)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(agent.drain()))
     loop.add_signal_handler(signal.SIGINT, agent.stop)
     await agent.run()
+
+
+@main.command()
+@_settings_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON")
+def status(config_path: Path | None, as_json: bool, **flags: Any) -> None:
+    """What the node advertises right now (from the running agent, else by probing the engine)."""
+    from node_agent import status as node_status
+    from node_agent.logs import configure_logging
+
+    settings = _resolve(config_path, flags)
+    configure_logging("console", "warning")
+    report = asyncio.run(node_status.fetch_running(settings)) or asyncio.run(node_status.probe(settings))
+    click.echo(json.dumps(report, indent=2) if as_json else node_status.render(report))
+
+
+@main.command()
+@_settings_options
+def doctor(config_path: Path | None, **flags: Any) -> None:
+    """Check the token, engine, models, GPU, NATS and control plane; exit 1 if anything fails."""
+    from node_agent.doctor import FAIL, run_checks
+    from node_agent.logs import configure_logging
+
+    settings = _resolve(config_path, flags)
+    configure_logging("console", "warning")
+    results = asyncio.run(run_checks(settings, emit=lambda c: click.echo(c.line())))
+    failed = [c for c in results if c.status == FAIL]
+    click.echo(f"\n{len(failed)} check(s) failed" if failed else "\nall checks passed")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

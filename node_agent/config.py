@@ -26,7 +26,8 @@ def load(path: Path, *, required: bool) -> dict[str, Any]:
     """The file's settings; {} when it does not exist and was not asked for explicitly."""
     if not path.exists():
         if required:
-            raise SettingsError(f"config file {path} does not exist; create it with 'infernet-node init --config {path}'")
+            raise SettingsError(f"config file {path} does not exist; "
+                                f"create it with 'infernet-node init --config {path}'")
         return {}
     try:
         with path.open("rb") as f:

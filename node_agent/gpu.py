@@ -38,20 +38,25 @@ class GpuProbe:
         """`nvml`: the pynvml module or an object with the same slice (see the module docstring)."""
         self._nvml = nvml
         self._started = False
+        self._gave_up = False
         #: Why there are no GPUs (None while GPUs are seen or before the first probe).
         self.reason: str | None = None
 
     def _start(self) -> bool:
         if self._started:
             return True
+        if self._gave_up:  # no driver now means none until the agent restarts; don't dlopen every 5 s
+            return False
         nvml = self._nvml if self._nvml is not None else _load_nvml()
         if nvml is None:
             self._none("nvidia-ml-py is not installed")
+            self._gave_up = True
             return False
         try:
             nvml.nvmlInit()
         except Exception as exc:  # NVMLError: library not found, driver not loaded, ...
             self._none(f"NVIDIA driver/NVML not available: {exc}")
+            self._gave_up = True
             return False
         self._nvml = nvml
         self._started = True

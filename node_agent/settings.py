@@ -89,20 +89,31 @@ class NodeSettings:
         """Merge defaults < config file < environment < flags (flags that are None are 'not passed')."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {"max_concurrency": _default_concurrency(env)}
+        #: Where each value came from: 1 file, 2 environment, 3 flag (absent: default).
+        level: dict[str, int] = {}
         names = {f.name: f for f in fields(cls)}
         for key, value in (file_values or {}).items():
             if key not in names:
                 raise SettingsError(f"unknown setting {key!r} in the config file; known: {', '.join(names)}")
-            values[key] = _from_file(names[key].type, key, value)
+            values[key], level[key] = _from_file(names[key].type, key, value), 1
         for name, f in names.items():
             raw = env.get(f"INFERNET_{name.upper()}")
             if raw:
-                values[name] = _coerce(f.type, raw, f"INFERNET_{name.upper()}")
+                values[name], level[name] = _coerce(f.type, raw, f"INFERNET_{name.upper()}"), 2
         engine = str(flags.get("engine") or values.get("engine") or "ollama").strip().lower()
+        if flags.get("engine") is not None:
+            level["engine"] = 3
         if "INFERNET_ENGINE_URL" not in env and env.get("OLLAMA_HOST") and engine == "ollama":
-            values["engine_url"] = normalize_ollama_host(env["OLLAMA_HOST"])
-        values.update({k: v for k, v in flags.items() if v is not None})
+            values["engine_url"], level["engine_url"] = normalize_ollama_host(env["OLLAMA_HOST"]), 2
+        for key, value in flags.items():
+            if value is not None:
+                values[key], level[key] = value, 3
         values["engine"] = engine
+        # An engine chosen above the level its URL was set at (e.g. --engine llamacpp over a file written for
+        # Ollama) does not inherit that URL: it gets its own default.
+        if "engine_url" in values and level.get("engine", 0) > level.get("engine_url", 0) \
+                and str((file_values or {}).get("engine", "ollama")).lower() != engine and level.get("engine_url") == 1:
+            del values["engine_url"]
         if "engine_url" not in values:
             from node_agent.engines.registry import UnknownEngine, default_url
 

@@ -98,8 +98,7 @@ class LlamaCppEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self._llama: Any = None
         self._formatter: Callable[..., Any] | None = None
-        self._load_lock = asyncio.Lock()
-        self._load_error: str | None = None
+        self._loading: asyncio.Future | None = None
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -115,8 +114,10 @@ class LlamaCppEngine:
         except ImportError as exc:
             raise EngineUnavailable(f"llama-cpp-python is not installed ({exc}); {_INSTALL_HINT}") from exc
         try:
+            # n_gpu_layers=-1 offloads every layer when llama-cpp-python was built with a GPU backend;
+            # a CPU build ignores it.
             llama = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                                    verbose=False)
+                                    n_gpu_layers=-1, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineUnavailable(f"llama.cpp could not load {self.path}: {exc}") from exc
         template = llama.metadata.get("tokenizer.chat_template")
@@ -129,26 +130,29 @@ class LlamaCppEngine:
             self._formatter = _chatml
         self._llama = llama
 
+    def _loader(self) -> asyncio.Future:
+        """The one load in progress (a failed load is tried again on the next call)."""
+        failed = self._loading is not None and self._loading.done() and self._loading.exception() is not None
+        if self._loading is None or failed:
+            self._loading = asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        return self._loading
+
     async def _ensure_loaded(self) -> Any:
-        if self._llama is not None:
-            return self._llama
-        async with self._load_lock:
-            if self._llama is None:
-                try:
-                    await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-                except EngineUnavailable as exc:
-                    self._load_error = str(exc)
-                    raise
-                self._load_error = None
+        if self._llama is None:
+            await asyncio.shield(self._loader())  # a caller giving up does not abort (or repeat) the load
         return self._llama
 
     # -- the Engine interface ---------------------------------------------------------------------
 
     async def health(self) -> EngineHealth:
-        try:
-            await self._ensure_loaded()
-        except EngineUnavailable as exc:
-            return EngineHealth(ok=False, detail=str(exc))
+        """Quick: while a large model is still loading, says so instead of waiting for it."""
+        if self._llama is None:
+            loading = self._loader()
+            await asyncio.wait({loading}, timeout=2.0)
+            if not loading.done():
+                return EngineHealth(ok=False, detail=f"llama.cpp is loading {self.path}")
+            if loading.exception() is not None:
+                return EngineHealth(ok=False, detail=str(loading.exception()))
         import llama_cpp
 
         return EngineHealth(ok=True, version=f"llama-cpp-python {llama_cpp.__version__}")

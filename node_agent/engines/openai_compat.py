@@ -1,4 +1,4 @@
-"""The OpenAI-compatible engine: vLLM, SGLang, llama.cpp's server, LM Studio ... over /v1/models and streamed /v1/chat/completions.
+"""The OpenAI-compatible engine (vLLM, SGLang, llama.cpp's server, LM Studio): /v1/models and streamed chat.
 
 `url` is the server's base URL, with or without the trailing `/v1`. Token counts come from the streamed
 `usage` (requested with `stream_options.include_usage`); a server that sends none is counted by content
@@ -204,7 +204,8 @@ class OpenAICompatEngine:
         except (KeyError, TypeError, ValueError) as exc:
             raise GenerationFailed(f"openai-compatible server: malformed embeddings response: {exc}") from exc
         if len(vectors) != len(inputs):
-            raise GenerationFailed(f"openai-compatible server returned {len(vectors)} embeddings for {len(inputs)} inputs")
+            raise GenerationFailed(f"openai-compatible server returned {len(vectors)} embeddings "
+                                   f"for {len(inputs)} inputs")
         usage = body.get("usage") or {}
         return vectors, usage.get("prompt_tokens")
 

@@ -41,3 +41,16 @@ def create_engine(kind: str, url: str, **opts: Any) -> Engine:
     """An engine of `kind` talking to `url`; `opts` go to its constructor (e.g. keep_alive for ollama)."""
     module, _, factory = _target(kind).partition(":")
     return getattr(import_module(module), factory)(url, **opts)
+
+
+def engine_for(settings: Any) -> Engine:
+    """The engine a NodeSettings describes, with the options that apply to its kind."""
+    kind = settings.engine.strip().lower()
+    opts: dict[str, Any] = {}
+    if kind == "ollama" and settings.keep_alive:
+        opts["keep_alive"] = settings.keep_alive
+    elif kind == "openai" and settings.engine_api_key:
+        opts["api_key"] = settings.engine_api_key
+    elif kind == "llamacpp":
+        opts.update(n_ctx=settings.llama_context, n_threads=settings.llama_threads or None)
+    return create_engine(kind, settings.engine_url, **opts)

