@@ -9,7 +9,9 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	@echo "Installing Infernet. The first install compiles llama.cpp (llama-cpp-python, the built-in"
+	@echo "engine): about 4-5 minutes on 2 cores; pip caches the wheel for later installs."
+	$(PY) -m pip install --progress-bar on -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
