@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from control_plane.accounts.auth import Authenticator
+from control_plane.accounts.events import KeyEvents
 from control_plane.bus import Bus
+from control_plane.credits.ledger import LedgerRollup
 from control_plane.jobs.dispatcher import Dispatcher
 from control_plane.jobs.recorder import OutcomeRecorder
 from control_plane.jobs.service import JobService
@@ -19,6 +21,8 @@ from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database
 from control_plane.store.migrate import apply_migrations
+from control_plane.openai.service import OpenAIService
+from control_plane.streaming import TokenRelay
 
 log = structlog.get_logger("control_plane.runtime")
 
@@ -38,6 +42,12 @@ class Runtime:
     auth: Authenticator
     jobs: JobService
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: Token chunks and outcomes to the streams and waiting requests of this replica.
+    relay: TokenRelay | None = None
+    #: The OpenAI-compatible /v1 API over jobs and the relay.
+    openai: OpenAIService | None = None
+    #: Revocations and key changes, applied here and broadcast to every replica (issue 5).
+    key_events: KeyEvents | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -60,14 +70,21 @@ class Runtime:
         sweeper = Sweeper(db, registry, dispatcher, settings)
         recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings)
         heartbeats = HeartbeatHandler(db, bus, registry, NodeTokenVerifier(db), dispatcher, sweeper)
+        sweeper.reports = heartbeats.reports
         rt = cls(settings=settings, db=db, bus=bus, registry=registry, dispatcher=dispatcher, recorder=recorder,
                  sweeper=sweeper, heartbeats=heartbeats, auth=Authenticator(db, cache_secs=settings.auth_cache_secs),
                  jobs=JobService(db, registry, dispatcher, sweeper, settings))
         await heartbeats.start()
         await recorder.observe()
+        rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)
+        await rt.key_events.start()
+        rt.relay = TokenRelay(db, bus, recorder, settings)
+        await rt.relay.start()
+        rt.openai = OpenAIService(rt.jobs, rt.relay, registry)
         await bus.flush()
         for name, coro in (("dispatcher", dispatcher.run()), ("recorder", recorder.run()),
-                           ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop())):
+                           ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop()),
+                           ("credits-rollup", LedgerRollup(db, settings).run())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
         log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)
         return rt
@@ -82,6 +99,8 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.stop()
         await self.dispatcher.close()
         await self.heartbeats.flush()
         await self.bus.close()

@@ -59,6 +59,8 @@ class NodeAgent:
         self.boot_id = secrets.token_hex(6)
         self.state: str = "online"
         self.jobs: dict[str, RunningJob] = {}
+        #: Jobs accepted whose outcome is not yet stored on JetStream (advertised as `running`).
+        self.unsettled: set[str] = set()
         self.rates = RollingRates()
         self.models: list[EngineModel] = []
         #: Models the engine has that the allow/deny lists keep from being advertised.
@@ -282,7 +284,7 @@ class NodeAgent:
                                    embeddings=m.embeddings)
                 for m in self.models
             ),
-            gpus=self.gpus, labels=self.settings.advertised_labels(), boot_id=self.boot_id,
+            gpus=self.gpus, labels=self.settings.advertised_labels(), boot_id=self.boot_id, running=tuple(self.unsettled),
             interval_s=self.settings.advertise_interval_s, sent_at=time.time(),
         )
 
@@ -316,6 +318,7 @@ class NodeAgent:
         if reason is None:
             job = RunningJob(assignment)
             self.jobs[assignment.job_id] = job
+            self.unsettled.add(assignment.job_id)
             self.metrics.active_slots.set(len(self.jobs))
             self._idle.clear()
             job.task = asyncio.create_task(self._run(job), name=f"job {assignment.job_id}")
@@ -382,7 +385,10 @@ class NodeAgent:
         self.metrics.job_finished(kind, getattr(outcome, "error", None))
         bound.info("job_finished", outcome=type(outcome).__name__, error=getattr(outcome, "error", None),
                    chunks=job.chunks)
-        await self._publish_outcome(outcome)
+        try:
+            await self._publish_outcome(outcome)
+        finally:
+            self.unsettled.discard(a.job_id)
 
     def _failure(self, job: RunningJob, code: str, message: str, *, produced: bool = False) -> protocol.JobFailure:
         a = job.assignment

@@ -59,6 +59,8 @@ class Advertisement(_Wire, tag="advertisement"):
     labels: dict[str, str] = {}
     #: Random id of this agent process; a new one means the node restarted and lost its in-flight jobs.
     boot_id: str = ""
+    #: Jobs the node holds (running, or finished but whose outcome is not yet stored); None = not reported.
+    running: tuple[str, ...] | None = None
     interval_s: float = 5.0
     sent_at: float = 0.0
     protocol_version: int = PROTOCOL_VERSION
@@ -170,3 +172,14 @@ class Cancel(_Wire, tag="cancel"):
 class Drain(_Wire, tag="drain"):
     node_id: str
     reason: str = "requested"
+
+
+class KeysInvalidated(_Wire, tag="keys_invalidated"):
+    """Control plane to control planes (subjects.control_events()): drop these API keys from auth caches.
+
+    Sent when a key is revoked or changed, or an account deactivated (account_id set: all of its keys).
+    """
+
+    key_ids: tuple[str, ...] = ()
+    account_id: str | None = None
+    origin: str = ""

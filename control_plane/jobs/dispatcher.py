@@ -75,6 +75,8 @@ class Dispatcher:
         self._reserved: dict[str, str] = {}  # job id -> node id this replica reserved a slot on
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        #: Set by the runtime: moves a job that its model cannot serve to the next model of its fallback chain.
+        self.fallback = None
 
     # -- queue -----------------------------------------------------------------------------------
     def enqueue(self, job: QueuedJob, *, front: bool = False, wake: bool = True) -> None:
@@ -96,6 +98,10 @@ class Dispatcher:
 
     def queued_count(self) -> int:
         return sum(len(q) for q in self._queues.values())
+
+    def queued_for(self, model: str) -> int:
+        """Unpinned jobs for one model waiting in this replica's queue."""
+        return len(self._queues.get((model, None), ()))
 
     def forget(self, job_id: str) -> None:
         """Drop a job from this replica's hold (it was cancelled or finished elsewhere)."""
@@ -133,6 +139,10 @@ class Dispatcher:
                     continue
                 node_id = self._pick(job)
                 if node_id is None:
+                    if self.fallback is not None and self.fallback.wants_switch(job):
+                        queue.popleft()  # its model cannot serve it: the next model of its fallback chain will
+                        self._spawn(self.fallback.switch(job, self))
+                        continue
                     break  # FIFO per model: later jobs wait behind the head
                 queue.popleft()
                 self._registry.reserve(node_id)
@@ -148,10 +158,14 @@ class Dispatcher:
         found = placement.candidates(
             self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1
         )
+        if not found and job.tried:
+            # Nodes already tried are a last resort, not excluded: a lone node that restarted must get its job back.
+            found = placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, limit=1)
+            if found:
+                job.tried.clear()
         if not found:
             return None
-        first = found[0]
-        return first if isinstance(first, str) else first.node_id
+        return found[0].node_id
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

@@ -31,6 +31,9 @@ class Sweeper:
         self._clock = clock
         self._started = clock()
         self._last_renew = 0.0
+        self._last_report_check = 0.0
+        #: Set by the runtime: what nodes say they hold (control_plane.nodes.reports.RunningReports).
+        self.reports = None
 
     @property
     def warm(self) -> bool:
@@ -53,6 +56,9 @@ class Sweeper:
         lost = self._registry.expire()
         if lost:
             log.warning("nodes_offline", node_ids=lost, detail="missed 3 heartbeats; re-placing their jobs")
+            if self.reports is not None:
+                for node_id in lost:
+                    self.reports.forget_node(node_id)
             await self.nodes_lost(lost)
         now = self._clock()
         held = self._dispatcher.held_ids()
@@ -62,6 +68,9 @@ class Sweeper:
                                                     "claim_secs": self._settings.claim_secs})
         if self.warm:
             await self._adopt_orphans()
+            if self.reports is not None and now - self._last_report_check >= 2.0:
+                self._last_report_check = now
+                await self._check_reports()
         for row in await self._db.fetchall("stale_processing", {"grace_secs": DEADLINE_GRACE_SECS}):
             if await self._db.execute("expire_processing", {"id": row["id"], "attempt": row["attempt"]}):
                 log.warning("job_timed_out", job_id=row["id"], node_id=row["node_id"])
@@ -79,6 +88,20 @@ class Sweeper:
             self._dispatcher.enqueue(QueuedJob.from_row(row, attempt=attempt))
             log.info("job_adopted", job_id=row["id"], detail="pending job had no live replica holding it")
 
+    async def _check_reports(self) -> None:
+        """Attempts that a live node's last two reports do not list (e.g. the replica that offered them died
+        before the offer went out) are re-placed or failed like those of a lost node."""
+        node_ids = list(self.reports.latest)
+        if not node_ids:
+            return
+        rows = await self._db.fetchall("unconfirmed_processing", {"node_ids": node_ids, "min_age": 2.0})
+        current = {(r["id"], r["attempt"]) for r in rows}
+        for key in [k for k in self.reports.missing_since if k not in current]:
+            del self.reports.missing_since[key]  # ended normally after one missing report
+        for row in rows:
+            if self.reports.vanished(row["id"], row["attempt"], row["node_id"], row["assigned_at"]):
+                await self.lose_attempt(row, "not holding the job")
+
     async def nodes_lost(self, node_ids: Iterable[str], *, started_before=None) -> None:
         """Re-place (or fail) the processing jobs of nodes that died or restarted."""
         node_ids = list(node_ids)
@@ -86,23 +109,30 @@ class Sweeper:
         for row in rows:
             if started_before is not None and row.get("started_at") and row["started_at"] >= started_before:
                 continue
-            bound = log.bind(job_id=row["id"], node_id=row["node_id"], attempt=row["attempt"])
-            self._dispatcher.job_ended(row["id"], row["node_id"])
-            self._registry.record_outcome(row["node_id"], False)
-            if row["first_token_at"] is None and row["attempt"] < self._settings.max_attempts:
-                requeued = await self._db.fetchone("requeue_attempt", {
-                    "id": row["id"], "attempt": row["attempt"], "lease": None,
-                    "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
-                })
-                if requeued is not None:
-                    job = QueuedJob.from_row(requeued, attempt=row["attempt"] + 1)
-                    job.tried.add(row["node_id"])
-                    self._dispatcher.enqueue(job)
-                    bound.warning("job_requeued_node_lost")
-                continue
-            message = (f"node {row['node_id']} was lost after tokens reached the client"
-                       if row["first_token_at"] is not None
-                       else f"node {row['node_id']} was lost on the last allowed attempt ({row['attempt']})")
-            if await self._db.execute("fail_processing", {"id": row["id"], "attempt": row["attempt"],
-                                                          "error": "node_lost", "error_message": message}):
-                bound.warning("job_failed_node_lost")
+            await self.lose_attempt(row, "lost")
+
+    async def lose_attempt(self, row: dict, how: str) -> None:
+        """The node running this attempt is gone or no longer has it: re-place the job, or fail it (node_lost)."""
+        bound = log.bind(job_id=row["id"], node_id=row["node_id"], attempt=row["attempt"])
+        self._dispatcher.job_ended(row["id"], row["node_id"])
+        self._registry.record_outcome(row["node_id"], False)
+        tokens_sent = row["first_token_at"] is not None
+        if not tokens_sent and row["attempt"] < self._settings.max_attempts:
+            requeued = await self._db.fetchone("requeue_attempt", {
+                "id": row["id"], "attempt": row["attempt"], "lease": None,
+                "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
+            })
+            if requeued is not None:
+                job = QueuedJob.from_row(requeued, attempt=row["attempt"] + 1)
+                job.tried.add(row["node_id"])
+                self._dispatcher.enqueue(job)
+                bound.warning("job_requeued_node_lost", how=how)
+                return
+            # Not re-placed: its first token reached a client meanwhile (or it ended); fail it if still running.
+            tokens_sent = True
+        message = (f"node {row['node_id']} was {how} after tokens reached the client"
+                   if tokens_sent
+                   else f"node {row['node_id']} was {how} on the last allowed attempt ({row['attempt']})")
+        if await self._db.execute("fail_processing", {"id": row["id"], "attempt": row["attempt"],
+                                                      "error": "node_lost", "error_message": message}):
+            bound.warning("job_failed_node_lost", how=how)

@@ -13,6 +13,7 @@ import protocol
 from control_plane.bus import Bus
 from control_plane.jobs.dispatcher import Dispatcher
 from control_plane.jobs.sweeper import Sweeper
+from control_plane.nodes.reports import RunningReports
 from control_plane.nodes.service import NodeTokenVerifier
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.store import Database, StoreError
@@ -35,6 +36,7 @@ class HeartbeatHandler:
         self._sweeper = sweeper
         self._persist_interval_s = persist_interval_s
         self._pending: dict[str, tuple[datetime, dict]] = {}
+        self.reports = RunningReports()
         self._boots: dict[str, str] = {}
         self._rejected_logged: dict[str, float] = {}
 
@@ -70,6 +72,7 @@ class HeartbeatHandler:
         if previous_boot is not None and previous_boot != ad.boot_id:
             log.warning("node_restarted", node_id=ad.node_id, detail="jobs it was running are re-placed")
             await self._sweeper.nodes_lost([ad.node_id], started_before=datetime.now(timezone.utc))
+        self.reports.record(ad.node_id, datetime.now(timezone.utc), ad.running, ad.interval_s)
         record = msgspec.to_builtins(ad)
         record.pop("token", None)
         self._pending[ad.node_id] = (datetime.now(timezone.utc), record)

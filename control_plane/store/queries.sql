@@ -15,14 +15,18 @@ RETURNING id, name, is_active, created_at;
 SELECT id, name, is_active, created_at FROM accounts WHERE name = %(name)s;
 
 -- name: insert_api_key
--- Store a new API key (hash only).
-INSERT INTO api_keys (id, account_id, name, prefix, key_hash, is_admin, expires_at)
-VALUES (%(id)s, %(account_id)s, %(name)s, %(prefix)s, %(key_hash)s, %(is_admin)s, %(expires_at)s)
-RETURNING id, account_id, name, prefix, is_admin, created_at, expires_at;
+-- Store a new API key (hash only) with its routing and rate-limit settings.
+INSERT INTO api_keys (id, account_id, name, prefix, key_hash, is_admin, expires_at, model_pool, optimize_mode,
+                      rate_limit_rpm, rate_limit_tpm)
+VALUES (%(id)s, %(account_id)s, %(name)s, %(prefix)s, %(key_hash)s, %(is_admin)s, %(expires_at)s, %(model_pool)s,
+        %(optimize_mode)s, %(rate_limit_rpm)s, %(rate_limit_tpm)s)
+RETURNING id, account_id, name, prefix, is_admin, created_at, expires_at, revoked_at, model_pool, optimize_mode,
+          rate_limit_rpm, rate_limit_tpm;
 
 -- name: get_principal_by_key_hash
 -- Resolve a bearer key's hash to its key and account state.
-SELECT k.id AS key_id, k.account_id, k.key_hash, k.is_admin, k.revoked_at, k.expires_at,
+SELECT k.id AS key_id, k.account_id, k.key_hash, k.prefix, k.is_admin, k.revoked_at, k.expires_at,
+       k.model_pool, k.optimize_mode, k.rate_limit_rpm, k.rate_limit_tpm,
        a.is_active AS account_active, a.name AS account_name
 FROM api_keys k JOIN accounts a ON a.id = k.account_id
 WHERE k.key_hash = %(key_hash)s;
@@ -64,16 +68,24 @@ VALUES (%(id)s, %(account_id)s, %(api_key_id)s, %(kind)s, %(model)s, %(request)s
 RETURNING id, status, model, created_at, deadline;
 
 -- name: get_job
--- One job of one account (the API's view).
-SELECT * FROM jobs WHERE id = %(id)s AND account_id = %(account_id)s;
+-- One job of one account (the API's view), with its webhook delivery when it asked for one.
+SELECT j.*, CASE WHEN j.request ? 'webhook_url' THEN (
+           SELECT jsonb_build_object('id', d.id, 'status', d.status, 'attempts', d.attempts,
+                                     'next_attempt_at', CASE WHEN d.status = 'pending' THEN d.next_attempt_at END)
+           FROM webhook_deliveries d WHERE d.job_id = j.id) END AS webhook
+FROM jobs j WHERE j.id = %(id)s AND j.account_id = %(account_id)s;
 
 -- name: get_job_any
 -- One job regardless of account (internal use: placement, recording).
 SELECT * FROM jobs WHERE id = %(id)s;
 
 -- name: list_jobs
--- An account's recent jobs, newest first, optionally filtered by status and creation time.
-SELECT * FROM jobs
+-- An account's recent jobs, newest first, optionally filtered by status and creation time (webhooks as get_job).
+SELECT j.*, CASE WHEN j.request ? 'webhook_url' THEN (
+           SELECT jsonb_build_object('id', d.id, 'status', d.status, 'attempts', d.attempts,
+                                     'next_attempt_at', CASE WHEN d.status = 'pending' THEN d.next_attempt_at END)
+           FROM webhook_deliveries d WHERE d.job_id = j.id) END AS webhook
+FROM jobs j
 WHERE account_id = %(account_id)s
   AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
@@ -84,19 +96,19 @@ LIMIT %(limit)s;
 -- Record that an attempt was accepted by a node: the job is processing there under a new lease.
 UPDATE jobs
 SET status = 'processing', attempt = %(attempt)s, lease = %(lease)s, node_id = %(node_id)s,
-    started_at = COALESCE(started_at, now()), claimed_by = NULL, claim_expires_at = NULL
+    started_at = COALESCE(started_at, now()), assigned_at = now(), claimed_by = NULL, claim_expires_at = NULL
 WHERE id = %(id)s AND status = 'pending'
 RETURNING id;
 
 -- name: complete_job
--- Record a result; only for the current attempt, lease and node, and only once.
+-- Record a result; only for the current attempt, lease and node, and only once (typed jobs: complete_typed_job).
 UPDATE jobs
 SET status = 'completed', completed_at = now(), result = %(result)s,
     prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s,
     first_token_at = COALESCE(first_token_at, %(first_token_at)s)
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND node_id = %(node_id)s
-  AND status = 'processing'
-RETURNING id, account_id, status, completed_at, created_at;
+  AND status = 'processing' AND NOT (request ? 'response_schema')
+RETURNING *;
 
 -- name: fail_attempt
 -- Record a failure of the current attempt; only for its lease and node, and only once.
@@ -105,14 +117,15 @@ SET status = 'failed', completed_at = now(), error = %(error)s, error_message = 
     result = %(result)s, prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND node_id = %(node_id)s
   AND status = 'processing'
-RETURNING id, account_id, status, completed_at, created_at;
+RETURNING *;
 
 -- name: requeue_attempt
--- Put a processing job back to pending for another attempt (node lost or retryable failure before any token).
+-- Put a processing job back to pending for another attempt (node lost or retryable failure) unless a token
+-- already reached a client (then it must fail instead: a client never sees two attempts).
 UPDATE jobs
 SET status = 'pending', node_id = NULL, lease = NULL,
     claimed_by = %(claimed_by)s, claim_expires_at = now() + make_interval(secs => %(claim_secs)s)
-WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'processing'
+WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'processing' AND first_token_at IS NULL
   AND (%(lease)s::text IS NULL OR lease = %(lease)s)
 RETURNING id, model, attempt, pinned_node_id, kind, request, deadline, created_at;
 
@@ -202,3 +215,289 @@ RETURNING id;
 -- name: node_names
 -- Names and first/last seen of every registered node.
 SELECT id, name, first_seen_at, last_seen_at FROM nodes;
+
+-- ==== streaming and the OpenAI-compatible API (issue 3) ====
+
+-- name: mark_first_token
+-- Record when the first token of the running attempt reached a client (one write per job); no row when that
+-- attempt was re-placed meanwhile, so its tokens must not be shown.
+UPDATE jobs SET first_token_at = COALESCE(first_token_at, now())
+WHERE id = %(id)s AND attempt = %(attempt)s AND status <> 'pending'
+RETURNING first_token_at;
+
+-- name: ended_jobs
+-- Which of the given jobs have ended (jobs finalised without an outcome message: node lost, deadline, cancel).
+SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND status IN ('completed', 'failed', 'cancelled');
+
+-- ==== keys, credits and usage (issue 5) ====
+
+-- name: create_account
+-- Create an account with its opening grant (a deposit) unless the name is taken; returns it when created.
+WITH account AS (
+    INSERT INTO accounts (id, name) VALUES (%(id)s, %(name)s)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING id, name, is_active, created_at
+), grant_entry AS (
+    INSERT INTO credit_ledger (account_id, kind, amount, note)
+    SELECT id, 'deposit', %(credits)s, 'sign-up grant' FROM account WHERE %(credits)s::bigint > 0
+)
+SELECT * FROM account;
+
+-- name: get_account
+-- One account by id.
+SELECT id, name, is_active, created_at FROM accounts WHERE id = %(id)s;
+
+-- name: list_accounts
+-- Every account, oldest first (admin view).
+SELECT id, name, is_active, created_at FROM accounts ORDER BY created_at, id LIMIT %(limit)s;
+
+-- name: set_account_active
+-- Activate or deactivate an account; returns it.
+UPDATE accounts SET is_active = %(is_active)s WHERE id = %(id)s
+RETURNING id, name, is_active, created_at;
+
+-- name: list_api_keys
+-- An account's keys, newest first (prefixes and settings, never hashes).
+SELECT id, account_id, name, prefix, is_admin, created_at, expires_at, revoked_at, model_pool, optimize_mode,
+       rate_limit_rpm, rate_limit_tpm
+FROM api_keys WHERE account_id = %(account_id)s ORDER BY created_at DESC, id DESC;
+
+-- name: get_api_key
+-- One key of one account.
+SELECT id, account_id, name, prefix, is_admin, created_at, expires_at, revoked_at, model_pool, optimize_mode,
+       rate_limit_rpm, rate_limit_tpm
+FROM api_keys WHERE id = %(id)s AND account_id = %(account_id)s;
+
+-- name: update_api_key
+-- Change a live key's name, pool, mode, limits or expiry (each only when its flag says so).
+UPDATE api_keys SET
+    name = CASE WHEN %(set_name)s THEN %(name)s ELSE name END,
+    model_pool = CASE WHEN %(set_model_pool)s THEN %(model_pool)s ELSE model_pool END,
+    optimize_mode = CASE WHEN %(set_optimize_mode)s THEN %(optimize_mode)s ELSE optimize_mode END,
+    rate_limit_rpm = CASE WHEN %(set_rate_limit_rpm)s THEN %(rate_limit_rpm)s ELSE rate_limit_rpm END,
+    rate_limit_tpm = CASE WHEN %(set_rate_limit_tpm)s THEN %(rate_limit_tpm)s ELSE rate_limit_tpm END,
+    expires_at = CASE WHEN %(set_expires_at)s THEN %(expires_at)s ELSE expires_at END
+WHERE id = %(id)s AND account_id = %(account_id)s AND revoked_at IS NULL
+RETURNING id, account_id, name, prefix, is_admin, created_at, expires_at, revoked_at, model_pool, optimize_mode,
+          rate_limit_rpm, rate_limit_tpm;
+
+-- name: revoke_api_key
+-- Revoke a key of one account (idempotent: an already revoked key keeps its first revocation time).
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+WHERE id = %(id)s AND account_id = %(account_id)s
+RETURNING id, account_id, name, prefix, is_admin, created_at, expires_at, revoked_at, model_pool, optimize_mode,
+          rate_limit_rpm, rate_limit_tpm;
+
+-- name: account_key_ids
+-- Ids of every key of an account (to drop them from caches when the account changes).
+SELECT id FROM api_keys WHERE account_id = %(account_id)s;
+
+-- name: lock_account_credits
+-- Serialise reservations of one account until commit (other accounts never wait on it).
+SELECT pg_advisory_xact_lock(1229866597, hashtext(%(account_id)s));
+
+-- name: reserve_credits
+-- Hold a job's worst-case cost if the account can afford it; returns the cost, the terms and whether it was held.
+WITH terms AS (
+    SELECT COALESCE(p.input_per_mtok, %(default_input)s::bigint) AS price_input,
+           COALESCE(p.output_per_mtok, %(default_output)s::bigint) AS price_output
+    FROM (VALUES (1)) AS one LEFT JOIN model_prices p ON p.model = %(model)s
+), cost AS (
+    SELECT price_input, price_output,
+           infernet_credit_cost(%(prompt_tokens)s, %(max_tokens)s, price_input, price_output) AS amount
+    FROM terms
+), credits AS (
+    SELECT (COALESCE(max(r.balance), 0) + COALESCE(sum(l.amount), 0))::bigint AS balance,
+           (COALESCE(max(r.held), 0) + COALESCE(sum(l.held), 0))::bigint AS reserved
+    FROM credit_rollup_state s
+    LEFT JOIN credit_rollups r ON r.account_id = %(account_id)s
+    LEFT JOIN credit_ledger l ON l.account_id = %(account_id)s AND l.txid >= s.horizon
+), hold AS (
+    INSERT INTO credit_ledger (account_id, kind, held, job_id, api_key_id, price_input, price_output,
+                               operator_share_bps)
+    SELECT %(account_id)s, 'reserve', cost.amount, %(job_id)s, %(api_key_id)s, cost.price_input,
+           cost.price_output, %(operator_share_bps)s
+    FROM cost, credits WHERE credits.balance - credits.reserved >= cost.amount
+    RETURNING id
+)
+SELECT cost.amount, cost.price_input, cost.price_output, credits.balance, credits.reserved,
+       EXISTS (SELECT 1 FROM hold) AS held
+FROM cost, credits;
+
+-- name: account_credits
+-- An account's balance and reserved credits: its rollup plus the entries above the rollup horizon.
+SELECT (COALESCE(max(r.balance), 0) + COALESCE(sum(l.amount), 0))::bigint AS balance,
+       (COALESCE(max(r.held), 0) + COALESCE(sum(l.held), 0))::bigint AS reserved
+FROM credit_rollup_state s
+LEFT JOIN credit_rollups r ON r.account_id = %(account_id)s
+LEFT JOIN credit_ledger l ON l.account_id = %(account_id)s AND l.txid >= s.horizon;
+
+-- name: try_lock_rollup
+-- Only one replica rolls the ledger up at a time (transaction-scoped; false when another is at it).
+SELECT pg_try_advisory_xact_lock(1229866598, 0) AS locked;
+
+-- name: roll_up_credits
+-- Fold every entry of finished transactions between the old and the new horizon into per-account rollups.
+WITH state AS (
+    SELECT horizon AS old, pg_snapshot_xmin(pg_current_snapshot()) AS new FROM credit_rollup_state FOR UPDATE
+), tail AS (
+    SELECT l.account_id, sum(l.amount) AS amount, sum(l.held) AS held
+    FROM credit_ledger l, state
+    WHERE l.txid >= state.old AND l.txid < state.new
+    GROUP BY l.account_id
+), folded AS (
+    INSERT INTO credit_rollups AS r (account_id, balance, held)
+    SELECT account_id, amount, held FROM tail
+    ON CONFLICT (account_id) DO UPDATE SET balance = r.balance + excluded.balance, held = r.held + excluded.held
+    RETURNING 1
+), moved AS (
+    UPDATE credit_rollup_state SET horizon = state.new, rolled_at = now() FROM state
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM folded) AS accounts, (SELECT count(*) FROM moved) AS moved;
+
+-- name: deposit_credits
+-- Add credits to an account (a top-up or grant); returns the entry.
+INSERT INTO credit_ledger (account_id, kind, amount, note)
+VALUES (%(account_id)s, 'deposit', %(amount)s, %(note)s)
+RETURNING id, account_id, kind, amount, held, job_id, node_id, api_key_id, note, created_at;
+
+-- name: list_credit_transactions
+-- An account's ledger entries, newest first, by kind, job and time, before a cursor id.
+SELECT id, account_id, kind, amount, held, job_id, node_id, api_key_id, note, created_at
+FROM credit_ledger
+WHERE account_id = %(account_id)s
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+  AND (%(kinds)s::text[] IS NULL OR kind = ANY(%(kinds)s))
+  AND (%(job_id)s::text IS NULL OR job_id = %(job_id)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: get_credit_transaction
+-- One ledger entry of one account.
+SELECT id, account_id, kind, amount, held, job_id, node_id, api_key_id, note, created_at
+FROM credit_ledger WHERE id = %(id)s AND account_id = %(account_id)s;
+
+-- name: upsert_model_price
+-- Set a model's prices (credits per 1M input and output tokens).
+INSERT INTO model_prices (model, input_per_mtok, output_per_mtok) VALUES (%(model)s, %(input)s, %(output)s)
+ON CONFLICT (model) DO UPDATE SET input_per_mtok = excluded.input_per_mtok,
+                                  output_per_mtok = excluded.output_per_mtok, updated_at = now()
+RETURNING model, input_per_mtok, output_per_mtok, updated_at;
+
+-- name: delete_model_price
+-- Drop a model's price so the default applies again.
+DELETE FROM model_prices WHERE model = %(model)s RETURNING model;
+
+-- name: list_model_prices
+-- Every priced model.
+SELECT model, input_per_mtok, output_per_mtok, updated_at FROM model_prices ORDER BY model;
+
+-- name: list_usage
+-- An account's ended jobs (one usage record each), newest first, by time, model and key, before a cursor.
+SELECT id, model, node_id, api_key_id, status, error, prompt_tokens, completion_tokens, credits_charged,
+       created_at, completed_at, first_token_at, started_at, result -> 'ttft_ms' AS ttft_ms
+FROM jobs
+WHERE account_id = %(account_id)s AND status IN ('completed', 'failed', 'cancelled')
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(model)s::text IS NULL OR model = %(model)s)
+  AND (%(key_id)s::text IS NULL OR api_key_id = %(key_id)s)
+  AND (%(before_ts)s::timestamptz IS NULL OR (created_at, id) < (%(before_ts)s, %(before_id)s))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: usage_totals
+-- Totals of an account's ended jobs per model and per UTC day, under the same filters as list_usage.
+SELECT model, (created_at AT TIME ZONE 'UTC')::date AS day, count(*) AS jobs,
+       COALESCE(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+       COALESCE(sum(completion_tokens), 0)::bigint AS completion_tokens, COALESCE(sum(credits_charged), 0)::bigint AS credits
+FROM jobs
+WHERE account_id = %(account_id)s AND status IN ('completed', 'failed', 'cancelled')
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(model)s::text IS NULL OR model = %(model)s)
+  AND (%(key_id)s::text IS NULL OR api_key_id = %(key_id)s)
+GROUP BY model, day;
+
+-- name: operator_node_stats
+-- An operator's nodes with the jobs they completed, the tokens they served and what the operator earned.
+SELECT n.id AS node_id, n.name, n.created_at, n.last_seen_at,
+       COALESCE(j.jobs, 0)::bigint AS jobs_served, COALESCE(j.prompt_tokens, 0)::bigint AS prompt_tokens,
+       COALESCE(j.completion_tokens, 0)::bigint AS completion_tokens, COALESCE(j.credits, 0)::bigint AS credits_charged,
+       COALESCE(p.earned, 0)::bigint AS earnings
+FROM nodes n
+LEFT JOIN LATERAL (
+    SELECT count(*) AS jobs, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(credits_charged) AS credits
+    FROM jobs WHERE node_id = n.id AND status = 'completed'
+) j ON true
+LEFT JOIN LATERAL (
+    SELECT sum(amount) AS earned FROM credit_ledger
+    WHERE account_id = %(account_id)s AND kind = 'payout' AND node_id = n.id
+) p ON true
+WHERE n.operator_account_id = %(account_id)s
+ORDER BY n.id;
+
+-- ==== attempts a live node does not hold (issue 4) ====
+
+-- name: unconfirmed_processing
+-- Processing attempts handed to the given nodes more than min_age seconds ago (to check against their reports).
+SELECT id, attempt, node_id, first_token_at, assigned_at FROM jobs
+WHERE status = 'processing' AND node_id = ANY(%(node_ids)s)
+  AND assigned_at < now() - make_interval(secs => %(min_age)s);
+
+-- ==== gateway behaviours: rate limits, idempotency, webhooks, typed output, fallback (issue 6) ====
+
+-- name: ratelimit_lease
+-- Lease `need` units (all or nothing) and up to `ask` of a key's window budget; returns the shared total and the grant.
+INSERT INTO rate_limit_windows AS w (key_id, window_start, dim, used, granted)
+VALUES (%(key_id)s, %(window_start)s, %(dim)s,
+        CASE WHEN %(ask)s::bigint <= %(limit)s::bigint THEN %(ask)s::bigint
+             WHEN %(need)s::bigint <= %(limit)s::bigint THEN %(limit)s::bigint ELSE 0 END,
+        CASE WHEN %(ask)s::bigint <= %(limit)s::bigint THEN %(ask)s::bigint
+             WHEN %(need)s::bigint <= %(limit)s::bigint THEN %(limit)s::bigint ELSE 0 END)
+ON CONFLICT (key_id, window_start, dim) DO UPDATE
+SET used = w.used + CASE WHEN w.used + %(ask)s::bigint <= %(limit)s::bigint THEN %(ask)s::bigint
+                         WHEN w.used + %(need)s::bigint <= %(limit)s::bigint THEN %(limit)s::bigint - w.used
+                         ELSE 0 END,
+    granted = CASE WHEN w.used + %(ask)s::bigint <= %(limit)s::bigint THEN %(ask)s::bigint
+                   WHEN w.used + %(need)s::bigint <= %(limit)s::bigint THEN %(limit)s::bigint - w.used
+                   ELSE 0 END
+RETURNING used, granted;
+
+-- name: ratelimit_used
+-- How much of a key's window budget all replicas have leased so far.
+SELECT used FROM rate_limit_windows
+WHERE key_id = %(key_id)s AND window_start = %(window_start)s AND dim = %(dim)s;
+
+-- name: ratelimit_forget
+-- Drop rate-limit windows that ended long ago.
+DELETE FROM rate_limit_windows WHERE window_start < %(before)s;
+
+-- name: complete_typed_job
+-- Record a result whose output matched the job's response_schema (`typed` is in the result); current attempt only.
+UPDATE jobs
+SET status = 'completed', completed_at = now(), result = %(result)s,
+    prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND node_id = %(node_id)s
+  AND status = 'processing' AND request ? 'response_schema'
+RETURNING *;
+
+-- name: fail_typed_job
+-- Fail a job whose output did not match its response_schema (settlement refunds it); current attempt only.
+UPDATE jobs
+SET status = 'failed', completed_at = now(), error = %(error)s, error_message = %(error_message)s,
+    result = %(result)s, prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND node_id = %(node_id)s
+  AND status = 'processing' AND request ? 'response_schema'
+RETURNING *;
+
+-- name: switch_job_model
+-- Move a pending job to a fallback model (only if it is still pending on the model it had).
+UPDATE jobs
+SET model = %(model)s, request = request || jsonb_build_object('fallback', %(fallback)s::jsonb)
+WHERE id = %(id)s AND status = 'pending' AND model = %(from_model)s
+RETURNING id;

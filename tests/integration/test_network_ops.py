@@ -119,3 +119,23 @@ async def test_engine_going_away_withdraws_its_models_and_they_return(stack):
         job_id = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
         job = await stack.wait_job(key, job_id)
         assert job["status"] == "completed" and job["node_id"] == node.node_id
+
+
+async def test_an_attempt_recorded_but_never_offered_is_replaced(stack, double):
+    """A replica that dies between recording an attempt and offering it leaves a job 'processing' on a live node
+    that never heard of it; the node's running reports reveal it and the job runs elsewhere (or there again)."""
+    from control_plane.store.database import jsonb
+
+    key = await stack.key()
+    node = await stack.add_node(double.url, interval=0.3)
+    await stack.wait_nodes_serving("qwen2.5:7b")
+    acct = await stack.runtime.db.fetchone("get_account_by_name", {"name": "alice"})
+    row = await stack.runtime.db.fetchone("insert_job", {
+        "id": "job_00000000deadbeef", "account_id": acct["id"], "api_key_id": None, "kind": "chat",
+        "model": "qwen2.5:7b", "request": jsonb({"messages": [{"role": "user", "content": "hi"}], "params": {}}),
+        "pinned_node_id": None, "claimed_by": "a-replica-that-died", "claim_secs": 60, "wallclock_secs": 120,
+        "request_id": None})
+    assert await stack.runtime.db.execute("start_attempt", {
+        "id": row["id"], "attempt": 1, "lease": "never-offered", "node_id": node.node_id})
+    job = await stack.wait_job(key, row["id"], timeout=60)
+    assert job["status"] == "completed" and job["attempt"] == 2
