@@ -56,6 +56,39 @@ async def run_direct(url: str, jobs: int, concurrency: int) -> tuple[list[float]
     return latencies, jobs / elapsed
 
 
+async def run_throughput(url: str, key: str, database_url: str, jobs: int, concurrency: int) -> tuple[list[float], float]:
+    """Submit `jobs` at `concurrency` without polling, then read completion times from PostgreSQL."""
+    import psycopg
+
+    headers = {"Authorization": f"Bearer {key}"}
+    todo = iter(range(jobs))
+    ids: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
+        async def worker():
+            for _ in todo:
+                r = await client.post("/api/v1/jobs", json=BODY)
+                if r.status_code != 200:
+                    raise RuntimeError(f"submit failed: {r.status_code} {r.text}")
+                ids.append(r.json()["id"])
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        while True:
+            cur = await conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),"
+                " min(created_at), max(completed_at) FROM jobs WHERE id = ANY(%s)", (ids,))
+            done, failed, first, last = await cur.fetchone()
+            if failed:
+                raise RuntimeError(f"{failed} jobs failed")
+            if done == len(ids):
+                break
+            await asyncio.sleep(0.05)
+        cur = await conn.execute(
+            "SELECT extract(epoch FROM completed_at - created_at) * 1000 FROM jobs WHERE id = ANY(%s)", (ids,))
+        latencies = [float(r[0]) for r in await cur.fetchall()]
+    return latencies, len(ids) / (last - first).total_seconds()
+
+
 def report(label: str, latencies: list[float], rate: float) -> None:
     print(f"{label:<44} p50 {percentile(latencies, 50):7.2f} ms   p99 {percentile(latencies, 99):7.2f} ms"
           f"   {rate:8.1f} /s   (n={len(latencies)})")
@@ -67,11 +100,13 @@ def main() -> None:
     args = parser.parse_args()
     with bench_stack() as stack:
         asyncio.run(run_jobs(stack.url, stack.key, 50, 4, 0.002))  # warm-up
-        for conc, poll in ((1, 0.001), (32, 0.005)):
-            n = args.jobs if conc > 1 else max(200, args.jobs // 4)
-            report(f"double directly, /api/chat, c={conc}", *asyncio.run(run_direct(stack.double_url, n, conc)))
-            report(f"Infernet submit->completed (poll {poll * 1000:g} ms), c={conc}",
-                   *asyncio.run(run_jobs(stack.url, stack.key, n, conc, poll)))
+        n1 = max(200, args.jobs // 4)
+        report("double directly, /api/chat, c=1", *asyncio.run(run_direct(stack.double_url, n1, 1)))
+        report("Infernet submit->completed (poll 1 ms), c=1",
+               *asyncio.run(run_jobs(stack.url, stack.key, n1, 1, 0.001)))
+        report("double directly, /api/chat, c=32", *asyncio.run(run_direct(stack.double_url, args.jobs, 32)))
+        report("Infernet submit at c=32, completion from DB",
+               *asyncio.run(run_throughput(stack.url, stack.key, stack.database_url, args.jobs, 32)))
 
 
 if __name__ == "__main__":

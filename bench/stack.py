@@ -59,7 +59,9 @@ def bench_stack(*, nodes: int = 1, slots: int = 64, double_args: tuple[str, ...]
         wait_for_port(dport, proc=double)
         port = free_port()
         cp = subprocess.Popen([PY, "-m", "control_plane.cli", "serve"],
-                              env=dict(env, INFERNET_HTTP_PORT=str(port), INFERNET_WARMUP_S="0", **(cp_env or {})),
+                              env=dict(env, INFERNET_HTTP_PORT=str(port), INFERNET_WARMUP_S="0",
+                                       INFERNET_RATE_LIMIT_RPM="100000000", INFERNET_RATE_LIMIT_TPM="100000000000",
+                                       **(cp_env or {})),
                               stdout=logs, stderr=logs)
         procs.append(cp)
         wait_for_port(port, proc=cp)
