@@ -10,17 +10,26 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from control_plane.accounts.admin import AdminController
 from control_plane.accounts.auth import Principal
+from control_plane.accounts.controller import KeysController
+from control_plane.credits.controller import CreditsController
 from control_plane.health.controller import healthz, readyz
+from control_plane.health.metrics_controller import metrics
 from control_plane.jobs.controller import JobsController
 from control_plane.jobs.service import JobService
 from control_plane.lib.request_id import request_id_middleware
+from control_plane.ratelimit.headers import ratelimit_headers_middleware
 from control_plane.lib.responses import EXCEPTION_HANDLERS
 from control_plane.models.controller import ModelsController
 from control_plane.nodes.controller import NodesController
 from control_plane.runtime import Runtime
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
+from control_plane.openai.controller import OpenAIController
+from control_plane.openai.service import OpenAIService
+from control_plane.streaming import TokenRelay
+from control_plane.webhooks.controller import WebhooksController
 
 
 def _runtime(request: Request) -> Runtime:
@@ -28,7 +37,11 @@ def _runtime(request: Request) -> Runtime:
 
 
 async def provide_principal(request: Request) -> Principal:
-    return await _runtime(request).auth.authenticate(request.headers.get("authorization"))
+    runtime = _runtime(request)
+    principal = await runtime.auth.authenticate(request.headers.get("authorization"))
+    if runtime.gateway is not None:  # X-RateLimit-* on every authenticated response (submissions spend it)
+        await runtime.gateway.limiter.peek(principal)
+    return principal
 
 
 def provide_runtime(request: Request) -> Runtime:
@@ -41,6 +54,14 @@ def provide_jobs(request: Request) -> JobService:
 
 def provide_registry(request: Request) -> NodeRegistry:
     return _runtime(request).registry
+
+
+def provide_relay(request: Request) -> TokenRelay:
+    return _runtime(request).relay
+
+
+def provide_openai(request: Request) -> OpenAIService:
+    return _runtime(request).openai
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litestar:
@@ -57,15 +78,19 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
                 await app.state.runtime.stop()
 
     return Litestar(
-        route_handlers=[healthz, readyz, JobsController, ModelsController, NodesController],
+        route_handlers=[healthz, readyz, metrics, JobsController, ModelsController, NodesController, OpenAIController,
+                        KeysController, AdminController, CreditsController,
+                        WebhooksController],
         dependencies={
             "principal": Provide(provide_principal),
             "runtime": Provide(provide_runtime, sync_to_thread=False),
             "jobs": Provide(provide_jobs, sync_to_thread=False),
             "registry": Provide(provide_registry, sync_to_thread=False),
+            "relay": Provide(provide_relay, sync_to_thread=False),
+            "openai_api": Provide(provide_openai, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, ratelimit_headers_middleware],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="Infernet", version="0.1.0", path="/docs",

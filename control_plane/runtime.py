@@ -11,7 +11,10 @@ from control_plane.accounts.auth import Authenticator
 from control_plane.accounts.events import KeyEvents
 from control_plane.bus import Bus
 from control_plane.credits.ledger import LedgerRollup
+from control_plane.idempotency.service import Idempotency
 from control_plane.jobs.dispatcher import Dispatcher
+from control_plane.lib.metrics import ControlPlaneMetrics
+from control_plane.jobs.gateway import SubmitGateway
 from control_plane.jobs.recorder import OutcomeRecorder
 from control_plane.jobs.service import JobService
 from control_plane.jobs.sweeper import Sweeper
@@ -23,6 +26,7 @@ from control_plane.store import Database
 from control_plane.store.migrate import apply_migrations
 from control_plane.openai.service import OpenAIService
 from control_plane.streaming import TokenRelay
+from control_plane.webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("control_plane.runtime")
 
@@ -48,6 +52,10 @@ class Runtime:
     openai: OpenAIService | None = None
     #: Revocations and key changes, applied here and broadcast to every replica (issue 5).
     key_events: KeyEvents | None = None
+    #: Gateway behaviours (issue 6): routing, rate limits and fallback of submissions; idempotency; webhooks.
+    gateway: SubmitGateway | None = None
+    idempotency: Idempotency | None = None
+    webhooks: WebhookWorker | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -66,7 +74,7 @@ class Runtime:
             await db.close()
             raise
         registry = NodeRegistry()
-        dispatcher = Dispatcher(db, bus, registry, settings)
+        dispatcher = Dispatcher(db, bus, registry, settings, metrics=ControlPlaneMetrics())
         sweeper = Sweeper(db, registry, dispatcher, settings)
         recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings)
         heartbeats = HeartbeatHandler(db, bus, registry, NodeTokenVerifier(db), dispatcher, sweeper)
@@ -81,10 +89,15 @@ class Runtime:
         rt.relay = TokenRelay(db, bus, recorder, settings)
         await rt.relay.start()
         rt.openai = OpenAIService(rt.jobs, rt.relay, registry)
+        rt.gateway = SubmitGateway.build(db, registry, dispatcher, sweeper, settings)
+        rt.jobs.gateway, dispatcher.fallback = rt.gateway, rt.gateway.fallback
+        rt.idempotency, rt.webhooks = Idempotency(db, settings), WebhookWorker(db, settings)
         await bus.flush()
         for name, coro in (("dispatcher", dispatcher.run()), ("recorder", recorder.run()),
                            ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop()),
-                           ("credits-rollup", LedgerRollup(db, settings).run())):
+                           ("credits-rollup", LedgerRollup(db, settings).run()),
+                           ("ratelimit-upkeep", rt.gateway.limiter.run()), ("idempotency-upkeep", rt.idempotency.run()),
+                           ("webhooks", rt.webhooks.run())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
         log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)
         return rt

@@ -15,6 +15,7 @@ import structlog
 import protocol
 from protocol import subjects
 from control_plane.bus import Bus, BusError
+from control_plane.lib.metrics import ControlPlaneMetrics
 from control_plane.scheduler import placement
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
@@ -64,7 +65,10 @@ class QueuedJob:
 class Dispatcher:
     """Owns this replica's pending queues and the job -> node reservations it made."""
 
-    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, settings: Settings, *, clock=time.time) -> None:
+    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, settings: Settings, *, clock=time.time,
+                 metrics: ControlPlaneMetrics | None = None) -> None:
+        #: The replica's metrics; every job component reaches them through its dispatcher.
+        self.metrics = metrics or ControlPlaneMetrics()
         self._db = db
         self._bus = bus
         self._registry = registry
@@ -194,6 +198,8 @@ class Dispatcher:
             reply = await self._bus.assign(node_id, job.assignment(lease), self._settings.assign_timeout_s)
         except BusError:
             reply = None
+        self.metrics.offers.labels(answer="accepted" if reply is not None and reply.accepted
+                                   else (reply.reason or "rejected") if reply is not None else "unanswered").inc()
         if reply is not None and reply.accepted:
             self._reserved[job.id] = node_id
             self._held.pop(job.id, None)

@@ -9,6 +9,7 @@ import structlog
 
 import protocol
 from control_plane.bus import Bus
+from control_plane.jobs import typed_output
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
@@ -49,6 +50,14 @@ class OutcomeRecorder:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         return fut
+
+    def forget_waiter(self, job_id: str, fut: asyncio.Future) -> None:
+        """Drop a waiter whose caller went away or learned the outcome elsewhere (e.g. another replica recorded it)."""
+        waiters = self._waiters.get(job_id)
+        if waiters is not None and fut in waiters:
+            waiters.remove(fut)
+            if not waiters:
+                del self._waiters[job_id]
 
     def _resolve(self, job_id: str, row: dict[str, Any]) -> None:
         for fut in self._waiters.pop(job_id, ()):
@@ -127,12 +136,15 @@ class OutcomeRecorder:
                 **key, "result": jsonb(result), "prompt_tokens": outcome.usage.prompt_tokens,
                 "completion_tokens": outcome.usage.completion_tokens, "first_token_at": None,
             })
+            if row is None:  # a job with a response_schema: validated, then completed or failed
+                row = await typed_output.complete(self._db, outcome, result)
             if row is None:
                 await self._keep_partial(outcome, outcome.content)
                 bound.info("stale_result_ignored", detail="job is not processing this attempt/lease on this node")
                 return None
             self._registry.record_outcome(outcome.node_id, True)
             bound.info("job_completed", completion_tokens=outcome.usage.completion_tokens)
+            self._dispatcher.metrics.jobs_finished.labels(status="completed", error="").inc()
             self._resolve(outcome.job_id, row)
             return row
         # failure
@@ -162,5 +174,6 @@ class OutcomeRecorder:
             return None
         self._registry.record_outcome(outcome.node_id, False)
         bound.warning("job_failed", error=outcome.error, detail=outcome.message)
+        self._dispatcher.metrics.jobs_finished.labels(status="failed", error=outcome.error).inc()
         self._resolve(outcome.job_id, row)
         return row

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from control_plane.accounts.auth import Principal
+from control_plane.credits import ledger
 from control_plane.errors import BadRequest, Conflict, ModelNotFound, NoCapacity, NotFound
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.jobs.schemas import JobCreate, request_payload
@@ -26,6 +27,8 @@ class JobService:
         self._dispatcher = dispatcher
         self._sweeper = sweeper
         self._settings = settings
+        #: Set by the runtime: the gateway steps of a submission (control_plane.jobs.gateway.SubmitGateway).
+        self.gateway = None
 
     def check_routable(self, model: str, pinned: str | None) -> None:
         """Refuse at once what no node could ever run now: unknown model (404) or no accepting node (503)."""
@@ -49,20 +52,29 @@ class JobService:
 
     async def submit(self, principal: Principal, body: JobCreate, *, request_id: str | None = None,
                      payload: dict | None = None, kind: str = "chat") -> dict:
-        self.check_routable(body.model, body.node_id)
-        wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
         payload = payload if payload is not None else request_payload(body)
-        row = await self._db.fetchone("insert_job", {
-            "id": new_id("job"), "account_id": principal.account_id, "api_key_id": principal.key_id,
-            "kind": kind, "model": body.model, "request": jsonb(payload), "pinned_node_id": body.node_id,
-            "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
-            "wallclock_secs": wallclock, "request_id": request_id,
-        })
+        model = body.model
+        if self.gateway is not None:  # rate limit, model "auto", fallback, typed output, webhook: jobs/gateway.py
+            model = await self.gateway.prepare(principal, body, payload, kind=kind)
+        self.check_routable(model, body.node_id)
+        wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
+        job_id = new_id("job")
+        # The job row and its credit reservation commit together; without enough credit (402) neither exists.
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone("insert_job", {
+                "id": job_id, "account_id": principal.account_id, "api_key_id": principal.key_id,
+                "kind": kind, "model": model, "request": jsonb(payload), "pinned_node_id": body.node_id,
+                "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
+                "wallclock_secs": wallclock, "request_id": request_id,
+            })
+            await ledger.reserve(tx, self._settings, account_id=principal.account_id, api_key_id=principal.key_id,
+                                 job_id=job_id, model=model, payload=payload, kind=kind)
+        self._dispatcher.metrics.jobs_submitted.labels(kind=kind).inc()
         self._dispatcher.enqueue(QueuedJob(
-            id=row["id"], model=body.model, kind=kind, request=payload, deadline=row["deadline"].timestamp(),
+            id=row["id"], model=model, kind=kind, request=payload, deadline=row["deadline"].timestamp(),
             attempt=1, pinned_node_id=body.node_id,
         ))
-        return row
+        return row | {"request": payload}  # callers read the gateway's decisions (routing, fallback) from it
 
     async def get(self, principal: Principal, job_id: str) -> dict:
         row = None

@@ -127,6 +127,7 @@ class Sweeper:
                 job.tried.add(row["node_id"])
                 self._dispatcher.enqueue(job)
                 bound.warning("job_requeued_node_lost", how=how)
+                self._dispatcher.metrics.requeued.inc()
                 return
             # Not re-placed: its first token reached a client meanwhile (or it ended); fail it if still running.
             tokens_sent = True

@@ -139,3 +139,16 @@ async def test_an_attempt_recorded_but_never_offered_is_replaced(stack, double):
         "id": row["id"], "attempt": 1, "lease": "never-offered", "node_id": node.node_id})
     job = await stack.wait_job(key, row["id"], timeout=60)
     assert job["status"] == "completed" and job["attempt"] == 2
+
+
+async def test_metrics_count_jobs_and_offers(stack, double):
+    key = await stack.key()
+    await stack.add_node(double.url)
+    await stack.wait_nodes_serving("qwen2.5:7b")
+    await stack.wait_job(key, (await stack.submit(key, model="qwen2.5:7b")).json()["id"])
+    r = await stack.client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'infernet_jobs_submitted_total{kind="chat"} 1.0' in text
+    assert 'infernet_assignment_offers_total{answer="accepted"} 1.0' in text
+    assert "infernet_nodes_online 1.0" in text
