@@ -152,3 +152,39 @@ async def test_metrics_count_jobs_and_offers(stack, double):
     assert 'infernet_jobs_submitted_total{kind="chat"} 1.0' in text
     assert 'infernet_assignment_offers_total{answer="accepted"} 1.0' in text
     assert "infernet_nodes_online 1.0" in text
+
+
+async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
+    """A node advertises the best score but never answers: each offer times out and goes to the next node."""
+    import asyncio
+
+    import nats
+
+    import protocol
+    from control_plane.nodes.service import register_node
+    from protocol import subjects
+
+    async with OllamaDouble(models=["qwen2.5:7b"], loaded=[], load_on_use=False) as d:
+        key = await stack.key()
+        real = await stack.add_node(d.url)
+        zombie = await register_node(stack.runtime.db, "zombie")
+        nc = await nats.connect(nats_url)
+        ad = protocol.Advertisement(
+            node_id=zombie.node_id, token=zombie.token, agent_version="0", engine="ollama", state="online",
+            slots=8, active_jobs=0, interval_s=0.3, boot_id="z",
+            models=(protocol.ModelInfo("qwen2.5:7b", loaded=True, tokens_per_second=500.0),))
+
+        async def advertise():
+            while True:
+                await nc.publish(subjects.advertisements(), protocol.encode(ad))
+                await asyncio.sleep(0.3)
+        ticker = asyncio.create_task(advertise())
+        try:
+            await stack.wait_nodes_serving("qwen2.5:7b", count=2)
+            ids = [(await stack.submit(key, model="qwen2.5:7b")).json()["id"] for _ in range(3)]
+            jobs = [await stack.wait_job(key, j, timeout=60) for j in ids]
+        finally:
+            ticker.cancel()
+            await nc.close()
+    assert all(j["status"] == "completed" and j["node_id"] == real.node_id for j in jobs), jobs
+    assert 'infernet_assignment_offers_total{answer="unanswered"}' in (await stack.client.get("/metrics")).text
