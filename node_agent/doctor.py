@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import httpx
 import nats
+import nats.errors
 
+import protocol
 from node_agent.agent import model_allowed
 from node_agent.engines.base import EngineError
 from node_agent.engines.registry import engine_for
@@ -136,15 +138,37 @@ async def check_nats(settings: NodeSettings, timeout: float = 5.0) -> list[Check
                                 "NATS, or check that INFERNET_NATS_URL is the control plane's NATS"))
         else:
             checks.append(Check("control plane", OK, f"results stream {subjects.RESULTS_STREAM} present"))
+        checks.extend(await check_token_accepted(settings, nc, timeout))
     finally:
         await nc.close()
     return checks
 
 
-def check_token_accepted(settings: NodeSettings) -> Check:
-    return Check("token accepted", SKIP,
-                 "the control plane offers no token check over NATS yet; a rejected token shows as "
-                 "'advertisement_rejected' in the control plane's log and the node never gets jobs")
+async def check_token_accepted(settings: NodeSettings, nc, timeout: float = 5.0) -> list[Check]:
+    """Ask a control plane over NATS whether it accepts the token; its reply also carries its clock."""
+    node_id = node_id_from_token(settings.node_token or "")
+    if node_id is None:
+        return [Check("token accepted", SKIP, "no well-formed node token to check")]
+    request = protocol.NodeVerify(node_id=node_id, token=settings.node_token, sent_at=time.time())
+    try:
+        sent = time.time()
+        msg = await nc.request(subjects.node_verify(), protocol.encode(request), timeout=timeout)
+        received = time.time()
+        reply = protocol.decode(msg.data, protocol.NodeVerifyReply)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
+        return [Check("token accepted", FAIL, "no control plane answered on this NATS",
+                      "start the control plane ('infernet-control-plane serve') on the same NATS")]
+    except protocol.DecodeError as exc:
+        return [Check("token accepted", FAIL, f"unreadable reply: {exc}", "upgrade the node agent or control plane")]
+    if not reply.accepted:
+        return [Check("token accepted", FAIL, reply.reason or "the control plane refused the token",
+                      "register the node ('infernet-control-plane nodes register NAME') and use the printed token")]
+    skew = (sent + received) / 2 - reply.server_time
+    return [Check("token accepted", OK, f"the control plane knows this node as {reply.name!r}"),
+            Check("clock", OK if abs(skew) <= MAX_SKEW_S else FAIL,
+                  f"this machine is {skew:+.2f} s from the control plane",
+                  "enable time sync: 'timedatectl set-ntp true' (or chrony/ntpd); deadlines need clocks "
+                  f"within {MAX_SKEW_S:g} s")]
 
 
 async def check_control_plane_http(settings: NodeSettings, timeout: float = 5.0) -> list[Check]:
@@ -194,6 +218,5 @@ async def run_checks(settings: NodeSettings, *, gpu_probe: GpuProbe | None = Non
     ]
     for step in steps:
         add(*await step())
-    add(check_token_accepted(settings))
     add(*await check_control_plane_http(settings))
     return results

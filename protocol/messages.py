@@ -169,6 +169,23 @@ class Cancel(_Wire, tag="cancel"):
     reason: str = "cancelled"
 
 
+class NodeVerify(_Wire, tag="node_verify"):
+    """Request/reply: does the control plane accept this node's token (used by `infernet-node doctor`)."""
+
+    node_id: str
+    token: str
+    sent_at: float = 0.0
+
+
+class NodeVerifyReply(_Wire, tag="node_verify_reply"):
+    node_id: str
+    accepted: bool
+    reason: str | None = None
+    name: str | None = None
+    #: The control plane's clock (unix seconds), to measure the node's clock skew.
+    server_time: float = 0.0
+
+
 class Drain(_Wire, tag="drain"):
     node_id: str
     reason: str = "requested"

@@ -31,6 +31,11 @@ def advertisements() -> str:
     return f"{PREFIX}.nodes.advertise"
 
 
+def node_verify() -> str:
+    """Request/reply: a node asks whether the control plane accepts its token (any one replica answers)."""
+    return f"{PREFIX}.nodes.verify"
+
+
 def node_assign(node_id: str) -> str:
     """Request/reply: a control plane offers one job to one node."""
     return f"{PREFIX}.node.{_token(node_id)}.assign"

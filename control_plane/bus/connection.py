@@ -111,8 +111,8 @@ class Bus:
     async def publish(self, subject: str, message: object) -> None:
         await self.nc.publish(subject, protocol.encode(message))
 
-    async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]]):
-        sub = await self.nc.subscribe(subject, cb=handler)
+    async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]], *, queue: str = ""):
+        sub = await self.nc.subscribe(subject, queue=queue, cb=handler)
         self._subs.append(sub)
         return sub
 

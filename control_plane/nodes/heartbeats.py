@@ -42,6 +42,26 @@ class HeartbeatHandler:
 
     async def start(self) -> None:
         await self._bus.subscribe(subjects.advertisements(), self._on_message)
+        await self._bus.subscribe(subjects.node_verify(), self._on_verify, queue="control-plane-verify")
+
+    async def _on_verify(self, msg) -> None:
+        """Answer a node's "is my token accepted?" (infernet-node doctor), with this replica's clock."""
+        try:
+            req = protocol.decode(msg.data, protocol.NodeVerify)
+        except protocol.DecodeError as exc:
+            log.warning("malformed_node_verify", error=str(exc))
+            return
+        try:
+            ok = await self._verifier.verify(req.node_id, req.token)
+        except StoreError as exc:
+            ok, reason = False, f"the control plane cannot check tokens right now: {exc}"
+        else:
+            reason = None if ok else ("unknown node or wrong token: register the node with "
+                                      "'infernet-control-plane nodes register NAME' and use the printed token")
+        reply = protocol.NodeVerifyReply(node_id=req.node_id, accepted=ok, reason=reason,
+                                         name=self._verifier.name_of(req.node_id) if ok else None,
+                                         server_time=time.time())
+        await msg.respond(protocol.encode(reply))
 
     async def _on_message(self, msg) -> None:
         try:

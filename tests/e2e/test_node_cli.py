@@ -91,9 +91,22 @@ async def test_doctor_all_green_against_a_real_control_plane(stack, double, tmp_
     code, out = await run_cli("doctor", "--config", str(config), "--engine-url", double.url,
                               "--control-plane-url", stack.url)
     assert code == 0, out
-    for check in ("node token", "engine", "models", "gpu", "nats", "control plane", "clock"):
+    for check in ("node token", "engine", "models", "gpu", "nats", "control plane", "token accepted", "clock"):
         assert any(line.startswith("[  ok]") and line[7:].startswith(check) for line in out.splitlines()), (check, out)
     assert "0.13.0" in out and "llama3.2:1b" in out and "all checks passed" in out
+    assert "doctor-node" in out  # the control plane named the node it knows the token for
+
+
+async def test_doctor_reports_a_token_the_control_plane_does_not_accept(stack, double, tmp_path: Path):
+    registered = await register_node(stack.runtime.db, "real-node")
+    forged = registered.token[:-4] + "XXXX"  # well-formed, right node id, wrong secret
+    config = tmp_path / "node.toml"
+    code, out = await run_cli("init", "--config", str(config), "--node-token", forged, "--nats-url", stack.nats_url)
+    assert code == 0, out
+    code, out = await run_cli("doctor", "--config", str(config), "--engine-url", double.url)
+    assert code != 0, out
+    [line] = [line for line in out.splitlines() if line[7:].startswith("token accepted")]
+    assert line.startswith("[FAIL]") and "nodes register" in out
 
 
 async def test_start_status_and_sigterm_drain(stack, processes, tmp_path: Path):

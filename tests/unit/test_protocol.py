@@ -63,6 +63,9 @@ ROUND_TRIPS = [
     (failures, protocol.JobFailure),
     (st.builds(protocol.Cancel, job_id=ids, attempt=st.integers(1, 3), reason=text), protocol.Cancel),
     (st.builds(protocol.Drain, node_id=ids, reason=text), protocol.Drain),
+    (st.builds(protocol.NodeVerify, node_id=ids, token=text, sent_at=floats), protocol.NodeVerify),
+    (st.builds(protocol.NodeVerifyReply, node_id=ids, accepted=st.booleans(), reason=st.none() | text,
+               name=st.none() | text, server_time=floats), protocol.NodeVerifyReply),
 ]
 
 
@@ -126,7 +129,7 @@ def test_subjects_are_namespaced_and_validated():
         with pytest.raises(subjects.InvalidSubjectToken):
             subjects.node_assign(bad)
     every = [subjects.advertisements(), subjects.node_cancel("n"), subjects.node_drain("n"),
-             subjects.all_job_results(), subjects.all_job_tokens(), subjects.control_events()]
+             subjects.all_job_results(), subjects.all_job_tokens(), subjects.control_events(), subjects.node_verify()]
     assert all(s.startswith("infernet.v1.") for s in every)
 
 
