@@ -49,7 +49,9 @@ def bench_stack(*, nodes: int = 1, slots: int = 64, double_args: tuple[str, ...]
         procs.append(nats_proc)
         pg, db_url = start_postgres(root)
         env = dict(os.environ, INFERNET_DATABASE_URL=db_url, INFERNET_NATS_URL=nats_url, INFERNET_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1",
+                   # Benchmarks drive one key far past any plan's rate limit: measure throughput, not 429s.
+                   INFERNET_RATE_LIMIT_RPM="0", INFERNET_RATE_LIMIT_TPM="0")
         _cli(env, "migrate")
         key = _cli(env, "keys", "create", "--account", "bench")
         dport = free_port()

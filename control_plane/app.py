@@ -18,7 +18,7 @@ from control_plane.health.controller import healthz, readyz
 from control_plane.health.metrics_controller import metrics
 from control_plane.jobs.controller import JobsController
 from control_plane.jobs.service import JobService
-from control_plane.lib.request_id import request_id_middleware
+from control_plane.lib.request_id import ensure_request_id, request_id_middleware
 from control_plane.ratelimit.headers import ratelimit_headers_middleware
 from control_plane.lib.responses import EXCEPTION_HANDLERS
 from control_plane.models.controller import ModelsController
@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_id_middleware, ratelimit_headers_middleware],
+        before_send=[ensure_request_id],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="Infernet", version="0.1.0", path="/docs",

@@ -80,23 +80,95 @@ def keys() -> None:
 @click.option("--account", required=True, help="Account name (created if missing)")
 @click.option("--name", default="", help="A label for the key")
 @click.option("--admin", is_flag=True, help="Give the key the admin scope")
+@click.option("--credits", type=click.IntRange(min=0), default=None,
+              help="Opening grant of a new account (default INFERNET_SIGNUP_CREDITS; 0: its first job gets 402); "
+                   "for an existing account, credits to add")
 @click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
-def keys_create(account: str, name: str, admin: bool, database_url: str | None) -> None:
+def keys_create(account: str, name: str, admin: bool, credits: int | None, database_url: str | None) -> None:
     """Create an API key; prints only the key (inf_...) on stdout."""
-    url = _need_db(_settings(database_url=database_url))
-    click.echo(asyncio.run(_create_key(url, account, name, admin)))
+    settings = _settings(database_url=database_url)
+    url = _need_db(settings)
+    grant = settings.signup_credits if credits is None else credits
+    click.echo(asyncio.run(_create_key(url, account, name, admin, credits=grant, top_up=credits)))
 
 
-async def _create_key(url: str, account: str, name: str, admin: bool) -> str:
+async def _create_key(url: str, account: str, name: str, admin: bool, *, credits: int | None = None,
+                      top_up: int | None = None) -> str:
     from control_plane.accounts.service import create_key, ensure_account
+    from control_plane.credits.ledger import deposit
     from control_plane.store import Database
     from control_plane.store.migrate import apply_migrations
 
     await asyncio.to_thread(apply_migrations, url)
     db = await Database.open(url, min_size=1, max_size=2)
     try:
-        acct = await ensure_account(db, account)
+        acct = await ensure_account(db, account, credits=credits)
+        if acct["created"]:
+            click.echo(f"created account {account} ({acct['id']}) with {credits if credits is not None else 'the default'}"
+                       " credits", err=True)
+        elif top_up:
+            await deposit(db, acct["id"], top_up, "top-up with keys create --credits")
+            click.echo(f"added {top_up} credits to existing account {account}", err=True)
         return (await create_key(db, acct["id"], name=name, admin=admin)).key
+    finally:
+        await db.close()
+
+
+@main.group()
+def credits() -> None:
+    """Manage credits and prices."""
+
+
+@credits.command("add")
+@click.argument("account")
+@click.argument("amount", type=click.IntRange(min=1))
+@click.option("--note", default=None, help="Why (kept on the ledger entry)")
+@click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
+def credits_add(account: str, amount: int, note: str | None, database_url: str | None) -> None:
+    """Top up ACCOUNT (by name) with AMOUNT credits; prints the new balance."""
+    url = _need_db(_settings(database_url=database_url))
+    click.echo(asyncio.run(_credits_add(url, account, amount, note)))
+
+
+async def _credits_add(url: str, account: str, amount: int, note: str | None) -> str:
+    from control_plane.credits.ledger import account_credits, deposit
+    from control_plane.store import Database
+
+    db = await Database.open(url, min_size=1, max_size=2)
+    try:
+        row = await db.fetchone("get_account_by_name", {"name": account})
+        if row is None:
+            click.echo(f"error: no account named {account}", err=True)
+            sys.exit(1)
+        await deposit(db, row["id"], amount, note or "top-up with the CLI")
+        c = await account_credits(db, row["id"])
+        return f"balance {c.balance} reserved {c.reserved} available {c.available}"
+    finally:
+        await db.close()
+
+
+@credits.command("price")
+@click.argument("model")
+@click.option("--input", "input_per_mtok", type=click.IntRange(0, 10**12), required=True,
+              help="Credits per 1M input (prompt) tokens")
+@click.option("--output", "output_per_mtok", type=click.IntRange(0, 10**12), required=True,
+              help="Credits per 1M output (completion) tokens")
+@click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
+def credits_price(model: str, input_per_mtok: int, output_per_mtok: int, database_url: str | None) -> None:
+    """Set MODEL's price; jobs already submitted keep the price they were accepted at."""
+    url = _need_db(_settings(database_url=database_url))
+    asyncio.run(_credits_price(url, model, input_per_mtok, output_per_mtok))
+    click.echo(f"{model}: {input_per_mtok} / {output_per_mtok} credits per 1M input / output tokens", err=True)
+
+
+async def _credits_price(url: str, model: str, input_per_mtok: int, output_per_mtok: int) -> None:
+    from control_plane.credits.prices import set_price
+    from control_plane.credits.pricing import Price
+    from control_plane.store import Database
+
+    db = await Database.open(url, min_size=1, max_size=2)
+    try:
+        await set_price(db, model, Price(input_per_mtok, output_per_mtok))
     finally:
         await db.close()
 
@@ -125,7 +197,8 @@ async def _register_node(url: str, name: str, operator: str | None) -> str:
     await asyncio.to_thread(apply_migrations, url)
     db = await Database.open(url, min_size=1, max_size=2)
     try:
-        operator_id = (await ensure_account(db, operator))["id"] if operator else None
+        grant = _settings().signup_credits
+        operator_id = (await ensure_account(db, operator, credits=grant))["id"] if operator else None
         return (await register_node(db, name, operator_id)).token
     finally:
         await db.close()

@@ -3,10 +3,12 @@
     InfernetError               root; code "internal_error", 500
     ├── BadRequest              400 bad_request
     ├── Unauthorized            401 unauthorized
+    ├── PaymentRequired         402 insufficient_credits
     ├── Forbidden               403 forbidden
     ├── NotFound                404 not_found
     │   └── ModelNotFound       404 model_not_found
     ├── Conflict                409 conflict
+    ├── RateLimited             429 rate_limited
     ├── NoCapacity              503 no_capacity
     └── ServiceUnavailable      503 service_unavailable
 """
@@ -41,6 +43,13 @@ class Unauthorized(InfernetError):
     status = 401
 
 
+class PaymentRequired(InfernetError):
+    """The account cannot afford the job's worst-case cost; nothing was created."""
+
+    code = "insufficient_credits"
+    status = 402
+
+
 class Forbidden(InfernetError):
     """A known key that may not be used (revoked, expired, account deactivated) or lacks a scope."""
 
@@ -66,6 +75,13 @@ class Conflict(InfernetError):
 
     code = "conflict"
     status = 409
+
+
+class RateLimited(InfernetError):
+    """Too many requests (or open streams) for this key or account right now; `headers` carry Retry-After."""
+
+    code = "rate_limited"
+    status = 429
 
 
 class NoCapacity(InfernetError):

@@ -96,7 +96,7 @@ class Runtime:
         for name, coro in (("dispatcher", dispatcher.run()), ("recorder", recorder.run()),
                            ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop()),
                            ("credits-rollup", LedgerRollup(db, settings).run()),
-                           ("ratelimit-upkeep", rt.gateway.limiter.run()), ("idempotency-upkeep", rt.idempotency.run()),
+                           ("gateway-upkeep", rt.gateway.run()), ("idempotency-upkeep", rt.idempotency.run()),
                            ("webhooks", rt.webhooks.run())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
         log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)

@@ -46,14 +46,54 @@ class Settings:
     db_pool_max: int = 16
     #: Seconds after start during which unknown models are queued, not refused: nodes may not have advertised yet.
     warmup_s: float = 15.0
-    #: Seconds an authenticated key stays cached in memory.
-    auth_cache_secs: float = 5.0
+    #: Seconds an authenticated key stays cached in memory (revocations are also broadcast to every replica
+    #: at once; this bounds how long a missed broadcast could keep a revoked key working).
+    auth_cache_secs: float = 2.0
+    #: Credits a new account starts with (INFERNET_SIGNUP_CREDITS); at the default prices about 100,000
+    #: reservations of a 512-token job, or several hundred thousand small completed jobs.
+    signup_credits: int = 10_000_000
+    #: Price of models without an admin-set price, in credits per 1M input / output tokens
+    #: (INFERNET_DEFAULT_PRICE_INPUT, INFERNET_DEFAULT_PRICE_OUTPUT).
+    default_price_input: int = 100_000
+    default_price_output: int = 200_000
+    #: The node operator's share of each charge, in basis points (INFERNET_OPERATOR_SHARE_BPS; 8000 = 80%).
+    operator_share_bps: int = 8000
+    #: Seconds between folds of the credit ledger into per-account rollups (keeps balance reads short).
+    credits_rollup_s: float = 1.0
     #: Seconds between SSE heartbeat comments on a quiet stream (INFERNET_STREAM_HEARTBEAT_S).
     stream_heartbeat_s: float = 15.0
     #: Token chunks buffered per open stream; beyond it the relay drops live chunks and replays them from JetStream.
     stream_buffer_chunks: int = 4096
     #: Streams and waiting /v1 requests one account may hold open on this replica; more get 429 (0 = no limit).
     max_open_streams_per_account: int = 0
+
+    # -- gateway behaviours (issue 6) --
+    #: Plan default per API key: inference requests and tokens (prompt estimate + max_tokens) per window, used
+    #: when the key sets no limit of its own (INFERNET_RATE_LIMIT_RPM, INFERNET_RATE_LIMIT_TPM; 0 = unlimited).
+    rate_limit_rpm: int = 600
+    rate_limit_tpm: int = 2_000_000
+    #: Length of a rate-limit window in seconds (fixed windows aligned to the epoch; 60 = per minute).
+    rate_limit_window_s: int = 60
+    #: Models `model: "auto"` chooses from when neither the request nor the key names a pool; comma-separated
+    #: (INFERNET_ROUTING_POOL). Empty: every chat model the network serves.
+    routing_pool: str = ""
+    #: Optimize mode when neither the request nor the key sets one: balanced, quality, cost or latency.
+    routing_optimize: str = "balanced"
+    #: Fallback chains for named models, e.g. "qwen2.5:72b>qwen2.5:14b>qwen2.5:7b;llama3.1:70b>llama3.1:8b"
+    #: (INFERNET_FALLBACK_CHAINS); a request's `fallback_models` wins. At most this many fallbacks per job:
+    fallback_chains: str = ""
+    fallback_max_depth: int = 2
+    #: Hours an Idempotency-Key keeps returning the job it first created.
+    idempotency_ttl_hours: float = 24.0
+    #: Allow webhook targets on loopback/private/link-local addresses (INFERNET_WEBHOOK_ALLOW_PRIVATE; self-hosters).
+    webhook_allow_private: bool = False
+    #: Webhook retries: first retry after this many seconds, doubling up to the cap, for at most the window.
+    webhook_backoff_s: float = 5.0
+    webhook_backoff_max_s: float = 600.0
+    webhook_retry_window_s: float = 86_400.0
+    #: Seconds one delivery attempt may take, and between polls for due deliveries.
+    webhook_timeout_s: float = 10.0
+    webhook_poll_s: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

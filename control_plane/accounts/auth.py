@@ -1,4 +1,11 @@
-"""Resolves `Authorization: Bearer inf_...` to a Principal, with a short in-memory cache."""
+"""Resolves `Authorization: Bearer inf_...` to a Principal, with a short in-memory cache.
+
+Keys are looked up by their SHA-256 and the stored hash is compared in constant time; the raw key is never
+kept, logged or put in an error. Unknown or missing keys are 401; known keys that may not be used (revoked,
+expired, account deactivated) are 403 with a message that says which. Cached answers last
+`auth_cache_secs`; revocations and account changes are also broadcast on NATS so every replica drops them
+at once (see `accounts.events`).
+"""
 
 from __future__ import annotations
 
@@ -16,30 +23,36 @@ from control_plane.store import Database
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller: which key, which account, what scope."""
+    """The authenticated caller: which key, which account, what scope, and the key's routing and limits."""
 
     key_id: str
     account_id: str
     is_admin: bool = False
+    model_pool: tuple[str, ...] | None = None
+    optimize_mode: str = "balanced"
+    rate_limit_rpm: int | None = None
+    rate_limit_tpm: int | None = None
 
 
 class Authenticator:
-    """Checks bearer keys against their stored hashes; caches good answers for a few seconds."""
+    """Checks bearer keys against their stored hashes; caches the key rows for a few seconds."""
 
-    def __init__(self, db: Database, *, cache_secs: float = 5.0, clock=time.monotonic) -> None:
+    def __init__(self, db: Database, *, cache_secs: float = 2.0, clock=time.monotonic) -> None:
         self._db = db
         self._cache_secs = cache_secs
         self._clock = clock
         self._cache: dict[bytes, tuple[float, dict]] = {}
+        self._generation = 0  # bumped by every invalidation: a lookup racing one is not cached
 
-    def invalidate(self, key_id: str | None = None) -> None:
-        """Forget cached keys (one, or all) so the next request re-reads the database."""
-        if key_id is None:
+    def invalidate(self, key_id: str | None = None, *, account_id: str | None = None) -> None:
+        """Forget cached keys (one key, every key of an account, or all) so the next request re-reads them."""
+        self._generation += 1
+        if key_id is None and account_id is None:
             self._cache.clear()
-        else:
-            for digest, (_, row) in list(self._cache.items()):
-                if row["key_id"] == key_id:
-                    del self._cache[digest]
+            return
+        for digest, (_, row) in list(self._cache.items()):
+            if row["key_id"] == key_id or row["account_id"] == account_id:
+                del self._cache[digest]
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -54,17 +67,31 @@ class Authenticator:
         if cached and cached[0] > now:
             row = cached[1]
         else:
+            generation = self._generation
             row = await self._db.fetchone("get_principal_by_key_hash", {"key_hash": digest})
             if row is None or not hmac.compare_digest(bytes(row["key_hash"]), digest):
-                raise Unauthorized("invalid or expired bearer token")
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_secs, row)
+                raise Unauthorized("unknown API key: check the key, or create one with POST /api/v1/keys")
+            if generation == self._generation:
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
+                self._cache[digest] = (now + self._cache_secs, row)
         if row["revoked_at"] is not None:
-            raise Forbidden(f"API key {row['key_id']} was revoked; create a new key")
+            raise Forbidden(f"API key {row['key_id']} ({row['prefix']}...) was revoked; use or create another key")
         if row["expires_at"] is not None and row["expires_at"] <= datetime.now(timezone.utc):
-            raise Forbidden(f"API key {row['key_id']} expired at {row['expires_at'].isoformat()}")
+            raise Forbidden(f"API key {row['key_id']} ({row['prefix']}...) expired at "
+                            f"{row['expires_at'].astimezone(timezone.utc).isoformat()}; create a new key")
         if not row["account_active"]:
-            raise Forbidden(f"account {row['account_name']} is deactivated")
+            raise Forbidden(f"account {row['account_name']} is deactivated; ask an administrator to reactivate it")
         structlog.contextvars.bind_contextvars(account_id=row["account_id"])
-        return Principal(key_id=row["key_id"], account_id=row["account_id"], is_admin=row["is_admin"])
+        pool = row.get("model_pool")
+        return Principal(
+            key_id=row["key_id"], account_id=row["account_id"], is_admin=row["is_admin"],
+            model_pool=tuple(pool) if pool is not None else None, optimize_mode=row.get("optimize_mode") or "balanced",
+            rate_limit_rpm=row.get("rate_limit_rpm"), rate_limit_tpm=row.get("rate_limit_tpm"),
+        )
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    """403 unless the key has the admin scope."""
+    if not principal.is_admin:
+        raise Forbidden(f"{action} needs an admin key (created with 'infernet-control-plane keys create --admin')")

@@ -141,12 +141,12 @@ class Dispatcher:
                     queue.popleft()
                     await self._expire(job)
                     continue
+                if self.fallback is not None and self.fallback.wants_switch(job):
+                    queue.popleft()  # its model cannot serve it: the next model of its fallback chain will
+                    self._spawn(self.fallback.switch(job, self))
+                    continue
                 node_id = self._pick(job)
                 if node_id is None:
-                    if self.fallback is not None and self.fallback.wants_switch(job):
-                        queue.popleft()  # its model cannot serve it: the next model of its fallback chain will
-                        self._spawn(self.fallback.switch(job, self))
-                        continue
                     break  # FIFO per model: later jobs wait behind the head
                 queue.popleft()
                 self._registry.reserve(node_id)

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from control_plane.routing.schemas import RoutingOptions
+
 ModelId = Annotated[str, Meta(min_length=1, max_length=200, description="Model identifier, e.g. qwen2.5:14b")]
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
@@ -28,6 +30,14 @@ class JobCreate(Struct, forbid_unknown_fields=False):
     stream: bool = False
     node_id: Annotated[str, Meta(pattern=r"^node_[0-9a-f]{1,64}$")] | None = None
     max_wallclock_secs: Annotated[float, Meta(gt=0.0, le=86_400.0)] | None = None
+    #: With model "auto": overrides of the key's routing defaults (model_pool, optimize, task).
+    routing: RoutingOptions | None = None
+    #: Models to use, in order, when `model` has no capacity or its nodes fail before any token.
+    fallback_models: Annotated[list[ModelId], Meta(max_length=4)] | None = None
+    #: A JSON Schema the output must match; the engine is asked for it and the job returns it as `typed`.
+    response_schema: dict[str, Any] | None = None
+    #: Gets a signed POST when the job ends (see "Webhooks" in docs/api.md).
+    webhook_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
 
 
 class Usage(Struct):
@@ -42,6 +52,7 @@ class JobResultView(Struct, omit_defaults=True):
     finish_reason: str | None = None
     ttft_ms: float | None = None
     tokens_per_second: float | None = None
+    duration_ms: float | None = None
 
 
 class JobView(Struct, omit_defaults=True):
@@ -59,6 +70,19 @@ class JobView(Struct, omit_defaults=True):
     started_at: str | None = None
     completed_at: str | None = None
     latency_ms: int | None = None
+    #: Milliseconds from submission until the first token reached a streaming client (streamed jobs only).
+    time_to_first_token_ms: int | None = None
+    #: Credits the job cost, once it ended (0 when failed or cancelled: the reservation was refunded).
+    credits_charged: int | None = None
+    #: Jobs with a response_schema: the output parsed and validated against it (null until then, or on failure).
+    typed: Any | msgspec.UnsetType = msgspec.UNSET
+    #: model "auto": how the model was chosen (task, complexity, confidence, scores of the pool).
+    routing: dict[str, Any] | None = None
+    #: When a fallback served the job: the model first chosen, and how many fallbacks it took.
+    fallback_from: str | None = None
+    fallback_depth: int | None = None
+    #: Jobs with a webhook_url: the delivery and every attempt (status waiting until the job ends).
+    webhook: dict[str, Any] | None = None
 
 
 class JobList(Struct):
@@ -86,16 +110,38 @@ def job_view(row: dict[str, Any]) -> JobView:
             finish_reason=stored.get("finish_reason"),
             ttft_ms=stored.get("ttft_ms"),
             tokens_per_second=stored.get("tokens_per_second"),
+            duration_ms=stored.get("duration_ms"),
         )
     latency = None
     if row.get("completed_at") is not None:
         latency = int((row["completed_at"] - row["created_at"]).total_seconds() * 1000)
+    ttft = None
+    if row.get("first_token_at") is not None:
+        ttft = max(int((row["first_token_at"] - row["created_at"]).total_seconds() * 1000), 0)
     return JobView(
         id=row["id"], status=row["status"], model=row["model"], created_at=iso(row["created_at"]),
         node_id=row.get("node_id"), attempt=row.get("attempt") or None, result=result,
         error=row.get("error"), error_message=row.get("error_message"),
         started_at=iso(row.get("started_at")), completed_at=iso(row.get("completed_at")), latency_ms=latency,
+        time_to_first_token_ms=ttft, credits_charged=row.get("credits_charged"), **_gateway_fields(row),
     )
+
+
+def _gateway_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """typed, routing, fallback and webhook of a job, from its request and result (issue 6)."""
+    request = row.get("request") or {}
+    out: dict[str, Any] = {}
+    if "response_schema" in request:
+        out["typed"] = (row.get("result") or {}).get("typed") if row["status"] == "completed" else None
+    if request.get("routing"):
+        out["routing"] = request["routing"]
+    fallback = request.get("fallback") or {}
+    if fallback.get("depth"):
+        out["fallback_from"], out["fallback_depth"] = fallback["from"], fallback["depth"]
+    if request.get("webhook_url"):
+        delivery = row.get("webhook") or {"status": "waiting"}
+        out["webhook"] = {"url": request["webhook_url"], **{k: v for k, v in delivery.items() if v is not None}}
+    return out
 
 
 def request_payload(body: JobCreate) -> dict[str, Any]:

@@ -75,6 +75,8 @@ class Sweeper:
             if await self._db.execute("expire_processing", {"id": row["id"], "attempt": row["attempt"]}):
                 log.warning("job_timed_out", job_id=row["id"], node_id=row["node_id"])
                 self._dispatcher.job_ended(row["id"], row["node_id"])
+                if row["node_id"]:  # if the node still runs it, its engine stops now
+                    await self._dispatcher.cancel_on_node(row["node_id"], row["id"], row["attempt"], reason="timeout")
 
     async def _adopt_orphans(self) -> None:
         rows = await self._db.fetchall("claim_orphaned_pending", {

@@ -37,3 +37,22 @@ def request_id_middleware(app):
         await app(scope, receive, send_with_id)
 
     return middleware
+
+
+def _caller_id(scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _VALID.match(candidate) else None
+    return None
+
+
+async def ensure_request_id(message, scope) -> None:
+    """before_send hook: answers that never reach a route's middleware (404 no route, 405) get an id too."""
+    if message["type"] != "http.response.start":
+        return
+    headers = message.setdefault("headers", [])
+    if any(name.lower() == b"x-request-id" for name, _ in headers):
+        return
+    rid = scope.get("request_id") or _caller_id(scope) or str(uuid.uuid4())
+    message["headers"] = [*headers, (b"x-request-id", rid.encode())]

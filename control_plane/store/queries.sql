@@ -307,11 +307,12 @@ WITH terms AS (
            infernet_credit_cost(%(prompt_tokens)s, %(max_tokens)s, price_input, price_output) AS amount
     FROM terms
 ), credits AS (
-    SELECT (COALESCE(max(r.balance), 0) + COALESCE(sum(l.amount), 0))::bigint AS balance,
-           (COALESCE(max(r.held), 0) + COALESCE(sum(l.held), 0))::bigint AS reserved
-    FROM credit_rollup_state s
-    LEFT JOIN credit_rollups r ON r.account_id = %(account_id)s
-    LEFT JOIN credit_ledger l ON l.account_id = %(account_id)s AND l.txid >= s.horizon
+    SELECT (COALESCE((SELECT balance FROM credit_rollups WHERE account_id = %(account_id)s), 0)
+            + COALESCE(sum(amount), 0))::bigint AS balance,
+           (COALESCE((SELECT held FROM credit_rollups WHERE account_id = %(account_id)s), 0)
+            + COALESCE(sum(held), 0))::bigint AS reserved
+    FROM credit_ledger
+    WHERE account_id = %(account_id)s AND txid >= (SELECT horizon FROM credit_rollup_state)
 ), hold AS (
     INSERT INTO credit_ledger (account_id, kind, held, job_id, api_key_id, price_input, price_output,
                                operator_share_bps)
@@ -325,12 +326,13 @@ SELECT cost.amount, cost.price_input, cost.price_output, credits.balance, credit
 FROM cost, credits;
 
 -- name: account_credits
--- An account's balance and reserved credits: its rollup plus the entries above the rollup horizon.
-SELECT (COALESCE(max(r.balance), 0) + COALESCE(sum(l.amount), 0))::bigint AS balance,
-       (COALESCE(max(r.held), 0) + COALESCE(sum(l.held), 0))::bigint AS reserved
-FROM credit_rollup_state s
-LEFT JOIN credit_rollups r ON r.account_id = %(account_id)s
-LEFT JOIN credit_ledger l ON l.account_id = %(account_id)s AND l.txid >= s.horizon;
+-- An account's balance and reserved credits: its rollup plus its entries at or above the rollup horizon.
+SELECT (COALESCE((SELECT balance FROM credit_rollups WHERE account_id = %(account_id)s), 0)
+        + COALESCE(sum(amount), 0))::bigint AS balance,
+       (COALESCE((SELECT held FROM credit_rollups WHERE account_id = %(account_id)s), 0)
+        + COALESCE(sum(held), 0))::bigint AS reserved
+FROM credit_ledger
+WHERE account_id = %(account_id)s AND txid >= (SELECT horizon FROM credit_rollup_state);
 
 -- name: try_lock_rollup
 -- Only one replica rolls the ledger up at a time (transaction-scoped; false when another is at it).
@@ -341,10 +343,10 @@ SELECT pg_try_advisory_xact_lock(1229866598, 0) AS locked;
 WITH state AS (
     SELECT horizon AS old, pg_snapshot_xmin(pg_current_snapshot()) AS new FROM credit_rollup_state FOR UPDATE
 ), tail AS (
-    SELECT l.account_id, sum(l.amount) AS amount, sum(l.held) AS held
-    FROM credit_ledger l, state
-    WHERE l.txid >= state.old AND l.txid < state.new
-    GROUP BY l.account_id
+    SELECT account_id, sum(amount) AS amount, sum(held) AS held
+    FROM credit_ledger
+    WHERE txid >= (SELECT old FROM state) AND txid < (SELECT new FROM state)
+    GROUP BY account_id
 ), folded AS (
     INSERT INTO credit_rollups AS r (account_id, balance, held)
     SELECT account_id, amount, held FROM tail
@@ -434,10 +436,11 @@ LEFT JOIN LATERAL (
            sum(credits_charged) AS credits
     FROM jobs WHERE node_id = n.id AND status = 'completed'
 ) j ON true
-LEFT JOIN LATERAL (
-    SELECT sum(amount) AS earned FROM credit_ledger
-    WHERE account_id = %(account_id)s AND kind = 'payout' AND node_id = n.id
-) p ON true
+LEFT JOIN (
+    SELECT node_id, sum(amount) AS earned FROM credit_ledger
+    WHERE account_id = %(account_id)s AND kind = 'payout'
+    GROUP BY node_id
+) p ON p.node_id = n.id
 WHERE n.operator_account_id = %(account_id)s
 ORDER BY n.id;
 
@@ -501,3 +504,61 @@ UPDATE jobs
 SET model = %(model)s, request = request || jsonb_build_object('fallback', %(fallback)s::jsonb)
 WHERE id = %(id)s AND status = 'pending' AND model = %(from_model)s
 RETURNING id;
+
+-- name: idempotency_claim
+-- Claim an Idempotency-Key for an account (new, expired, or abandoned by a dead request); no row: someone holds it.
+INSERT INTO idempotency_keys AS k (account_id, key, fingerprint)
+VALUES (%(account_id)s, %(key)s, %(fingerprint)s)
+ON CONFLICT (account_id, key) DO UPDATE
+SET fingerprint = EXCLUDED.fingerprint, job_id = NULL, created_at = now()
+WHERE k.created_at < now() - make_interval(secs => %(ttl_secs)s)
+   OR (k.job_id IS NULL AND k.created_at < now() - make_interval(secs => %(stale_secs)s))
+RETURNING key;
+
+-- name: idempotency_bind
+-- Record the job an Idempotency-Key created.
+UPDATE idempotency_keys SET job_id = %(job_id)s
+WHERE account_id = %(account_id)s AND key = %(key)s AND fingerprint = %(fingerprint)s AND job_id IS NULL;
+
+-- name: idempotency_release
+-- Drop a claim whose request failed before creating a job, so the key can be retried.
+DELETE FROM idempotency_keys
+WHERE account_id = %(account_id)s AND key = %(key)s AND fingerprint = %(fingerprint)s AND job_id IS NULL;
+
+-- name: idempotency_get
+-- An account's Idempotency-Key: its request fingerprint and job (NULL while the first request is submitting).
+SELECT fingerprint, job_id, created_at FROM idempotency_keys WHERE account_id = %(account_id)s AND key = %(key)s;
+
+-- name: idempotency_forget
+-- Drop Idempotency-Keys older than their lifetime.
+DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %(ttl_secs)s);
+
+-- name: webhook_claim_due
+-- Claim due webhook deliveries for one attempt each: count it and push the next try past the attempt's timeout.
+UPDATE webhook_deliveries AS d
+SET attempts_made = d.attempts_made + 1, next_attempt_at = now() + make_interval(secs => %(lease_secs)s)
+FROM (SELECT job_id FROM webhook_deliveries
+      WHERE status = 'pending' AND next_attempt_at <= now()
+      ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS due
+WHERE d.job_id = due.job_id
+RETURNING d.*;
+
+-- name: webhook_record
+-- Record one delivery attempt (only by the worker that claimed it) and when to try again.
+UPDATE webhook_deliveries
+SET status = %(status)s, attempts = attempts || %(attempt)s::jsonb,
+    next_attempt_at = now() + make_interval(secs => %(retry_in)s),
+    completed_at = CASE WHEN %(status)s::text = 'pending' THEN NULL ELSE now() END
+WHERE job_id = %(job_id)s AND attempts_made = %(attempts_made)s AND status = 'pending';
+
+-- name: webhook_secret
+-- An account's webhook signing secret, created with the given one if it has none.
+INSERT INTO webhook_secrets AS s (account_id, secret) VALUES (%(account_id)s, %(secret)s)
+ON CONFLICT (account_id) DO UPDATE SET account_id = s.account_id
+RETURNING secret, created_at;
+
+-- name: webhook_secret_rotate
+-- Replace an account's webhook signing secret.
+INSERT INTO webhook_secrets (account_id, secret) VALUES (%(account_id)s, %(secret)s)
+ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret, created_at = now()
+RETURNING secret, created_at;

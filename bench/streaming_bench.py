@@ -1,0 +1,137 @@
+"""Streaming: time-to-first-token through Infernet vs. straight from the double, and relayed tokens/s.
+
+Run: .venv/bin/python -m bench.streaming_bench [--requests 300] [--streams 64] [--tokens 2000] [--seconds 10]
+
+Part 1 (concurrency 1): time from sending the request to the first generated token, for the Ollama double
+directly (`/api/chat`, NDJSON), Infernet's native SSE (`POST /api/v1/jobs` with "stream": true) and the
+OpenAI-compatible stream (`/v1/chat/completions`, first content chunk). Part 2: `--streams` concurrent
+native streams of `--tokens`-token answers for `--seconds`; relayed tokens/s counts the tokens clients
+received (the engine's completion_tokens of each finished stream) per second, and chunks/s the SSE events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import httpx
+
+from bench.stack import bench_stack, percentile
+
+MODEL = "bench:1b"
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+async def ttft_direct(client: httpx.AsyncClient, max_tokens: int) -> float:
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "options": {"num_predict": max_tokens}}
+    t0 = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/api/chat", json=body) as r:
+        async for line in r.aiter_lines():
+            if first is None and '"content":"' in line and '"content":""' not in line:
+                first = time.perf_counter() - t0
+    return first * 1000
+
+
+async def ttft_native(client: httpx.AsyncClient, max_tokens: int) -> float:
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "max_tokens": max_tokens}
+    t0 = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/api/v1/jobs", json=body) as r:
+        async for line in r.aiter_lines():
+            if first is None and line == "event: token":
+                first = time.perf_counter() - t0
+    return first * 1000
+
+
+async def ttft_openai(client: httpx.AsyncClient, max_tokens: int) -> float:
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "max_tokens": max_tokens}
+    t0 = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if first is None and line.startswith("data: {") and '"delta":{"content"' in line:
+                first = time.perf_counter() - t0
+    return first * 1000
+
+
+async def measure_ttft(stack, requests: int, max_tokens: int) -> None:
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    async with httpx.AsyncClient(base_url=stack.double_url, timeout=60) as direct, \
+            httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=60) as infernet:
+        paths = (("double directly (/api/chat, stream)", ttft_direct, direct),
+                 ("Infernet native SSE (POST /api/v1/jobs)", ttft_native, infernet),
+                 ("Infernet /v1/chat/completions stream", ttft_openai, infernet))
+        for _, fn, client in paths:  # warm up connections, caches and the model queues
+            for _ in range(20):
+                await fn(client, max_tokens)
+        results = {}
+        for _ in range(requests):  # interleaved, so drifts in machine load hit every path alike
+            for label, fn, client in paths:
+                results.setdefault(label, []).append(await fn(client, max_tokens))
+    base = percentile(results[paths[0][0]], 50)
+    print(f"time to first token, concurrency 1, {requests} requests each, answers of {max_tokens} tokens:")
+    for label, values in results.items():
+        p50 = percentile(values, 50)
+        added = "" if label == paths[0][0] else f"   added p50 {p50 - base:+6.2f} ms"
+        print(f"  {label:<44} p50 {p50:7.2f} ms   p99 {percentile(values, 99):7.2f} ms{added}")
+
+
+async def measure_relay(stack, streams: int, tokens: int, seconds: float) -> None:
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "max_tokens": tokens}
+    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8)
+    counts = {"tokens": 0, "chunks": 0, "streams": 0}
+    stop_at = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, limits=limits, timeout=120) as client:
+        async def one_stream() -> None:
+            chunks = 0
+            async with client.stream("POST", "/api/v1/jobs", json=body) as r:
+                event = None
+                async for line in r.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "token":
+                        chunks += 1
+                    elif line.startswith("data: ") and event in ("done", "error"):
+                        view = json.loads(line[6:])
+                        if event == "error":
+                            raise RuntimeError(f"stream failed: {view.get('error')} {view.get('error_message')}")
+                        counts["tokens"] += view["result"]["usage"]["completion_tokens"]
+            counts["chunks"] += chunks
+            counts["streams"] += 1
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                await one_stream()
+
+        await asyncio.gather(*(worker() for _ in range(min(streams, 4))))  # warm-up round
+        counts.update(tokens=0, chunks=0, streams=0)
+        stop_at = time.perf_counter() + seconds
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(streams)))
+        elapsed = time.perf_counter() - start
+    print(f"relayed through one control plane, {streams} concurrent streams of {tokens}-token answers, "
+          f"{elapsed:.1f} s:")
+    print(f"  {counts['tokens'] / elapsed:10,.0f} tokens/s   {counts['chunks'] / elapsed:8,.0f} SSE token events/s"
+          f"   {counts['streams'] / elapsed:6,.1f} streams/s   ({counts['streams']} streams)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300, help="TTFT samples per path")
+    parser.add_argument("--ttft-tokens", type=int, default=16, help="answer length in the TTFT part")
+    parser.add_argument("--streams", type=int, default=64, help="concurrent streams in the relay part")
+    parser.add_argument("--tokens", type=int, default=2000, help="answer length in the relay part")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the relay part")
+    parser.add_argument("--nodes", type=int, default=2, help="node agent processes")
+    args = parser.parse_args()
+    with bench_stack(nodes=args.nodes, slots=64, double_args=("--token-count", str(max(args.tokens, args.ttft_tokens)))) as stack:
+        asyncio.run(measure_ttft(stack, args.requests, args.ttft_tokens))
+        asyncio.run(measure_relay(stack, args.streams, args.tokens, args.seconds))
+
+
+if __name__ == "__main__":
+    main()

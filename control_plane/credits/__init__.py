@@ -1,0 +1,1 @@
+"""Credits: prices, the append-only ledger, reservations, settlement, usage and operator earnings."""

@@ -1,0 +1,1 @@
+"""Idempotency-Key on submissions: a retried request returns the job the first one created."""

@@ -1,0 +1,255 @@
+"""The OpenAI-compatible API over ordinary jobs: each request is a job (listed, billed and retried like any
+other); its recorded outcome becomes an OpenAI response, and its token stream OpenAI's chunk format."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Response
+from litestar.response import Stream
+
+from control_plane.accounts.auth import Principal
+from control_plane.credits.ledger import credits_used_header
+from control_plane.errors import BadRequest, InfernetError, ModelNotFound
+from control_plane.jobs.schemas import JobCreate, MessageIn
+from control_plane.jobs.service import JobService
+from control_plane.openai import schemas as oa
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.streaming import sse
+from control_plane.streaming.relay import JobWatch, Slot, TokenRelay
+from control_plane.streaming.stream import HEARTBEAT, JobStream, Tokens
+
+log = structlog.get_logger("control_plane.openai")
+
+#: max_tokens when the request names none (the native API's default too).
+DEFAULT_MAX_TOKENS = 512
+#: Seconds a waiting request allows past the job's deadline for the sweeper to record a timeout.
+DEADLINE_GRACE_S = 35.0
+_ROLES = {"developer": "system"}
+#: HTTP status of a request whose job failed with this error code (others: 502, the node or engine failed).
+_FAILURE_STATUS = {"no_capacity": 503, "model_unavailable": 503, "timeout": 504, "cancelled": 409,
+                   "not_found": 404}
+_enc = msgspec.json.encode
+
+
+class JobFailed(InfernetError):
+    """The job behind a /v1 request ended without a result; code and status come from its error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = _FAILURE_STATUS.get(code, 502)
+
+
+def _text(message: oa.ChatMessage, index: int) -> str:
+    content = message.content
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for j, part in enumerate(content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise BadRequest(f"messages[{index}].content[{j}] is a {part.get('type')!r} part; only text parts "
+                             "are supported", param=f"messages[{index}].content")
+        parts.append(part["text"])
+    return "\n".join(parts)
+
+
+def _format(body: oa.ChatCompletionRequest) -> str | dict | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return "json"
+    if fmt.json_schema is None or not fmt.json_schema.schema:
+        raise BadRequest("response_format json_schema needs json_schema.schema", param="response_format")
+    return fmt.json_schema.schema
+
+
+def chat_job(body: oa.ChatCompletionRequest) -> tuple[JobCreate, dict[str, Any]]:
+    """The job a chat completion request becomes: its JobCreate and the request payload the job row keeps."""
+    if body.n not in (None, 1):
+        raise BadRequest(f"n={body.n} is not supported: Infernet returns exactly one choice (n=1)", param="n")
+    if body.tools:
+        raise BadRequest("tools (function calling) are not supported", param="tools")
+    if body.logprobs:
+        raise BadRequest("logprobs are not supported", param="logprobs")
+    if body.stream_options is not None and not body.stream:
+        raise BadRequest("stream_options is only allowed with stream: true", param="stream_options")
+    messages = [MessageIn(role=_ROLES.get(m.role, m.role), content=_text(m, i)) for i, m in enumerate(body.messages)]
+    max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = 1.0 if body.top_p is None else body.top_p
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+    params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
+              "seed": body.seed, "format": _format(body)}
+    payload: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in messages],
+                               "params": params, "stream": bool(body.stream), "api": "openai"}
+    if body.user:
+        payload["user"] = body.user
+    job = JobCreate(model=body.model, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                    top_p=top_p, stream=bool(body.stream))
+    return job, payload
+
+
+def _usage(row: dict[str, Any]) -> oa.CompletionUsage:
+    usage = (row.get("result") or {}).get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return oa.CompletionUsage(prompt, completion, prompt + completion)
+
+
+def _ended(row: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    """The final row of a completed job, or the JobFailed its error maps to."""
+    if row is None:
+        raise JobFailed("not_found", f"job {job_id} no longer exists")
+    if row["status"] != "completed":
+        raise JobFailed(row.get("error") or "internal_error",
+                        row.get("error_message") or f"job {job_id} ended {row['status']}")
+    return row
+
+
+def _vector(values: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":  # what the openai SDK asks for by default: little-endian float32
+        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+    return values
+
+
+class OpenAIService:
+    """Turns /v1 requests into jobs and their outcomes into OpenAI responses."""
+
+    def __init__(self, jobs: JobService, relay: TokenRelay, registry: NodeRegistry) -> None:
+        self._jobs = jobs
+        self._relay = relay
+        self._registry = registry
+
+    # -- chat completions ----------------------------------------------------------------------------
+    async def chat(self, principal: Principal, body: oa.ChatCompletionRequest, *,
+                   request_id: str | None) -> Response[oa.ChatCompletion] | Stream:
+        job, payload = chat_job(body)
+        slot = self._relay.admit(principal.account_id)
+        try:
+            row = await self._jobs.submit(principal, job, request_id=request_id, payload=payload)
+        except BaseException:
+            slot.release()
+            raise
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            watch = self._relay.watch(row["id"])
+            return sse.sse_response(self._chunks(principal, slot, watch, row, include_usage),
+                                    headers={"X-Job-Id": row["id"]})
+        try:
+            final = await self._wait(row)
+        finally:
+            slot.release()
+        result = final.get("result") or {}
+        completion = oa.ChatCompletion(
+            id=final["id"], created=int(final["created_at"].timestamp()), model=final["model"],
+            choices=[oa.Choice(0, oa.AssistantMessage(result.get("content") or ""),
+                               result.get("finish_reason") or "stop")],
+            usage=_usage(final),
+        )
+        return Response(completion, headers={"X-Job-Id": final["id"], **credits_used_header(final)})
+
+    async def _wait(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The job's final row (written before this returns); JobFailed unless it completed."""
+        watch = self._relay.watch(row["id"], tokens=False)
+        try:
+            budget = row["deadline"].timestamp() - row["created_at"].timestamp() + DEADLINE_GRACE_S
+            try:
+                final = await self._relay.wait_final(watch, budget)
+            except TimeoutError as exc:
+                raise JobFailed("timeout", str(exc)) from None
+        finally:
+            self._relay.unwatch(watch)
+        return _ended(final, row["id"])
+
+    async def _chunks(self, principal: Principal, slot: Slot, watch: JobWatch, row: dict[str, Any],
+                      include_usage: bool) -> AsyncGenerator[bytes, None]:
+        """OpenAI's chunk stream: a role chunk, content chunks, the finish chunk, [usage], [DONE]."""
+        job_id, finished = row["id"], False
+        head = (b'{"id":' + _enc(job_id) + b',"object":"chat.completion.chunk","created":%d,"model":'
+                % int(row["created_at"].timestamp()) + _enc(row["model"]) + b',"system_fingerprint":null,"choices":')
+        tail = b',"usage":null}' if include_usage else b'}'
+        stream = JobStream(self._relay, watch, row, heartbeat_s=self._relay.heartbeat_s)
+        try:
+            yield sse.data(head + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+                           b'"finish_reason":null}]' + tail)
+            async for item in stream.events():
+                if item is HEARTBEAT:
+                    yield sse.HEARTBEAT
+                elif isinstance(item, Tokens):
+                    text = "".join([t for _, t in item.items])
+                    yield sse.data(head + b'[{"index":0,"delta":{"content":' + _enc(text)
+                                   + b'},"logprobs":null,"finish_reason":null}]' + tail)
+                else:
+                    finished = True
+                    final = item.row
+                    if final["status"] != "completed":
+                        error = {"message": final.get("error_message") or f"job {job_id} ended {final['status']}",
+                                 "type": "server_error", "code": final.get("error") or "internal_error",
+                                 "param": None}
+                        yield sse.data(_enc({"error": error}))
+                        return
+                    reason = (final.get("result") or {}).get("finish_reason") or "stop"
+                    frames = [sse.data(head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
+                                       + _enc(reason) + b'}]' + tail)]
+                    if include_usage:
+                        frames.append(sse.data(head + b'[],"usage":' + _enc(_usage(final)) + b'}'))
+                    frames.append(b"data: [DONE]\n\n")
+                    yield b"".join(frames)
+        finally:
+            self._relay.unwatch(watch)
+            slot.release()
+            if not finished:  # the client went away: stop the job (and the engine) rather than run it for nobody
+                self._relay.spawn(self._abandon(principal, job_id))
+
+    async def _abandon(self, principal: Principal, job_id: str) -> None:
+        try:
+            await self._jobs.cancel(principal, job_id)
+        except InfernetError as exc:  # already ended, or the store is down (the deadline stops it then)
+            log.info("abandoned_stream_not_cancelled", job_id=job_id, error=exc.code, detail=exc.message)
+            return
+        log.info("abandoned_stream_cancelled", job_id=job_id, detail="the client closed a streamed /v1 completion")
+
+    # -- embeddings ----------------------------------------------------------------------------------
+    async def embeddings(self, principal: Principal, body: oa.EmbeddingRequest, *,
+                         request_id: str | None) -> Response[oa.EmbeddingList]:
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        if not all(isinstance(text, str) for text in inputs):
+            raise BadRequest("input must be a string or a list of strings (token arrays are not supported)",
+                             param="input")
+        if any(not text for text in inputs):
+            raise BadRequest("input must not contain empty strings", param="input")
+        if body.dimensions is not None:
+            raise BadRequest("dimensions is not supported: vectors have the model's own size", param="dimensions")
+        job = JobCreate(model=body.model, messages=[MessageIn(role="user", content=t) for t in inputs], max_tokens=1)
+        payload: dict[str, Any] = {"inputs": inputs, "stream": False, "api": "openai"}
+        if body.user:
+            payload["user"] = body.user
+        slot = self._relay.admit(principal.account_id)
+        try:
+            row = await self._jobs.submit(principal, job, request_id=request_id, payload=payload, kind="embed")
+            final = await self._wait(row)
+        finally:
+            slot.release()
+        result = final.get("result") or {}
+        vectors = result.get("embeddings") or []
+        prompt = int((result.get("usage") or {}).get("prompt_tokens") or 0)
+        return Response(oa.EmbeddingList(
+            data=[oa.Embedding(i, _vector(v, body.encoding_format)) for i, v in enumerate(vectors)],
+            model=final["model"], usage=oa.EmbeddingUsage(prompt, prompt),
+        ), headers={"X-Job-Id": final["id"], **credits_used_header(final)})
+
+    # -- models --------------------------------------------------------------------------------------
+    def models(self) -> oa.ModelList:
+        """Models that at least one online node serves now."""
+        return oa.ModelList(data=[oa.Model(id=m.name) for m in self._registry.models_summary()])
+
+    def model(self, model_id: str) -> oa.Model:
+        if not any(m.name == model_id for m in self._registry.models_summary()):
+            raise ModelNotFound(f"Model {model_id} is not served by any online node")
+        return oa.Model(id=model_id)

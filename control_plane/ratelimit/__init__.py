@@ -1,0 +1,1 @@
+"""Per-key rate limits shared by all control-plane replicas, and the X-RateLimit-* response headers."""

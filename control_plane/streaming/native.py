@@ -1,0 +1,80 @@
+"""Native SSE of `/api/v1/jobs`: a `job` event, `token` events (id = sequence number), then `done` or `error`.
+
+Leaving the stream never cancels the job: it keeps running, and `GET /api/v1/jobs/{id}/stream` with
+`Last-Event-ID` picks it up again (from any replica: what was missed is replayed from JetStream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from litestar.response import Stream
+
+from control_plane.accounts.auth import Principal
+from control_plane.errors import BadRequest
+from control_plane.jobs.schemas import JobView, job_view
+from control_plane.jobs.service import JobService
+from control_plane.streaming import sse
+from control_plane.streaming.relay import JobWatch, Slot, TokenRelay
+from control_plane.streaming.stream import HEARTBEAT, JobStream, Tokens
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """The sequence number a reconnecting client last saw (0: none)."""
+    if value is None or not value.strip():
+        return 0
+    try:
+        seq = int(value.strip())
+    except ValueError:
+        raise BadRequest(f"Last-Event-ID must be a token sequence number, got {value!r}",
+                         param="Last-Event-ID") from None
+    if seq < 0:
+        raise BadRequest("Last-Event-ID must not be negative", param="Last-Event-ID")
+    return seq
+
+
+def submitted_stream(relay: TokenRelay, slot: Slot, row: dict[str, Any]) -> Stream:
+    """The SSE answer to `POST /api/v1/jobs` with `"stream": true`; call right after submit returns."""
+    watch = relay.watch(row["id"])
+    first = JobView(id=row["id"], status=row["status"], model=row["model"],
+                    created_at=job_view(row | {"completed_at": None}).created_at)
+    return _response(relay, slot, watch, row, first, after_seq=0)
+
+
+async def job_stream(relay: TokenRelay, jobs: JobService, principal: Principal, job_id: str, *,
+                     last_event_id: str | None) -> Stream:
+    """The SSE answer to `GET /api/v1/jobs/{id}/stream` (pending, running or finished jobs)."""
+    after_seq = parse_last_event_id(last_event_id)
+    slot = relay.admit(principal.account_id)
+    watch = relay.watch(job_id)  # before reading the row, so nothing between the two is missed
+    try:
+        row = await jobs.get(principal, job_id)
+    except BaseException:
+        relay.unwatch(watch)
+        slot.release()
+        raise
+    return _response(relay, slot, watch, row, job_view(row), after_seq=after_seq)
+
+
+def _response(relay: TokenRelay, slot: Slot, watch: JobWatch, row: dict[str, Any], first: JobView, *,
+              after_seq: int) -> Stream:
+    stream = JobStream(relay, watch, row, after_seq=after_seq, heartbeat_s=relay.heartbeat_s)
+    return sse.sse_response(_events(relay, slot, watch, stream, first), headers={"X-Job-Id": row["id"]})
+
+
+async def _events(relay: TokenRelay, slot: Slot, watch: JobWatch, stream: JobStream,
+                  first: JobView) -> AsyncGenerator[bytes, None]:
+    try:
+        yield sse.event("job", first)
+        async for item in stream.events():
+            if item is HEARTBEAT:
+                yield sse.HEARTBEAT
+            elif isinstance(item, Tokens):
+                yield b"".join([sse.token(seq, text) for seq, text in item.items])
+            else:
+                row = item.row
+                yield sse.event("done" if row["status"] == "completed" else "error", job_view(row))
+    finally:
+        relay.unwatch(watch)
+        slot.release()

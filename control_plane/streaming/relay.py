@@ -1,0 +1,270 @@
+"""The token relay: one wildcard subscription each for token chunks and outcomes, dispatched to per-job watches.
+
+Whoever streams a job (or waits for it) registers a JobWatch before the job can be assigned; the relay's
+subscriptions are always open, so nothing published after that is missed, and what was published before is
+replayed from the INFERNET_TOKENS JetStream stream (`stored_chunks`). Jobs that end without an outcome message
+(node lost, deadline, cancel on another replica) are found by a periodic check of idle watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+import protocol
+from control_plane.errors import RateLimited
+from control_plane.jobs.recorder import OutcomeRecorder
+from control_plane.settings import Settings
+from control_plane.store import Database, StoreError
+from control_plane.streaming.replay import ReplayError, stored_chunks
+from protocol import subjects
+
+log = structlog.get_logger("control_plane.streaming")
+
+ENDED = ("completed", "failed", "cancelled")
+#: How long `settle` polls a row that an outcome should have ended before handing back to the caller.
+SETTLE_GIVE_UP_S = 2.0
+
+
+def _id_slice(builder) -> tuple[int, int]:
+    """Where the job id sits in subjects built by `builder` (a protocol.subjects function of the job id)."""
+    head, _, tail = builder("JOBID").partition("JOBID")
+    return len(head), len(tail)
+
+
+class JobWatch:
+    """What the relay has seen of one job for one open stream or waiting request."""
+
+    __slots__ = ("job_id", "tokens", "chunks", "lagged", "outcome", "ended", "wake", "waiter", "seen_at")
+
+    def __init__(self, job_id: str, tokens: bool, waiter: asyncio.Future | None, now: float) -> None:
+        self.job_id = job_id
+        #: False for requests that only wait for the outcome (non-streamed completions, embeddings).
+        self.tokens = tokens
+        #: Live chunks not yet taken by the stream, bounded by settings.stream_buffer_chunks.
+        self.chunks: deque[protocol.TokenChunk] = deque()
+        #: Live chunks were dropped because the buffer was full: the stream must replay from JetStream.
+        self.lagged = False
+        #: The outcome message with the highest attempt seen (recorded or about to be).
+        self.outcome: protocol.JobOutcome | None = None
+        #: The periodic check found the job's row ended (no outcome message needed).
+        self.ended = False
+        self.wake = asyncio.Event()
+        #: The recorder's future for the final row when this replica records it.
+        self.waiter = waiter
+        self.seen_at = now
+
+
+class Slot:
+    """One open stream counted against its account; `release` is idempotent."""
+
+    __slots__ = ("_relay", "_account_id")
+
+    def __init__(self, relay: TokenRelay, account_id: str) -> None:
+        self._relay = relay
+        self._account_id = account_id
+
+    def release(self) -> None:
+        if self._account_id is not None:
+            self._relay._release(self._account_id)
+            self._account_id = None
+
+
+class TokenRelay:
+    """Per-replica fan-out of token chunks and outcomes to the streams and waiters that asked for them."""
+
+    def __init__(self, db: Database, bus, recorder: OutcomeRecorder, settings: Settings, *, clock=time.monotonic) -> None:
+        self._db = db
+        self._bus = bus
+        self._recorder = recorder
+        self._settings = settings
+        self._clock = clock
+        self._watches: dict[str, list[JobWatch]] = {}
+        self._open: dict[str, int] = {}
+        self._tokens_at = _id_slice(subjects.job_tokens)
+        self._results_at = _id_slice(subjects.job_result)
+        self._background: set[asyncio.Task] = set()
+        self._checker: asyncio.Task | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._bus.subscribe(subjects.all_job_tokens(), self._on_token)
+        await self._bus.subscribe(subjects.all_job_results(), self._on_outcome)
+        self._checker = asyncio.create_task(self._check_loop(), name="stream-check")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._checker, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run cleanup that must outlive a cancelled request (e.g. cancelling a job whose client left)."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- watches -------------------------------------------------------------------------------------
+    def watch(self, job_id: str, *, tokens: bool = True) -> JobWatch:
+        """Start collecting what arrives for the job; call before the job can be assigned, then `unwatch`."""
+        w = JobWatch(job_id, tokens, self._recorder.waiter(job_id), self._clock())
+        self._watches.setdefault(job_id, []).append(w)
+        return w
+
+    def unwatch(self, w: JobWatch) -> None:
+        watches = self._watches.get(w.job_id)
+        if watches is not None and w in watches:
+            watches.remove(w)
+            if not watches:
+                del self._watches[w.job_id]
+        if w.waiter is not None:
+            self._recorder.forget_waiter(w.job_id, w.waiter)
+            w.waiter = None
+        w.chunks.clear()
+
+    def admit(self, account_id: str) -> Slot:
+        """Count an open stream for the account, or refuse with 429 past max_open_streams_per_account."""
+        limit = self._settings.max_open_streams_per_account
+        current = self._open.get(account_id, 0)
+        if limit and current >= limit:
+            raise RateLimited(f"{current} streams or waiting requests are already open for this account on this "
+                              f"replica (limit {limit}); close one or retry shortly", headers={"Retry-After": "1"})
+        self._open[account_id] = current + 1
+        return Slot(self, account_id)
+
+    def _release(self, account_id: str) -> None:
+        left = self._open.get(account_id, 1) - 1
+        if left > 0:
+            self._open[account_id] = left
+        else:
+            self._open.pop(account_id, None)
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self._settings.stream_heartbeat_s
+
+    @property
+    def open_watches(self) -> int:
+        return sum(len(ws) for ws in self._watches.values())
+
+    # -- subscriptions (hot path: one call per chunk on this replica) ------------------------------
+    async def _on_token(self, msg) -> None:
+        head, tail = self._tokens_at
+        watches = self._watches.get(msg.subject[head:-tail])
+        if not watches:
+            return
+        try:
+            chunk = protocol.decode(msg.data, protocol.TokenChunk)
+        except protocol.DecodeError as exc:
+            log.warning("malformed_token_chunk_dropped", subject=msg.subject, error=str(exc))
+            return
+        now, limit = self._clock(), self._settings.stream_buffer_chunks
+        for w in watches:
+            if not w.tokens:
+                continue
+            if len(w.chunks) < limit:
+                w.chunks.append(chunk)
+            else:
+                w.lagged = True  # the stream catches up from JetStream
+            w.seen_at = now
+            w.wake.set()
+
+    async def _on_outcome(self, msg) -> None:
+        head, tail = self._results_at
+        watches = self._watches.get(msg.subject[head:-tail])
+        if not watches:
+            return
+        try:
+            outcome = protocol.decode(msg.data, protocol.JobOutcome)
+        except protocol.DecodeError:
+            return  # the recorder logs malformed outcomes
+        now = self._clock()
+        for w in watches:
+            if w.outcome is None or outcome.attempt >= w.outcome.attempt:
+                w.outcome = outcome
+            w.seen_at = now
+            w.wake.set()
+
+    async def _check_loop(self) -> None:
+        """Every sweep interval, look up idle watched jobs that ended without an outcome message."""
+        interval = self._settings.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            ids = [job_id for job_id, ws in self._watches.items()
+                   if any(not w.ended and now - w.seen_at >= interval for w in ws)]
+            if not ids:
+                continue
+            try:
+                rows = await self._db.fetchall("ended_jobs", {"ids": ids})
+            except StoreError as exc:
+                log.warning("stream_check_failed", error=str(exc), action="retrying next interval")
+                continue
+            for row in rows:
+                for w in self._watches.get(row["id"], ()):
+                    w.ended = True
+                    w.wake.set()
+
+    # -- what streams and waiters ask -------------------------------------------------------------
+    async def stored_chunks(self, job_id: str) -> list[protocol.TokenChunk]:
+        """The job's chunks kept by JetStream (empty, with a warning, when JetStream does not answer)."""
+        try:
+            return await stored_chunks(self._bus.nc, job_id)
+        except ReplayError as exc:
+            log.warning("token_replay_failed", job_id=job_id, error=str(exc),
+                        detail="streaming live chunks only; check JetStream health")
+            return []
+
+    async def mark_first_token(self, job_id: str, attempt: int) -> bool:
+        """Record that the attempt's first token is reaching a client; False when that attempt was re-placed."""
+        return await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt}) is not None
+
+    async def settle(self, w: JobWatch) -> dict | None:
+        """The job's row once what ended it is recorded; otherwise (sent back for a retry, or a stale
+        outcome) the current row after a bounded wait. None when the job no longer exists."""
+        delay, started = 0.004, self._clock()
+        while True:
+            fut = w.waiter
+            if fut is not None and not w.ended:
+                if not fut.done():
+                    await asyncio.wait((fut,), timeout=delay)
+                if fut.done():
+                    w.waiter = None
+                    if not fut.cancelled():
+                        return fut.result()
+            row = await self._db.fetchone("get_job_any", {"id": w.job_id})
+            if row is None or row["status"] in ENDED or row["status"] == "pending":
+                return row
+            if self._clock() - started > SETTLE_GIVE_UP_S or (w.outcome and row["attempt"] > w.outcome.attempt):
+                return row
+            delay = min(delay * 2, 0.25)
+            if w.waiter is None:
+                await asyncio.sleep(delay)
+
+    async def wait_final(self, w: JobWatch, timeout: float) -> dict | None:
+        """Wait (up to `timeout` s) until the watched job has ended and its row is written; returns that row."""
+        deadline = self._clock() + timeout
+        while True:
+            w.wake.clear()
+            outcome = w.outcome
+            if outcome is not None or w.ended:
+                row = await self.settle(w)
+                if row is None or row["status"] in ENDED:
+                    return row
+                if w.outcome is outcome:
+                    w.outcome = None  # sent back for another attempt (or stale): wait for the next one
+                w.ended = False
+                continue
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise TimeoutError(f"job {w.job_id} did not end within {timeout:.0f}s")
+            try:
+                async with asyncio.timeout(remaining):
+                    await w.wake.wait()
+            except TimeoutError:
+                pass

@@ -1,0 +1,197 @@
+"""One client's stream of one job: live chunks and JetStream replay merged into one ordered, gap-free sequence.
+
+`JobStream.events()` yields `Tokens` (chunks ready for the client, in sequence order, each exactly once),
+`HEARTBEAT` when nothing happened for `heartbeat_s`, and finally `Ended` with the job's recorded row.
+Only one attempt's chunks ever reach the client: the first chunk shown is preceded by `mark_first_token`
+(one UPDATE per job), after which the job is never re-placed; chunks of any other attempt are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import protocol
+from control_plane.streaming.relay import ENDED, JobWatch, TokenRelay
+
+#: Seconds between replay attempts while a gap in the live sequence stays open.
+GAP_RETRY_S = 0.05
+
+
+@dataclass(slots=True)
+class Tokens:
+    """Chunks ready for the client: (sequence number, text) pairs in order."""
+
+    items: list[tuple[int, str]]
+
+
+@dataclass(slots=True)
+class Ended:
+    """The job ended and its row is written; `outcome` is the message that ended it when this replica saw it."""
+
+    row: dict[str, Any]
+    outcome: protocol.JobOutcome | None
+
+
+HEARTBEAT = object()
+
+
+class JobStream:
+    """Merges a watch's live chunks with replay; `after_seq` (Last-Event-ID) skips what the client has."""
+
+    def __init__(self, relay: TokenRelay, watch: JobWatch, row: dict[str, Any], *, after_seq: int = 0,
+                 heartbeat_s: float = 15.0, clock=time.monotonic) -> None:
+        self._relay = relay
+        self._watch = watch
+        self.job_id = watch.job_id
+        self.row = row
+        self._heartbeat_s = heartbeat_s
+        self._clock = clock
+        status, attempt = row.get("status"), row.get("attempt") or 0
+        #: The attempt whose chunks this stream shows; None until one starts.
+        self._attempt: int | None = attempt if status != "pending" and attempt else None
+        #: Attempts known to be over without their tokens being shown (re-placed).
+        self._stale_upto = attempt if status == "pending" else 0
+        self._after = after_seq
+        self._next = after_seq + 1
+        self._pending: dict[int, str] = {}
+        self._skipped: dict[int, int] = {}  # lengths of chunks the client already had (for the content fallback)
+        self._chars = 0  # characters shown by this stream
+        self._shown = 0  # chunks shown by this stream
+        self._marked = row.get("first_token_at") is not None
+        self._gap_retry_at = 0.0
+
+    async def events(self) -> AsyncIterator[Tokens | Ended | object]:
+        w, relay = self._watch, self._relay
+        if self.row.get("status") in ENDED:
+            async for item in self._finish(self.row, w.outcome):
+                yield item
+            return
+        if self.row.get("status") == "processing":
+            await self._backfill()
+        heartbeat_at = self._clock() + self._heartbeat_s
+        while True:
+            w.wake.clear()
+            while w.chunks:
+                self._accept(w.chunks.popleft())
+            if w.lagged:
+                w.lagged = False
+                await self._backfill()
+            elif self._gap() and self._clock() >= self._gap_retry_at:
+                self._gap_retry_at = self._clock() + GAP_RETRY_S
+                await self._backfill()
+            ready = await self._ready(mark=True)
+            if ready:
+                yield Tokens(ready)
+                heartbeat_at = self._clock() + self._heartbeat_s
+            outcome = w.outcome
+            if w.ended or (outcome is not None and (self._attempt is None or outcome.attempt >= self._attempt)):
+                row = await relay.settle(w)
+                if row is None or row["status"] in ENDED:
+                    async for item in self._finish(row, w.outcome):
+                        yield item
+                    return
+                # Sent back for another attempt (none of its tokens were shown), or the outcome was stale.
+                if w.outcome is outcome:
+                    w.outcome = None
+                w.ended = False
+                if row["status"] == "pending" and self._shown == 0:
+                    self._drop_attempt(row["attempt"])
+                continue
+            timeout = heartbeat_at - self._clock()
+            if self._gap():
+                timeout = min(timeout, GAP_RETRY_S)
+            if timeout > 0:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await w.wake.wait()
+                    continue
+                except TimeoutError:
+                    pass
+            if self._clock() >= heartbeat_at:
+                yield HEARTBEAT
+                heartbeat_at = self._clock() + self._heartbeat_s
+
+    # -- ordering ------------------------------------------------------------------------------------
+    def _accept(self, chunk: protocol.TokenChunk) -> None:
+        attempt = self._attempt
+        if attempt is None or (chunk.attempt > attempt and self._shown == 0):
+            if chunk.attempt <= self._stale_upto:
+                return
+            self._adopt(chunk.attempt)
+        elif chunk.attempt != attempt:
+            return
+        if chunk.seq >= self._next:
+            self._pending[chunk.seq] = chunk.text
+        elif chunk.seq <= self._after:
+            self._skipped[chunk.seq] = len(chunk.text)
+
+    def _adopt(self, attempt: int) -> None:
+        self._attempt = attempt
+        self._pending.clear()
+        self._skipped.clear()
+        self._next = self._after + 1
+
+    def _drop_attempt(self, upto: int | None = None) -> None:
+        """The current attempt was re-placed before any of its tokens reached this client: forget it."""
+        self._stale_upto = max(self._stale_upto, upto or 0, self._attempt or 0)
+        self._attempt = None
+        self._pending.clear()
+
+    def _gap(self) -> bool:
+        return bool(self._pending) and self._next not in self._pending
+
+    async def _backfill(self) -> None:
+        for chunk in await self._relay.stored_chunks(self.job_id):
+            self._accept(chunk)
+
+    async def _ready(self, *, mark: bool) -> list[tuple[int, str]]:
+        ready: list[tuple[int, str]] = []
+        while self._next in self._pending:
+            if mark and not self._marked:
+                if not await self._relay.mark_first_token(self.job_id, self._attempt):
+                    self._drop_attempt()
+                    return ready
+                self._marked = True
+            text = self._pending.pop(self._next)
+            ready.append((self._next, text))
+            self._chars += len(text)
+            self._next += 1
+        self._shown += len(ready)
+        return ready
+
+    # -- the end -------------------------------------------------------------------------------------
+    async def _finish(self, row: dict | None, outcome: protocol.JobOutcome | None) -> AsyncIterator[Tokens | Ended]:
+        """Show whatever the ended attempt produced that this client has not seen, then the end."""
+        if row is None:
+            row = {**self.row, "status": "failed", "error": "not_found",
+                   "error_message": f"job {self.job_id} no longer exists"}
+            yield Ended(row, outcome)
+            return
+        attempt = row.get("attempt") or 0
+        if attempt and (self._attempt == attempt or self._shown == 0):
+            if self._attempt != attempt:
+                self._adopt(attempt)
+            result = row.get("result") or {}
+            total = result.get("chunks")
+            if total is None and outcome is not None and outcome.attempt == attempt:
+                total = outcome.chunks
+            w = self._watch
+            while w.chunks:
+                self._accept(w.chunks.popleft())
+            if total is None or self._next <= total:
+                await self._backfill()
+            ready = await self._ready(mark=False)
+            # The recorded text is the truth: what no chunk carried (expired from JetStream, or never sent,
+            # e.g. coalesced text a failing node did not flush) follows as one last chunk.
+            before = sum(self._skipped.values()) if len(self._skipped) == self._after else None
+            content = result.get("content") or ""
+            if before is not None and len(content) > before + self._chars:
+                ready.append((max(self._next, total or 0), content[before + self._chars:]))
+                self._next = ready[-1][0] + 1
+            if ready:
+                yield Tokens(ready)
+        yield Ended(row, outcome)
