@@ -1,6 +1,7 @@
 """Streaming: time-to-first-token through Infernet vs. straight from the double, and relayed tokens/s.
 
 Run: .venv/bin/python -m bench.streaming_bench [--requests 300] [--streams 64] [--tokens 2000] [--seconds 10]
+     [--nodes 2] [--coalesce-ms 0]
 
 Part 1 (concurrency 1): time from sending the request to the first generated token, for the Ollama double
 directly (`/api/chat`, NDJSON), Infernet's native SSE (`POST /api/v1/jobs` with "stream": true) and the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 
 import httpx
@@ -110,13 +112,27 @@ async def measure_relay(stack, streams: int, tokens: int, seconds: float) -> Non
         await asyncio.gather(*(worker() for _ in range(min(streams, 4))))  # warm-up round
         counts.update(tokens=0, chunks=0, streams=0)
         stop_at = time.perf_counter() + seconds
+        cpu_before = cpu_seconds(control_plane_pid(stack))
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(streams)))
         elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(control_plane_pid(stack)) - cpu_before
     print(f"relayed through one control plane, {streams} concurrent streams of {tokens}-token answers, "
           f"{elapsed:.1f} s:")
     print(f"  {counts['tokens'] / elapsed:10,.0f} tokens/s   {counts['chunks'] / elapsed:8,.0f} SSE token events/s"
           f"   {counts['streams'] / elapsed:6,.1f} streams/s   ({counts['streams']} streams)")
+    print(f"  control plane busy {cpu / elapsed:4.0%} of one core: {counts['tokens'] / cpu:10,.0f} tokens/s and "
+          f"{counts['chunks'] / cpu:8,.0f} token events/s per core-second")
+
+
+def control_plane_pid(stack) -> int:
+    return next(p.pid for p in stack.procs if "serve" in p.args and "control_plane.cli" in p.args)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -127,7 +143,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2000, help="answer length in the relay part")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the relay part")
     parser.add_argument("--nodes", type=int, default=2, help="node agent processes")
+    parser.add_argument("--coalesce-ms", type=float, default=None,
+                        help="the nodes' INFERNET_COALESCE_MS (0: one chunk per token, the relay's worst case)")
     args = parser.parse_args()
+    if args.coalesce_ms is not None:
+        os.environ["INFERNET_COALESCE_MS"] = str(args.coalesce_ms)  # the node agents inherit it
     with bench_stack(nodes=args.nodes, slots=64, double_args=("--token-count", str(max(args.tokens, args.ttft_tokens)))) as stack:
         asyncio.run(measure_ttft(stack, args.requests, args.ttft_tokens))
         asyncio.run(measure_relay(stack, args.streams, args.tokens, args.seconds))

@@ -12,7 +12,7 @@ from control_plane.jobs.schemas import iso
 
 OptimizeMode = Literal["balanced", "quality", "cost", "latency"]
 ModelId = Annotated[str, Meta(min_length=1, max_length=200)]
-ModelPool = Annotated[list[ModelId], Meta(min_length=1, max_length=100)]
+ModelPool = Annotated[list[ModelId], Meta(min_length=1, max_length=32)]
 KeyName = Annotated[str, Meta(max_length=200)]
 PerMinute = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 Credits = Annotated[int, Meta(ge=0, le=10**15)]

@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 
-from control_plane.errors import PaymentRequired
 from control_plane.credits import pricing
+from control_plane.errors import PaymentRequired
 from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
 

@@ -55,6 +55,12 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     logprobs: bool | None = None
+    # Infernet extensions: the gateway fields of POST /api/v1/jobs (validated as there).
+    node_id: str | None = None
+    max_wallclock_secs: float | None = None
+    routing: dict[str, Any] | None = None
+    fallback_models: list[str] | None = None
+    webhook_url: str | None = None
 
 
 # -- chat completions: response --------------------------------------------------------------------

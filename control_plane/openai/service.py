@@ -4,6 +4,7 @@ other); its recorded outcome becomes an OpenAI response, and its token stream Op
 from __future__ import annotations
 
 import base64
+import re
 import struct
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -35,6 +36,9 @@ _ROLES = {"developer": "system"}
 _FAILURE_STATUS = {"no_capacity": 503, "model_unavailable": 503, "timeout": 504, "cancelled": 409,
                    "not_found": 404}
 _enc = msgspec.json.encode
+#: Fields of POST /api/v1/jobs a /v1 request may carry too.
+_EXTENSIONS = ("node_id", "max_wallclock_secs", "routing", "fallback_models", "webhook_url")
+_PATH = re.compile(r"`\$\.([A-Za-z_]\w*)")
 
 
 class JobFailed(InfernetError):
@@ -80,19 +84,23 @@ def chat_job(body: oa.ChatCompletionRequest) -> tuple[JobCreate, dict[str, Any]]
         raise BadRequest("logprobs are not supported", param="logprobs")
     if body.stream_options is not None and not body.stream:
         raise BadRequest("stream_options is only allowed with stream: true", param="stream_options")
-    messages = [MessageIn(role=_ROLES.get(m.role, m.role), content=_text(m, i)) for i, m in enumerate(body.messages)]
+    messages = [{"role": _ROLES.get(m.role, m.role), "content": _text(m, i)} for i, m in enumerate(body.messages)]
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
               "seed": body.seed, "format": _format(body)}
-    payload: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in messages],
-                               "params": params, "stream": bool(body.stream), "api": "openai"}
+    payload: dict[str, Any] = {"messages": messages, "params": params, "stream": bool(body.stream), "api": "openai"}
     if body.user:
         payload["user"] = body.user
-    job = JobCreate(model=body.model, messages=messages, max_tokens=max_tokens, temperature=temperature,
-                    top_p=top_p, stream=bool(body.stream))
+    extensions = {name: value for name in _EXTENSIONS if (value := getattr(body, name)) is not None}
+    try:  # validated like POST /api/v1/jobs (the sampling parameters live in the payload)
+        job = msgspec.convert({"model": body.model, "messages": payload["messages"], "max_tokens": max_tokens,
+                               "stream": bool(body.stream), **extensions}, JobCreate)
+    except msgspec.ValidationError as exc:
+        found = _PATH.search(str(exc))
+        raise BadRequest(f"invalid request: {exc}", param=found.group(1) if found else None) from None
     return job, payload
 
 

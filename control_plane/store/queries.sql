@@ -220,9 +220,12 @@ SELECT id, name, first_seen_at, last_seen_at FROM nodes;
 
 -- name: mark_first_token
 -- Record when the first token of the running attempt reached a client (one write per job); no row when that
--- attempt was re-placed meanwhile, so its tokens must not be shown.
+-- attempt was re-placed meanwhile, so its tokens must not be shown. It sits on the time-to-first-token path,
+-- so it commits without waiting for the WAL flush (set_config: synchronous_commit off for this transaction
+-- only): visible to every replica at once; only a crash of PostgreSQL itself right after could undo it.
 UPDATE jobs SET first_token_at = COALESCE(first_token_at, now())
 WHERE id = %(id)s AND attempt = %(attempt)s AND status <> 'pending'
+  AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING first_token_at;
 
 -- name: ended_jobs

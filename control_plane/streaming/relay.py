@@ -211,14 +211,15 @@ class TokenRelay:
                     w.wake.set()
 
     # -- what streams and waiters ask -------------------------------------------------------------
-    async def stored_chunks(self, job_id: str) -> list[protocol.TokenChunk]:
-        """The job's chunks kept by JetStream (empty, with a warning, when JetStream does not answer)."""
+    async def stored_chunks(self, job_id: str, *, start: int = 1) -> tuple[list[protocol.TokenChunk], int]:
+        """The job's chunks JetStream keeps from stream sequence `start` on, and where to go on from next time
+        (nothing, with a warning, when JetStream does not answer)."""
         try:
-            return await stored_chunks(self._bus.nc, job_id)
+            return await stored_chunks(self._bus.nc, job_id, start=start)
         except ReplayError as exc:
             log.warning("token_replay_failed", job_id=job_id, error=str(exc),
                         detail="streaming live chunks only; check JetStream health")
-            return []
+            return [], start
 
     async def mark_first_token(self, job_id: str, attempt: int) -> bool:
         """Record that the attempt's first token is reaching a client; False when that attempt was re-placed."""

@@ -20,11 +20,12 @@ class ReplayError(Exception):
     """JetStream did not answer the replay request (down, electing a leader, or the stream is missing)."""
 
 
-async def stored_chunks(nc: NATS, job_id: str, *, timeout: float = 5.0) -> list[protocol.TokenChunk]:
-    """Every chunk still stored for the job, in publish order (all attempts; malformed ones skipped)."""
+async def stored_chunks(nc: NATS, job_id: str, *, start: int = 1,
+                        timeout: float = 5.0) -> tuple[list[protocol.TokenChunk], int]:
+    """The chunks stored for the job from stream sequence `start` on, in publish order (all attempts;
+    malformed ones skipped), and the stream sequence to start from next time."""
     subject = subjects.job_tokens(job_id)
     chunks: list[protocol.TokenChunk] = []
-    start = 1
     while True:
         page, next_start, more = await _page(nc, subject, start, timeout)
         for data in page:
@@ -32,9 +33,9 @@ async def stored_chunks(nc: NATS, job_id: str, *, timeout: float = 5.0) -> list[
                 chunks.append(protocol.decode(data, protocol.TokenChunk))
             except protocol.DecodeError:
                 continue
-        if not more:
-            return chunks
         start = next_start
+        if not more:
+            return chunks, start
 
 
 async def _page(nc: NATS, subject: str, start: int, timeout: float) -> tuple[list[bytes], int, bool]:

@@ -62,7 +62,9 @@ class JobStream:
         self._chars = 0  # characters shown by this stream
         self._shown = 0  # chunks shown by this stream
         self._marked = row.get("first_token_at") is not None
+        self._live = status not in ENDED  # opened before the job ended (not a replay of a finished job)
         self._gap_retry_at = 0.0
+        self._replayed_upto = 1  # JetStream stream sequence the next backfill starts at
 
     async def events(self) -> AsyncIterator[Tokens | Ended | object]:
         w, relay = self._watch, self._relay
@@ -145,7 +147,9 @@ class JobStream:
         return bool(self._pending) and self._next not in self._pending
 
     async def _backfill(self) -> None:
-        for chunk in await self._relay.stored_chunks(self.job_id):
+        """Take what JetStream kept since the last backfill (each stored chunk is read once per stream)."""
+        chunks, self._replayed_upto = await self._relay.stored_chunks(self.job_id, start=self._replayed_upto)
+        for chunk in chunks:
             self._accept(chunk)
 
     async def _ready(self, *, mark: bool) -> list[tuple[int, str]]:
@@ -175,6 +179,7 @@ class JobStream:
         if attempt and (self._attempt == attempt or self._shown == 0):
             if self._attempt != attempt:
                 self._adopt(attempt)
+                self._replayed_upto = 1  # read that attempt's chunks from the start
             result = row.get("result") or {}
             total = result.get("chunks")
             if total is None and outcome is not None and outcome.attempt == attempt:
@@ -192,6 +197,11 @@ class JobStream:
             if before is not None and len(content) > before + self._chars:
                 ready.append((max(self._next, total or 0), content[before + self._chars:]))
                 self._next = ready[-1][0] + 1
+            if ready and not self._marked and self._live:
+                # The job ended before its first token reached this client: record when it did (the job is
+                # final, so nothing depends on the answer any more).
+                await self._relay.mark_first_token(self.job_id, attempt)
+                self._marked = True
             if ready:
                 yield Tokens(ready)
         yield Ended(row, outcome)

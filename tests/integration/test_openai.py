@@ -274,3 +274,19 @@ async def test_the_sync_client_works_too(stack, double):
             return c.choices[0].message.content, streamed
     plain, streamed = await asyncio.to_thread(use_sync)
     assert plain == streamed == "".join(default_tokens("sync", 16))
+
+
+async def test_gateway_fields_ride_along_as_extension_fields(stack, double):
+    key = await stack.key("alice")
+    await stack.add_node(double.url, name="a")
+    b = await stack.add_node(double.url, name="b")
+    await stack.wait_nodes_serving(MODEL, count=2)
+    async with client(stack, key) as oa:
+        for _ in range(3):
+            c = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                                 extra_body={"node_id": b.node_id, "max_wallclock_secs": 30})
+            assert (await stack.wait_job(key, c.id))["node_id"] == b.node_id
+        with pytest.raises(openai.BadRequestError) as err:
+            await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
+                                             extra_body={"node_id": "not a node"})
+        assert err.value.param == "node_id"

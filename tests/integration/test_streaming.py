@@ -66,8 +66,9 @@ async def test_a_job_not_streamed_records_no_first_token(stack, double):
 
 async def _published(stack: Stack, job_id: str) -> None:
     """Wait until the node has published the job's first chunk (the one it sends at once)."""
-    await wait_until(lambda: stack.runtime.relay.stored_chunks(job_id), timeout=30,
-                     message=f"no chunk of {job_id} was ever stored")
+    async def stored():
+        return (await stack.runtime.relay.stored_chunks(job_id))[0]
+    await wait_until(stored, timeout=30, message=f"no chunk of {job_id} was ever stored")
 
 
 async def test_late_join_gets_every_token_then_the_live_ones(stack):
@@ -134,6 +135,8 @@ async def test_a_finished_job_is_replayed_whole(stack):
     async with stack.client.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=headers) as r:
         again = await collect(r)
     assert [e.event for e in again] == ["job", "done"]
+    # Replaying a finished job is not its first token reaching a client.
+    assert "time_to_first_token_ms" not in await stack.wait_job(key, job_id)
 
 
 async def test_engine_error_mid_stream_ends_with_an_error_event(stack):
@@ -301,7 +304,18 @@ async def test_replay_pages_through_long_streams(stack, size):
     await nc.flush()
 
     async def stored():
-        chunks = await stack.runtime.relay.stored_chunks(job_id)
+        chunks, _ = await stack.runtime.relay.stored_chunks(job_id)
         return chunks if len(chunks) == size * 3 else None
     chunks = await wait_until(stored, timeout=10)
     assert [c.seq for c in chunks] == list(range(1, size * 3 + 1))
+    # Going on from where a replay ended reads only what was stored since.
+    _, upto = await stack.runtime.relay.stored_chunks(job_id)
+    later = protocol.TokenChunk(job_id=job_id, attempt=1, seq=size * 3 + 1, text="late")
+    await nc.publish(subjects.job_tokens(job_id), protocol.encode(later))
+    await nc.flush()
+    assert await wait_until(lambda: _after(stack, job_id, upto), timeout=10) == [later]
+
+
+async def _after(stack, job_id, upto):
+    chunks, _ = await stack.runtime.relay.stored_chunks(job_id, start=upto)
+    return chunks

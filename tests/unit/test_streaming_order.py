@@ -1,0 +1,137 @@
+"""JobStream's merge of live chunks and JetStream replay, on a fake relay: every chunk once, in order, one attempt."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import protocol
+from control_plane.streaming.relay import JobWatch
+from control_plane.streaming.stream import HEARTBEAT, Ended, JobStream, Tokens
+
+JOB = "job_00000000000000aa"
+
+
+class FakeRelay:
+    """The relay surface JobStream uses: JetStream's stored chunks, the first-token mark and the final row."""
+
+    def __init__(self, stored: list[protocol.TokenChunk], final: dict, *, mark_ok=lambda attempt: True) -> None:
+        self.stored = stored
+        self.final = final
+        self.mark_ok = mark_ok
+        self.marks: list[int] = []
+
+    async def stored_chunks(self, job_id: str, *, start: int = 1):
+        return self.stored[start - 1:], len(self.stored) + 1
+
+    async def mark_first_token(self, job_id: str, attempt: int) -> bool:
+        self.marks.append(attempt)
+        return self.mark_ok(attempt)
+
+    async def settle(self, watch):
+        return self.final
+
+
+def chunk(seq: int, attempt: int = 1, text: str | None = None) -> protocol.TokenChunk:
+    return protocol.TokenChunk(job_id=JOB, attempt=attempt, seq=seq, text=f" w{seq}" if text is None else text)
+
+
+def result(chunks: list[protocol.TokenChunk], attempt: int = 1) -> tuple[dict, protocol.JobResult]:
+    content = "".join(c.text for c in chunks)
+    row = {"id": JOB, "status": "completed", "attempt": attempt, "first_token_at": None,
+           "result": {"content": content, "chunks": len(chunks)}}
+    outcome = protocol.JobResult(job_id=JOB, attempt=attempt, lease="l", node_id="node_a", content=content,
+                                 chunks=len(chunks))
+    return row, outcome
+
+
+async def run_stream(relay: FakeRelay, start_row: dict, live: list, outcome, *, after_seq: int = 0):
+    """Feed `live` chunks into the watch while the stream runs, then the outcome; collect what the client gets."""
+    watch = JobWatch(JOB, True, None, 0.0)
+    stream = JobStream(relay, watch, start_row, after_seq=after_seq, heartbeat_s=60)
+    shown: list[tuple[int, str]] = []
+    ended = None
+
+    async def feed():
+        for c in live:
+            watch.chunks.append(c)
+            watch.wake.set()
+            await asyncio.sleep(0)
+        watch.outcome = outcome
+        watch.wake.set()
+
+    feeder = asyncio.create_task(feed())
+    async with asyncio.timeout(10):
+        async for item in stream.events():
+            if isinstance(item, Tokens):
+                shown.extend(item.items)
+            elif isinstance(item, Ended):
+                ended = item
+            else:
+                assert item is HEARTBEAT
+    await feeder
+    return shown, ended
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_mix_of_live_replayed_lost_and_duplicated_chunks_is_shown_once_in_order(data):
+    n = data.draw(st.integers(1, 30), label="chunks")
+    chunks = [chunk(i) for i in range(1, n + 1)]
+    stored_before = data.draw(st.integers(0, n), label="stored before the stream opened")
+    # Live delivery: any subsequence (the rest was lost: lag, reconnect), with duplicates of earlier ones.
+    delivered = [c for c in chunks if data.draw(st.booleans(), label=f"live {c.seq}")]
+    dups = data.draw(st.lists(st.sampled_from(chunks), max_size=5), label="duplicates")
+    live = sorted(delivered + dups, key=lambda c: c.seq)
+    row, outcome = result(chunks)
+    relay = FakeRelay(chunks, row)
+    start = {"id": JOB, "status": "processing" if stored_before else "pending", "attempt": 1 if stored_before else 0}
+    shown, ended = asyncio.run(run_stream(relay, start, live, outcome))
+    assert [s for s, _ in shown] == list(range(1, n + 1))
+    assert "".join(t for _, t in shown) == row["result"]["content"]
+    assert ended.row is row and relay.marks == [1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 20), st.data())
+def test_last_event_id_shows_only_what_follows(n, data):
+    chunks = [chunk(i) for i in range(1, n + 1)]
+    after = data.draw(st.integers(0, n))
+    row, outcome = result(chunks)
+    relay = FakeRelay(chunks, row)
+    start = {"id": JOB, "status": "processing", "attempt": 1, "first_token_at": "earlier"}
+    shown, _ = asyncio.run(run_stream(relay, start, chunks[after:], outcome, after_seq=after))
+    assert [s for s, _ in shown] == list(range(after + 1, n + 1))
+    assert relay.marks == []  # a first token had already reached a client
+
+
+def test_chunks_of_another_attempt_are_dropped_once_tokens_were_shown():
+    chunks = [chunk(i) for i in range(1, 6)]
+    row, outcome = result(chunks)
+    live = [chunks[0], chunk(2, attempt=2, text="X"), chunk(3, attempt=0, text="Y"), *chunks[1:]]
+    shown, _ = asyncio.run(run_stream(FakeRelay(chunks, row), {"id": JOB, "status": "pending", "attempt": 0},
+                                      live, outcome))
+    assert "".join(t for _, t in shown) == row["result"]["content"]
+
+
+def test_an_attempt_re_placed_before_its_first_token_was_shown_is_skipped():
+    """The mark fails for attempt 1 (it was re-placed): none of its chunks show; attempt 2's do."""
+    first = [chunk(i, attempt=1, text=f" old{i}") for i in range(1, 4)]
+    second = [chunk(i, attempt=2, text=f" new{i}") for i in range(1, 5)]
+    row, outcome = result(second, attempt=2)
+    relay = FakeRelay(first + second, row, mark_ok=lambda attempt: attempt == 2)
+    shown, _ = asyncio.run(run_stream(relay, {"id": JOB, "status": "pending", "attempt": 0}, first + second, outcome))
+    assert "".join(t for _, t in shown) == " new1 new2 new3 new4"
+    assert relay.marks == [1, 2]
+
+
+def test_text_no_chunk_carried_is_sent_from_the_recorded_result():
+    """Expired from JetStream (or never sent by a failing node): the recorded text completes the stream."""
+    chunks = [chunk(i) for i in range(1, 5)]
+    row, outcome = result(chunks)
+    shown, _ = asyncio.run(run_stream(FakeRelay(chunks[:1], row), {"id": JOB, "status": "processing", "attempt": 1},
+                                      chunks[:2], outcome))
+    assert shown == [(1, " w1"), (2, " w2"), (4, " w3 w4")]
+    assert "".join(t for _, t in shown) == row["result"]["content"]
