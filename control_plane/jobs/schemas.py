@@ -16,7 +16,8 @@ JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 class MessageIn(Struct, forbid_unknown_fields=False):
     role: Literal["system", "user", "assistant", "tool"]
-    content: Annotated[str, Meta(max_length=1_000_000)]
+    #: NUL characters cannot be stored (PostgreSQL jsonb) and no model needs them: refused with 400.
+    content: Annotated[str, Meta(max_length=1_000_000, pattern=r"^[^\x00]*$")]
 
 
 class JobCreate(Struct, forbid_unknown_fields=False):

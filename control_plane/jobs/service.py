@@ -53,6 +53,9 @@ class JobService:
     async def submit(self, principal: Principal, body: JobCreate, *, request_id: str | None = None,
                      payload: dict | None = None, kind: str = "chat") -> dict:
         payload = payload if payload is not None else request_payload(body)
+        for i, message in enumerate(payload.get("messages", ())):
+            if "\x00" in message["content"]:  # jsonb cannot store NUL; every entry path (native, /v1) ends here
+                raise BadRequest(f"messages[{i}].content contains a NUL character", param=f"messages[{i}].content")
         model = body.model
         if self.gateway is not None:  # rate limit, model "auto", fallback, typed output, webhook: jobs/gateway.py
             model = await self.gateway.prepare(principal, body, payload, kind=kind)

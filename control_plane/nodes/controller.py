@@ -11,6 +11,7 @@ from msgspec import Struct
 
 import protocol
 from control_plane.accounts.auth import Principal
+from control_plane.credits.usage import operator_node_stats
 from control_plane.errors import Forbidden, NotFound
 from control_plane.jobs.schemas import iso
 from control_plane.runtime import Runtime
@@ -24,7 +25,17 @@ class NodeModel(Struct):
     embeddings: bool
 
 
-class NodeEntry(Struct):
+class OperatorStats(Struct):
+    """Shown only to the node's own operator account."""
+
+    jobs_served: int
+    prompt_tokens: int
+    completion_tokens: int
+    credits_charged: int
+    earnings: int
+
+
+class NodeEntry(Struct, omit_defaults=True):
     id: str
     name: str | None
     state: str
@@ -34,6 +45,7 @@ class NodeEntry(Struct):
     active_jobs: int
     last_seen: str | None
     labels: dict[str, str]
+    operator: OperatorStats | None = None
 
 
 class NodeList(Struct):
@@ -66,6 +78,14 @@ class NodesController(Controller):
         for row in rows.values():  # registered but not heard by this replica recently
             entries.append(NodeEntry(id=row["id"], name=row["name"], state="offline", engine=None, models=[], slots=0,
                                      active_jobs=0, last_seen=iso(row["last_seen_at"]), labels={}))
+        mine = {r["node_id"]: r for r in await operator_node_stats(runtime.db, principal.account_id)}
+        for entry in entries:
+            stats = mine.get(entry.id)
+            if stats is not None:
+                entry.operator = OperatorStats(
+                    jobs_served=int(stats["jobs_served"] or 0), prompt_tokens=int(stats["prompt_tokens"] or 0),
+                    completion_tokens=int(stats["completion_tokens"] or 0),
+                    credits_charged=int(stats["credits_charged"] or 0), earnings=int(stats["earnings"] or 0))
         entries.sort(key=lambda e: e.id)
         return NodeList(nodes=entries)
 

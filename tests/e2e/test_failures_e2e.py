@@ -135,7 +135,8 @@ async def test_two_replicas_three_nodes_hundreds_of_jobs_with_a_node_and_a_repli
     assert {r[2] for r in rows if r[1] == "failed"} <= {"node_lost"}, rows  # only documented errors
     recorded = Counter(e["job_id"] for p in (cp1, cp2) for e in events(p, "job_completed"))
     assert max(recorded.values()) == 1, "a job was recorded as completed twice"
-    assert sum(recorded.values()) == statuses["completed"]
+    # A SIGKILLed replica may lose the log line of its very last recording, never gain one.
+    assert statuses["completed"] - 2 <= sum(recorded.values()) <= statuses["completed"]
 
 
 async def test_nats_restart_mid_run_loses_nothing(cluster, nats_server):

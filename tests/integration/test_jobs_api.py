@@ -198,3 +198,12 @@ async def test_openapi_document_describes_the_api(stack):
     schema = doc["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]] if "$ref" in body else body
     assert {"model", "messages"} <= set(schema["required"])
     assert {"max_tokens", "temperature", "top_p", "node_id", "stream"} <= set(schema["properties"])
+
+
+async def test_nul_characters_are_a_bad_request_not_a_crash(stack, double):
+    key = await stack.key()
+    await stack.add_node(double.url)
+    await stack.wait_nodes_serving("qwen2.5:7b")
+    r = await stack.submit(key, model="qwen2.5:7b", messages=[{"role": "user", "content": "a\u0000b"}])
+    assert (r.status_code, r.json()["error"]) == (400, "bad_request")
+    assert "content" in r.json()["error_message"]

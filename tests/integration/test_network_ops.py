@@ -188,3 +188,20 @@ async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
             await nc.close()
     assert all(j["status"] == "completed" and j["node_id"] == real.node_id for j in jobs), jobs
     assert 'infernet_assignment_offers_total{answer="unanswered"}' in (await stack.client.get("/metrics")).text
+
+
+async def test_operators_see_what_their_own_nodes_served_and_earned(stack, double):
+    operator = await stack.key("acme-gpus")
+    user = await stack.key("alice")
+    node = await stack.add_node(double.url, name="acme-1", operator="acme-gpus")
+    await stack.wait_nodes_serving("qwen2.5:7b")
+    job = await stack.wait_job(user, (await stack.submit(user, model="qwen2.5:7b")).json()["id"])
+
+    async def entry(key):
+        body = (await stack.client.get("/api/v1/nodes", headers=stack.auth(key))).json()
+        return next(n for n in body["nodes"] if n["id"] == node.node_id)
+    mine = await entry(operator)
+    assert mine["operator"]["jobs_served"] == 1
+    assert mine["operator"]["completion_tokens"] == job["result"]["usage"]["completion_tokens"]
+    assert 0 < mine["operator"]["earnings"] <= mine["operator"]["credits_charged"] == job["credits_charged"]
+    assert "operator" not in await entry(user)  # other callers never see an operator's figures
