@@ -37,7 +37,7 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     """
     texts = [str(m.get("content") or "") for m in payload.get("messages") or ()]
     texts += [str(i) for i in payload.get("inputs") or ()]
-    return sum(len(t.encode()) for t in texts) + PER_MESSAGE_OVERHEAD * len(texts) + BASE_OVERHEAD
+    return sum(len(t.encode(errors="surrogatepass")) for t in texts) + PER_MESSAGE_OVERHEAD * len(texts) + BASE_OVERHEAD
 
 
 def max_completion_tokens(payload: Mapping[str, Any], kind: str = "chat") -> int:
