@@ -37,6 +37,8 @@ test-e2e: install
 ## Benchmarks (not tests): figures go into docs/benchmarks.md.
 bench: install
 	$(PY) -m bench.jobs_bench
+	$(PY) -m bench.streaming_bench
+	$(PY) -m bench.openai_bench
 
 clean:
 	rm -rf $(VENV) .infernet .pytest_cache

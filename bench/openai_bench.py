@@ -21,7 +21,8 @@ MODEL = "bench:1b"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
-async def run(client: httpx.AsyncClient, path: str, body: dict, requests: int, concurrency: int) -> tuple[list[float], float]:
+async def run(client: httpx.AsyncClient, path: str, body: dict, requests: int,
+              concurrency: int) -> tuple[list[float], float]:
     latencies: list[float] = []
     todo = iter(range(requests))
 

@@ -148,7 +148,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.coalesce_ms is not None:
         os.environ["INFERNET_COALESCE_MS"] = str(args.coalesce_ms)  # the node agents inherit it
-    with bench_stack(nodes=args.nodes, slots=64, double_args=("--token-count", str(max(args.tokens, args.ttft_tokens)))) as stack:
+    tokens = str(max(args.tokens, args.ttft_tokens))
+    with bench_stack(nodes=args.nodes, slots=64, double_args=("--token-count", tokens)) as stack:
         asyncio.run(measure_ttft(stack, args.requests, args.ttft_tokens))
         asyncio.run(measure_relay(stack, args.streams, args.tokens, args.seconds))
 

@@ -19,6 +19,7 @@ from control_plane.credits.ledger import credits_used_header
 from control_plane.errors import BadRequest, InfernetError, ModelNotFound
 from control_plane.jobs.schemas import JobCreate, MessageIn
 from control_plane.jobs.service import JobService
+from control_plane.jobs.sweeper import DEADLINE_GRACE_SECS
 from control_plane.openai import schemas as oa
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.streaming import sse
@@ -29,8 +30,8 @@ log = structlog.get_logger("control_plane.openai")
 
 #: max_tokens when the request names none (the native API's default too).
 DEFAULT_MAX_TOKENS = 512
-#: Seconds a waiting request allows past the job's deadline for the sweeper to record a timeout.
-DEADLINE_GRACE_S = 35.0
+#: Seconds a waiting request allows past the job's deadline: the sweeper's grace to record a timeout, and some.
+DEADLINE_GRACE_S = DEADLINE_GRACE_SECS + 5.0
 _ROLES = {"developer": "system"}
 #: HTTP status of a request whose job failed with this error code (others: 502, the node or engine failed).
 _FAILURE_STATUS = {"no_capacity": 503, "model_unavailable": 503, "timeout": 504, "cancelled": 409,
@@ -126,6 +127,26 @@ def _vector(values: list[float], encoding: str) -> list[float] | str:
     return values
 
 
+class _StreamEnd:
+    """The cleanup of one streamed completion, run once (when its generator ends, or after the response if
+    the client left before it started): the watch and the slot go, and an unfinished job is cancelled."""
+
+    def __init__(self, service: OpenAIService, principal: Principal, slot: Slot, watch: JobWatch, job_id: str) -> None:
+        self.service, self.principal, self.slot, self.watch, self.job_id = service, principal, slot, watch, job_id
+        self.finished = False
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        relay = self.service._relay
+        relay.unwatch(self.watch)
+        self.slot.release()
+        if not self.finished:  # the client went away: stop the job (and the engine) rather than run it for nobody
+            relay.spawn(self.service._abandon(self.principal, self.job_id))
+
+
 class OpenAIService:
     """Turns /v1 requests into jobs and their outcomes into OpenAI responses."""
 
@@ -146,8 +167,8 @@ class OpenAIService:
             raise
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            watch = self._relay.watch(row["id"])
-            return sse.sse_response(self._chunks(principal, slot, watch, row, include_usage),
+            end = _StreamEnd(self, principal, slot, self._relay.watch(row["id"]), row["id"])
+            return sse.sse_response(self._chunks(end, row, include_usage), on_close=end.close,
                                     headers={"X-Job-Id": row["id"]})
         try:
             final = await self._wait(row)
@@ -175,14 +196,13 @@ class OpenAIService:
             self._relay.unwatch(watch)
         return _ended(final, row["id"])
 
-    async def _chunks(self, principal: Principal, slot: Slot, watch: JobWatch, row: dict[str, Any],
-                      include_usage: bool) -> AsyncGenerator[bytes, None]:
+    async def _chunks(self, end: _StreamEnd, row: dict[str, Any], include_usage: bool) -> AsyncGenerator[bytes, None]:
         """OpenAI's chunk stream: a role chunk, content chunks, the finish chunk, [usage], [DONE]."""
-        job_id, finished = row["id"], False
+        job_id = row["id"]
         head = (b'{"id":' + _enc(job_id) + b',"object":"chat.completion.chunk","created":%d,"model":'
                 % int(row["created_at"].timestamp()) + _enc(row["model"]) + b',"system_fingerprint":null,"choices":')
         tail = b',"usage":null}' if include_usage else b'}'
-        stream = JobStream(self._relay, watch, row, heartbeat_s=self._relay.heartbeat_s)
+        stream = JobStream(self._relay, end.watch, row, heartbeat_s=self._relay.heartbeat_s)
         try:
             yield sse.data(head + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
                            b'"finish_reason":null}]' + tail)
@@ -194,7 +214,7 @@ class OpenAIService:
                     yield sse.data(head + b'[{"index":0,"delta":{"content":' + _enc(text)
                                    + b'},"logprobs":null,"finish_reason":null}]' + tail)
                 else:
-                    finished = True
+                    end.finished = True
                     final = item.row
                     if final["status"] != "completed":
                         error = {"message": final.get("error_message") or f"job {job_id} ended {final['status']}",
@@ -209,11 +229,12 @@ class OpenAIService:
                         frames.append(sse.data(head + b'[],"usage":' + _enc(_usage(final)) + b'}'))
                     frames.append(b"data: [DONE]\n\n")
                     yield b"".join(frames)
+        except InfernetError as exc:  # PostgreSQL or NATS failed under this stream: say so rather than cut it
+            log.warning("stream_interrupted", job_id=job_id, error=exc.code, detail=exc.message)
+            error = {"message": exc.message, "type": "server_error", "code": exc.code, "param": None}
+            yield sse.data(_enc({"error": error}))
         finally:
-            self._relay.unwatch(watch)
-            slot.release()
-            if not finished:  # the client went away: stop the job (and the engine) rather than run it for nobody
-                self._relay.spawn(self._abandon(principal, job_id))
+            end.close()
 
     async def _abandon(self, principal: Principal, job_id: str) -> None:
         try:

@@ -6,18 +6,21 @@ Leaving the stream never cancels the job: it keeps running, and `GET /api/v1/job
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import structlog
 from litestar.response import Stream
 
 from control_plane.accounts.auth import Principal
-from control_plane.errors import BadRequest
+from control_plane.errors import BadRequest, InfernetError
 from control_plane.jobs.schemas import JobView, job_view
 from control_plane.jobs.service import JobService
 from control_plane.streaming import sse
 from control_plane.streaming.relay import JobWatch, Slot, TokenRelay
 from control_plane.streaming.stream import HEARTBEAT, JobStream, Tokens
+
+log = structlog.get_logger("control_plane.streaming")
 
 
 def parse_last_event_id(value: str | None) -> int:
@@ -60,11 +63,14 @@ async def job_stream(relay: TokenRelay, jobs: JobService, principal: Principal, 
 def _response(relay: TokenRelay, slot: Slot, watch: JobWatch, row: dict[str, Any], first: JobView, *,
               after_seq: int) -> Stream:
     stream = JobStream(relay, watch, row, after_seq=after_seq, heartbeat_s=relay.heartbeat_s)
-    return sse.sse_response(_events(relay, slot, watch, stream, first), headers={"X-Job-Id": row["id"]})
+
+    def close() -> None:
+        relay.unwatch(watch)
+        slot.release()
+    return sse.sse_response(_events(stream, first, close), on_close=close, headers={"X-Job-Id": row["id"]})
 
 
-async def _events(relay: TokenRelay, slot: Slot, watch: JobWatch, stream: JobStream,
-                  first: JobView) -> AsyncGenerator[bytes, None]:
+async def _events(stream: JobStream, first: JobView, close: Callable[[], None]) -> AsyncGenerator[bytes, None]:
     try:
         yield sse.event("job", first)
         async for item in stream.events():
@@ -75,6 +81,9 @@ async def _events(relay: TokenRelay, slot: Slot, watch: JobWatch, stream: JobStr
             else:
                 row = item.row
                 yield sse.event("done" if row["status"] == "completed" else "error", job_view(row))
+    except InfernetError as exc:  # PostgreSQL or NATS failed under this stream: say so rather than cut it
+        log.warning("stream_interrupted", job_id=stream.job_id, error=exc.code, detail=exc.message)
+        yield sse.event("error", {"id": stream.job_id, "error": exc.code, "error_message":
+                                  f"{exc.message}; the job was not cancelled: reconnect with Last-Event-ID"})
     finally:
-        relay.unwatch(watch)
-        slot.release()
+        close()

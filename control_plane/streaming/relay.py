@@ -12,11 +12,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 import protocol
+from control_plane.bus import Bus
 from control_plane.errors import RateLimited
 from control_plane.jobs.recorder import OutcomeRecorder
 from control_plane.settings import Settings
@@ -57,7 +59,14 @@ class JobWatch:
         self.wake = asyncio.Event()
         #: The recorder's future for the final row when this replica records it.
         self.waiter = waiter
+        if waiter is not None:
+            waiter.add_done_callback(lambda _: self.wake.set())
         self.seen_at = now
+
+    @property
+    def ending(self) -> bool:
+        """Something says the job ended: its outcome arrived, this replica recorded it, or the check found it."""
+        return self.ended or self.outcome is not None or (self.waiter is not None and self.waiter.done())
 
 
 class Slot:
@@ -78,7 +87,8 @@ class Slot:
 class TokenRelay:
     """Per-replica fan-out of token chunks and outcomes to the streams and waiters that asked for them."""
 
-    def __init__(self, db: Database, bus, recorder: OutcomeRecorder, settings: Settings, *, clock=time.monotonic) -> None:
+    def __init__(self, db: Database, bus: Bus, recorder: OutcomeRecorder, settings: Settings, *,
+                 clock=time.monotonic) -> None:
         self._db = db
         self._bus = bus
         self._recorder = recorder
@@ -205,6 +215,9 @@ class TokenRelay:
             except StoreError as exc:
                 log.warning("stream_check_failed", error=str(exc), action="retrying next interval")
                 continue
+            except Exception:  # never let the check die: streams would wait on their heartbeats forever
+                log.exception("stream_check_error")
+                continue
             for row in rows:
                 for w in self._watches.get(row["id"], ()):
                     w.ended = True
@@ -221,9 +234,11 @@ class TokenRelay:
                         detail="streaming live chunks only; check JetStream health")
             return [], start
 
-    async def mark_first_token(self, job_id: str, attempt: int) -> bool:
-        """Record that the attempt's first token is reaching a client; False when that attempt was re-placed."""
-        return await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt}) is not None
+    async def mark_first_token(self, job_id: str, attempt: int) -> datetime | None:
+        """Record that the attempt's first token is reaching a client: the job's first_token_at, or None when
+        that attempt was re-placed (its tokens must not be shown)."""
+        row = await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt})
+        return None if row is None else row["first_token_at"]
 
     async def settle(self, w: JobWatch) -> dict | None:
         """The job's row once what ended it is recorded; otherwise (sent back for a retry, or a stale
@@ -253,7 +268,7 @@ class TokenRelay:
         while True:
             w.wake.clear()
             outcome = w.outcome
-            if outcome is not None or w.ended:
+            if w.ending:
                 row = await self.settle(w)
                 if row is None or row["status"] in ENDED:
                     return row

@@ -6,7 +6,7 @@ raw newline, so each event is one `data:` line and needs no splitting (the hot p
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -48,7 +48,16 @@ class EventStream(Stream):
         return super().to_asgi_response(*args, **kwargs)
 
 
-def sse_response(body: AsyncGenerator[bytes, None], *, headers: dict[str, str] | None = None) -> Stream:
-    """A text/event-stream response; the generator is closed when the response ends or the client leaves."""
+def sse_response(body: AsyncGenerator[bytes, None], *, on_close: Callable[[], None],
+                 headers: dict[str, str] | None = None) -> Stream:
+    """A text/event-stream response. When it ends or the client leaves, the generator is closed and
+    `on_close` runs (idempotent cleanup: also when the client left before the generator ever started)."""
+
+    async def close() -> None:
+        try:
+            await body.aclose()
+        finally:
+            on_close()
+
     return EventStream(body, media_type="text/event-stream", headers={**HEADERS, **(headers or {})},
-                       background=BackgroundTask(body.aclose))
+                       background=BackgroundTask(close))

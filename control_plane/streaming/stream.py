@@ -61,7 +61,8 @@ class JobStream:
         self._skipped: dict[int, int] = {}  # lengths of chunks the client already had (for the content fallback)
         self._chars = 0  # characters shown by this stream
         self._shown = 0  # chunks shown by this stream
-        self._marked = row.get("first_token_at") is not None
+        #: When the first token reached a client (this stream's mark, or an earlier one); None: not yet.
+        self._marked = row.get("first_token_at")
         self._live = status not in ENDED  # opened before the job ended (not a replay of a finished job)
         self._gap_retry_at = 0.0
         self._replayed_upto = 1  # JetStream stream sequence the next backfill starts at
@@ -90,7 +91,9 @@ class JobStream:
                 yield Tokens(ready)
                 heartbeat_at = self._clock() + self._heartbeat_s
             outcome = w.outcome
-            if w.ended or (outcome is not None and (self._attempt is None or outcome.attempt >= self._attempt)):
+            if outcome is not None and self._attempt is not None and outcome.attempt < self._attempt:
+                w.outcome = outcome = None  # a late outcome of an attempt this stream already moved past
+            if w.ending:
                 row = await relay.settle(w)
                 if row is None or row["status"] in ENDED:
                     async for item in self._finish(row, w.outcome):
@@ -155,11 +158,11 @@ class JobStream:
     async def _ready(self, *, mark: bool) -> list[tuple[int, str]]:
         ready: list[tuple[int, str]] = []
         while self._next in self._pending:
-            if mark and not self._marked:
-                if not await self._relay.mark_first_token(self.job_id, self._attempt):
+            if mark and self._marked is None:
+                self._marked = await self._relay.mark_first_token(self.job_id, self._attempt)
+                if self._marked is None:
                     self._drop_attempt()
                     return ready
-                self._marked = True
             text = self._pending.pop(self._next)
             ready.append((self._next, text))
             self._chars += len(text)
@@ -197,11 +200,12 @@ class JobStream:
             if before is not None and len(content) > before + self._chars:
                 ready.append((max(self._next, total or 0), content[before + self._chars:]))
                 self._next = ready[-1][0] + 1
-            if ready and not self._marked and self._live:
+            if ready and self._marked is None and self._live:
                 # The job ended before its first token reached this client: record when it did (the job is
                 # final, so nothing depends on the answer any more).
-                await self._relay.mark_first_token(self.job_id, attempt)
-                self._marked = True
+                self._marked = await self._relay.mark_first_token(self.job_id, attempt)
             if ready:
                 yield Tokens(ready)
+        if self._marked is not None and row.get("first_token_at") is None:
+            row = row | {"first_token_at": self._marked}  # recorded before this stream's mark landed
         yield Ended(row, outcome)

@@ -169,7 +169,7 @@ async def test_heartbeats_keep_a_quiet_stream_alive(nats_url, database_url):
                     events.append(event)
                     if event.event == "token":
                         break
-                async for event in reader.events(comments=True):
+                async for _ in reader.events(comments=True):
                     if len(reader.comments) >= 2:
                         break
                 assert reader.comments[:2] == ["keep-alive", "keep-alive"]
@@ -213,7 +213,6 @@ async def test_a_job_retried_before_any_token_streams_only_the_new_attempt(stack
         await stack.wait_nodes_serving(MODEL)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "retry"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
-            job_id = r.headers["x-job-id"]
             reader = SSEReader(r)
             events = [await anext(reader.events())]
             await stuck.wait_active(1)
@@ -256,8 +255,8 @@ async def test_any_replica_serves_any_job_stream(stack, nats_url, database_url):
 async def test_stream_errors_before_streaming_are_plain_errors(stack, double):
     key = await _ready(stack, double)
     other = await stack.key("bob")
-    r = await stack.client.post("/api/v1/jobs", headers=stack.auth(key),
-                                json={"model": "nope:1b", "messages": [{"role": "user", "content": "x"}], "stream": True})
+    body = {"model": "nope:1b", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    r = await stack.client.post("/api/v1/jobs", headers=stack.auth(key), json=body)
     assert (r.status_code, r.json()["error"]) == (404, "model_not_found")
     job_id = (await stack.submit(key, model=MODEL)).json()["id"]
     r = await stack.client.get(f"/api/v1/jobs/{job_id}/stream", headers=stack.auth(other))

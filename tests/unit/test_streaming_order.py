@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,9 +27,9 @@ class FakeRelay:
     async def stored_chunks(self, job_id: str, *, start: int = 1):
         return self.stored[start - 1:], len(self.stored) + 1
 
-    async def mark_first_token(self, job_id: str, attempt: int) -> bool:
+    async def mark_first_token(self, job_id: str, attempt: int):
         self.marks.append(attempt)
-        return self.mark_ok(attempt)
+        return datetime.now(timezone.utc) if self.mark_ok(attempt) else None
 
     async def settle(self, watch):
         return self.final
@@ -91,7 +92,8 @@ def test_any_mix_of_live_replayed_lost_and_duplicated_chunks_is_shown_once_in_or
     shown, ended = asyncio.run(run_stream(relay, start, live, outcome))
     assert [s for s, _ in shown] == list(range(1, n + 1))
     assert "".join(t for _, t in shown) == row["result"]["content"]
-    assert ended.row is row and relay.marks == [1]
+    assert ended.row["result"] is row["result"] and relay.marks == [1]
+    assert ended.row["first_token_at"] is not None  # the mark shows on the final row
 
 
 @settings(max_examples=100, deadline=None)
@@ -101,7 +103,7 @@ def test_last_event_id_shows_only_what_follows(n, data):
     after = data.draw(st.integers(0, n))
     row, outcome = result(chunks)
     relay = FakeRelay(chunks, row)
-    start = {"id": JOB, "status": "processing", "attempt": 1, "first_token_at": "earlier"}
+    start = {"id": JOB, "status": "processing", "attempt": 1, "first_token_at": datetime.now(timezone.utc)}
     shown, _ = asyncio.run(run_stream(relay, start, chunks[after:], outcome, after_seq=after))
     assert [s for s, _ in shown] == list(range(after + 1, n + 1))
     assert relay.marks == []  # a first token had already reached a client
