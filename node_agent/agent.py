@@ -424,32 +424,55 @@ class NodeAgent:
         ttft = None
         completion = Completion()
         publish = self.nc.publish
+        lock = asyncio.Lock()  # one publisher at a time, so sequence numbers go out in order
+        timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
 
         async def flush() -> None:
-            nonlocal last_flush
-            job.chunks += 1
-            text = "".join(pending)
-            pending.clear()
-            last_flush = time.monotonic()
-            await publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text)))
+            nonlocal last_flush, timer
+            async with lock:
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
+                if not pending:
+                    return
+                job.chunks += 1
+                text = "".join(pending)
+                pending.clear()
+                last_flush = time.monotonic()
+                await publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text)))
 
-        async with aclosing(self.engine.chat(a.model, a.messages, a.params)) as stream:
-            async for item in stream:
-                if isinstance(item, Delta):
-                    if not item.text:
-                        continue
-                    job.parts.append(item.text)
-                    pending.append(item.text)
-                    now = time.monotonic()
-                    if ttft is None:
-                        ttft = (now - started) * 1000
-                        await flush()
-                    elif now - last_flush >= coalesce:
-                        await flush()
-                else:
-                    completion = item
-        if pending:
-            await flush()
+        def flush_later() -> None:
+            # Held text goes out at most coalesce_ms after it arrived, even if the engine pauses.
+            nonlocal timer
+            if timer is None:
+                timer = loop.call_later(coalesce, lambda: asyncio.ensure_future(flush()))
+
+        try:
+            async with aclosing(self.engine.chat(a.model, a.messages, a.params)) as stream:
+                async for item in stream:
+                    if isinstance(item, Delta):
+                        if not item.text:
+                            continue
+                        job.parts.append(item.text)
+                        pending.append(item.text)
+                        now = time.monotonic()
+                        if ttft is None:
+                            ttft = (now - started) * 1000
+                            await flush()
+                        elif now - last_flush >= coalesce:
+                            await flush()
+                        else:
+                            flush_later()
+                    else:
+                        completion = item
+        except EngineError:
+            await flush()  # what the engine produced before failing reaches stream clients too
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        await flush()
         duration = (time.monotonic() - started) * 1000
         tps = completion.tokens_per_second
         self.rates.observe(a.model, tps)

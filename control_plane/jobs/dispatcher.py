@@ -214,6 +214,10 @@ class Dispatcher:
             if reply.reason == "at_capacity":
                 self._registry.mark_full(node_id)
         job.tried.add(node_id)
+        if reply is None:
+            # The silent node may have started it anyway: the next offer is a new attempt number, so stream
+            # clients never see its chunks mixed with the next node's (chunks carry the attempt).
+            job.attempt += 1
         try:
             await self._db.execute(
                 "revert_attempt",

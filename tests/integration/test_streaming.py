@@ -318,3 +318,20 @@ async def test_replay_pages_through_long_streams(stack, size):
 async def _after(stack, job_id, upto):
     chunks, _ = await stack.runtime.relay.stored_chunks(job_id, start=upto)
     return chunks
+
+
+async def test_held_tokens_reach_the_client_while_the_engine_pauses(stack):
+    """Tokens coalesced behind the first are flushed on a timer, not only when the next token arrives."""
+    async with OllamaDouble(models=[MODEL], stall_after=4) as d:  # 4 tokens in one burst, then silence
+        key = await _ready(stack, d)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "burst then pause"}], "stream": True}
+        async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
+            reader = SSEReader(r)
+            text = ""
+            async for event in reader.events():
+                if event.event == "token":
+                    text += event.json()["text"]
+                if text.count(" ") >= 3:  # all four burst tokens arrived while the engine is still stalled
+                    break
+            assert d.active_streams == 1
+            d.release()
