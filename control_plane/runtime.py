@@ -88,10 +88,11 @@ class Runtime:
         await rt.key_events.start()
         rt.relay = TokenRelay(db, bus, recorder, settings)
         await rt.relay.start()
-        rt.openai = OpenAIService(rt.jobs, rt.relay, registry)
+        rt.openai = OpenAIService(rt.jobs, rt.relay, registry)  # idempotency attached below
         rt.gateway = SubmitGateway.build(db, registry, dispatcher, sweeper, settings)
         rt.jobs.gateway, dispatcher.fallback = rt.gateway, rt.gateway.fallback
         rt.idempotency, rt.webhooks = Idempotency(db, settings), WebhookWorker(db, settings)
+        rt.openai.idempotency = rt.idempotency
         await bus.flush()
         for name, coro in (("dispatcher", dispatcher.run()), ("recorder", recorder.run()),
                            ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop()),

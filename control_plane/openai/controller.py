@@ -24,7 +24,8 @@ class OpenAIController(Controller):
     async def chat_completions(self, request: Request, data: JSONBody[oa.ChatCompletionRequest],
                                principal: NamedDependency[Principal],
                                openai_api: NamedDependency[OpenAIService]) -> Response[oa.ChatCompletion] | Stream:
-        return await openai_api.chat(principal, data, request_id=request.scope.get("request_id"))
+        return await openai_api.chat(principal, data, request_id=request.scope.get("request_id"),
+                                     idempotency_key=request.headers.get("idempotency-key"))
 
     @post("/embeddings", status_code=200, summary="Create embeddings (OpenAI-compatible)")
     async def embeddings(self, request: Request, data: JSONBody[oa.EmbeddingRequest],

@@ -18,6 +18,9 @@ from control_plane.accounts.auth import Principal
 from control_plane.credits.ledger import credits_used_header
 from control_plane.errors import BadRequest, InfernetError, ModelNotFound
 from control_plane.jobs.schemas import JobCreate, MessageIn
+from control_plane.idempotency.service import fingerprint
+from control_plane.routing import fallback
+from control_plane.routing.schemas import routing_event
 from control_plane.jobs.service import JobService
 from control_plane.jobs.sweeper import DEADLINE_GRACE_SECS
 from control_plane.openai import schemas as oa
@@ -150,26 +153,36 @@ class _StreamEnd:
 class OpenAIService:
     """Turns /v1 requests into jobs and their outcomes into OpenAI responses."""
 
-    def __init__(self, jobs: JobService, relay: TokenRelay, registry: NodeRegistry) -> None:
+    def __init__(self, jobs: JobService, relay: TokenRelay, registry: NodeRegistry, idempotency=None) -> None:
+        self.idempotency = idempotency  # set by the runtime; control_plane.idempotency.service.Idempotency (Idempotency-Key)
         self._jobs = jobs
         self._relay = relay
         self._registry = registry
 
     # -- chat completions ----------------------------------------------------------------------------
     async def chat(self, principal: Principal, body: oa.ChatCompletionRequest, *,
-                   request_id: str | None) -> Response[oa.ChatCompletion] | Stream:
+                   request_id: str | None, idempotency_key: str | None = None) -> Response[oa.ChatCompletion] | Stream:
         job, payload = chat_job(body)
         slot = self._relay.admit(principal.account_id)
+        replayed = False
         try:
-            row = await self._jobs.submit(principal, job, request_id=request_id, payload=payload)
+            def create():
+                return self._jobs.submit(principal, job, request_id=request_id, payload=payload)
+            if self.idempotency is not None:
+                row, replayed = await self.idempotency.submit(
+                    principal, idempotency_key, fingerprint("POST /v1/chat/completions", body), create)
+            else:
+                row = await create()
         except BaseException:
             slot.release()
             raise
+        headers = {"X-Job-Id": row["id"], **fallback.headers(row)}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             end = _StreamEnd(self, principal, slot, self._relay.watch(row["id"]), row["id"])
-            return sse.sse_response(self._chunks(end, row, include_usage), on_close=end.close,
-                                    headers={"X-Job-Id": row["id"]})
+            return sse.sse_response(self._chunks(end, row, include_usage), on_close=end.close, headers=headers)
         try:
             final = await self._wait(row)
         finally:
@@ -181,7 +194,7 @@ class OpenAIService:
                                result.get("finish_reason") or "stop")],
             usage=_usage(final),
         )
-        return Response(completion, headers={"X-Job-Id": final["id"], **credits_used_header(final)})
+        return Response(completion, headers={**headers, **fallback.headers(final), **credits_used_header(final)})
 
     async def _wait(self, row: dict[str, Any]) -> dict[str, Any]:
         """The job's final row (written before this returns); JobFailed unless it completed."""
@@ -204,6 +217,9 @@ class OpenAIService:
         tail = b',"usage":null}' if include_usage else b'}'
         stream = JobStream(self._relay, end.watch, row, heartbeat_s=self._relay.heartbeat_s)
         try:
+            routing = routing_event(row)
+            if routing is not None:  # model "auto": the routing decision is the first event (routing-gateway-api)
+                yield sse.data(_enc(routing))
             yield sse.data(head + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
                            b'"finish_reason":null}]' + tail)
             async for item in stream.events():

@@ -16,6 +16,7 @@ from control_plane.accounts.auth import Principal
 from control_plane.errors import BadRequest, InfernetError
 from control_plane.jobs.schemas import JobView, job_view
 from control_plane.jobs.service import JobService
+from control_plane.routing.schemas import routing_event
 from control_plane.streaming import sse
 from control_plane.streaming.relay import JobWatch, Slot, TokenRelay
 from control_plane.streaming.stream import HEARTBEAT, JobStream, Tokens
@@ -67,11 +68,15 @@ def _response(relay: TokenRelay, slot: Slot, watch: JobWatch, row: dict[str, Any
     def close() -> None:
         relay.unwatch(watch)
         slot.release()
-    return sse.sse_response(_events(stream, first, close), on_close=close, headers={"X-Job-Id": row["id"]})
+    return sse.sse_response(_events(stream, first, close, routing_event(row)), on_close=close,
+                            headers={"X-Job-Id": row["id"]})
 
 
-async def _events(stream: JobStream, first: JobView, close: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+async def _events(stream: JobStream, first: JobView, close: Callable[[], None],
+                  routing: dict[str, Any] | None = None) -> AsyncGenerator[bytes, None]:
     try:
+        if routing is not None:  # model "auto": the decision comes before anything else
+            yield sse.event("routing", routing)
         yield sse.event("job", first)
         async for item in stream.events():
             if item is HEARTBEAT:

@@ -1,0 +1,64 @@
+"""Gateway behaviours on the streamed and OpenAI paths: the routing event first, x-model-used, idempotent /v1."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+
+from tests.doubles.ollama_double import OllamaDouble
+from tests.sse import SSEReader
+
+SMALL, LARGE = "qwen2.5:7b", "qwen2.5:72b"
+CODE = [{"role": "user", "content": "Write a Python function to sort a list"}]
+
+
+
+async def test_streams_send_the_routing_decision_before_any_token(stack):
+    async with OllamaDouble(models=[SMALL, LARGE]) as d:
+        key = await stack.key()
+        await stack.add_node(d.url, slots=4)
+        await stack.wait_nodes_serving(LARGE)
+
+        # Native SSE: an `event: routing` before the job event and the tokens.
+        body = {"model": "auto", "messages": CODE, "stream": True}
+        async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
+            assert r.headers["x-model-used"] == SMALL
+            events = [e async for e in SSEReader(r).events()]
+        assert [e.event for e in events[:2]] == ["routing", "job"]
+        routing = events[0].json()
+        assert routing["object"] == "routing" and routing["model"] == SMALL and routing["task"] == "code_generation"
+        assert events[-1].event == "done"
+
+        # /v1 streamed: the first data line is the routing object, as the routing gateway's reference shows.
+        async with stack.client.stream("POST", "/v1/chat/completions", headers=stack.auth(key),
+                                       json={"model": "auto", "messages": CODE, "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["x-model-used"] == SMALL
+            lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        first = json.loads(lines[0][len("data: "):])
+        assert first["object"] == "routing" and first["model"] == SMALL
+        assert json.loads(lines[1][len("data: "):])["object"] == "chat.completion.chunk"
+        assert lines[-1] == "data: [DONE]"
+
+        # /v1 non-streamed: the decision is in x-model-used.
+        sdk = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+        raw = await sdk.chat.completions.with_raw_response.create(model="auto", messages=CODE)
+        assert raw.headers["x-model-used"] == SMALL and raw.parse().model == SMALL
+
+
+async def test_idempotency_key_on_v1_returns_the_original_completion(stack):
+    async with OllamaDouble(models=[SMALL]) as d:
+        key = await stack.key()
+        await stack.add_node(d.url)
+        await stack.wait_nodes_serving(SMALL)
+        body = {"model": SMALL, "messages": [{"role": "user", "content": "once only"}]}
+        headers = stack.auth(key) | {"Idempotency-Key": "retry-7"}
+        first = await stack.client.post("/v1/chat/completions", json=body, headers=headers)
+        again = await stack.client.post("/v1/chat/completions", json=body, headers=headers)
+        assert first.status_code == again.status_code == 200
+        assert first.json()["id"] == again.json()["id"] and again.headers["idempotent-replayed"] == "true"
+        assert first.json()["choices"][0]["message"]["content"] == again.json()["choices"][0]["message"]["content"]
+        assert len(d.requests_to("/api/chat")) == 1  # it ran once
+        other = await stack.client.post("/v1/chat/completions", headers=headers,
+                                        json={**body, "messages": [{"role": "user", "content": "different"}]})
+        assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
