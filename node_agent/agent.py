@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import random
 import secrets
 import time
 from contextlib import aclosing
@@ -46,6 +47,13 @@ class RunningJob:
     cancel_reason: str | None = None
     chunks: int = 0
     parts: list[str] = field(default_factory=list)
+
+
+def reconnect_backoff(servers, server_info) -> tuple:
+    """nats-py's reconnect hook: the server tried least, after an exponential, jittered wait (0.25 s .. 10 s)."""
+    best = min(servers, key=lambda s: s.reconnects)
+    delay = min(10.0, 0.25 * 2 ** min(best.reconnects, 6)) * random.uniform(0.8, 1.2)
+    return best, delay
 
 
 class NodeAgent:
@@ -133,6 +141,7 @@ class NodeAgent:
         connecting = asyncio.create_task(nats.connect(
             servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
             name=f"infernet-node {self.node_id}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            reconnect_to_server_handler=reconnect_backoff,
             connect_timeout=5, allow_reconnect=True,
             error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
         ), name="nats-connect")

@@ -102,3 +102,16 @@ def test_config_path_and_missing_files(tmp_path: Path):
 ])
 def test_model_allow_deny(name, allow, deny, expected):
     assert model_allowed(name, allow, deny) is expected
+
+
+def test_nats_reconnects_back_off_exponentially_with_jitter():
+    from types import SimpleNamespace
+
+    from node_agent.agent import reconnect_backoff
+
+    a, b = SimpleNamespace(reconnects=0), SimpleNamespace(reconnects=3)
+    server, delay = reconnect_backoff([b, a], {})
+    assert server is a and 0.2 <= delay <= 0.3
+    delays = [reconnect_backoff([SimpleNamespace(reconnects=n)], {})[1] for n in range(12)]
+    assert all(later >= earlier * 0.6 for earlier, later in zip(delays, delays[1:]))
+    assert 8.0 <= delays[-1] <= 12.0  # capped around 10 s
