@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.nats",
     "tests.fixtures.postgres",
     "tests.fixtures.processes",
+    "tests.fixtures.stack",
 ]
 
 # Property tests are deterministic: the same examples on every run and machine (no example database,

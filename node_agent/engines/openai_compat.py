@@ -109,8 +109,12 @@ class OpenAICompatEngine:
         self._version: str | None = None
 
     async def _get_json(self, path: str, *, timeout: float | None = None) -> Any:
+        return await self._request_json("GET", path, timeout=timeout or self._health_timeout)
+
+    async def _request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One non-streamed call; transport failures and HTTP errors mapped to the engine error tree."""
         try:
-            response = await self._client.get(path, timeout=timeout or self._health_timeout)
+            response = await self._client.request(method, path, **kwargs)
         except (httpx.TransportError, ConnectionError) as exc:
             raise _unavailable(exc) from exc
         try:
@@ -188,16 +192,7 @@ class OpenAICompatEngine:
     async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
         if not inputs:
             return [], 0
-        try:
-            response = await self._client.post("/embeddings", json={"model": model, "input": list(inputs)})
-        except (httpx.TransportError, ConnectionError) as exc:
-            raise _unavailable(exc) from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code >= 400:
-            raise _status_error(response.status_code, body)
+        body = await self._request_json("POST", "/embeddings", json={"model": model, "input": list(inputs)})
         try:
             rows = sorted(body["data"], key=lambda d: d.get("index", 0))
             vectors = [[float(x) for x in row["embedding"]] for row in rows]

@@ -15,7 +15,6 @@ import pytest
 from control_plane.nodes.service import register_node
 from tests.doubles.ollama_double import OllamaDouble
 from tests.fixtures.ports import free_port
-from tests.harness import Stack
 
 NODE = [sys.executable, "-m", "node_agent.cli"]
 #: The CLI must not pick up the developer's own config or engine.
@@ -34,15 +33,6 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float 
         await proc.wait()
         raise
     return proc.returncode, out.decode()
-
-
-@pytest.fixture
-async def stack(nats_url, database_url):
-    s = await Stack(nats_url, database_url).start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 @pytest.fixture

@@ -1,20 +1,10 @@
-"""Integration-tier fixtures: an in-process stack on the session's real NATS and a fresh database."""
+"""Integration-tier fixtures: the default Ollama double (the `stack` fixture lives in tests/fixtures/stack.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.doubles.ollama_double import OllamaDouble
-from tests.harness import Stack
-
-
-@pytest.fixture
-async def stack(nats_url, database_url):
-    s = await Stack(nats_url, database_url).start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 @pytest.fixture
