@@ -60,7 +60,7 @@ class Cluster:
     def start_control_plane(self, *, port: int | None = None, name: str = "cp", **env: Any) -> tuple[ManagedProcess, str]:
         port = port or free_port()
         settings = dict(INFERNET_HTTP_PORT=port, INFERNET_SWEEP_INTERVAL_S="0.2", INFERNET_CLAIM_SECS="3",
-                        INFERNET_WARMUP_S="3", INFERNET_ASSIGN_TIMEOUT_S="1")
+                        INFERNET_WARMUP_S="3", INFERNET_ASSIGN_TIMEOUT_S="2")
         settings.update(env)
         proc = self.processes.start([PY, "-m", "control_plane.cli", "serve"], env=self.env(**settings), name=name)
         proc.wait_for_port(port, timeout=60)
