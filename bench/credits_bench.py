@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.stack import bench_stack, percentile
+from bench.stack import bench_stack, percentile, wait_all_completed
 from control_plane.accounts.service import create_account
 from control_plane.credits import ledger
 from control_plane.embedded import start_postgres
@@ -105,16 +105,7 @@ async def stack_part(url: str, keys: list[str], database_url: str, jobs: int) ->
         await asyncio.gather(*(worker(w) for w in range(32)))
         submit_rate = len(ids) / (time.perf_counter() - t0)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),"
-                " min(created_at), max(completed_at) FROM jobs WHERE id = ANY(%s)", (ids,))
-            done, failed, first, last = await cur.fetchone()
-            if failed:
-                raise RuntimeError(f"{failed} jobs failed")
-            if done == len(ids):
-                break
-            await asyncio.sleep(0.05)
+        first, last = await wait_all_completed(conn, ids)
     return submit_rate, len(ids) / (last - first).total_seconds(), submit_ms
 
 

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from bench.stack import bench_stack, percentile
+from bench.stack import bench_stack, percentile, wait_all_completed
 
 BODY = {"model": "bench:1b", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
 
@@ -73,16 +73,7 @@ async def run_throughput(url: str, key: str, database_url: str, jobs: int, concu
                 ids.append(r.json()["id"])
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),"
-                " min(created_at), max(completed_at) FROM jobs WHERE id = ANY(%s)", (ids,))
-            done, failed, first, last = await cur.fetchone()
-            if failed:
-                raise RuntimeError(f"{failed} jobs failed")
-            if done == len(ids):
-                break
-            await asyncio.sleep(0.05)
+        first, last = await wait_all_completed(conn, ids)
         cur = await conn.execute(
             "SELECT extract(epoch FROM completed_at - created_at) * 1000 FROM jobs WHERE id = ANY(%s)", (ids,))
         latencies = [float(r[0]) for r in await cur.fetchall()]

@@ -114,3 +114,17 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+async def wait_all_completed(conn, ids: list[str]):
+    """Poll PostgreSQL until every job is completed; returns (first created_at, last completed_at)."""
+    while True:
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),"
+            " min(created_at), max(completed_at) FROM jobs WHERE id = ANY(%s)", (ids,))
+        done, failed, first, last = await cur.fetchone()
+        if failed:
+            raise RuntimeError(f"{failed} jobs failed")
+        if done == len(ids):
+            return first, last
+        await asyncio.sleep(0.05)
