@@ -32,6 +32,13 @@ class Principal:
     optimize_mode: str = "balanced"
     rate_limit_rpm: int | None = None
     rate_limit_tpm: int | None = None
+    #: When the key's expiry is (None: never); keys it mints expire no later.
+    expires_at: datetime | None = None
+    #: The key whose rate budget this key also spends (it minted this key, or its minter did); None: its own only.
+    budget_key_id: str | None = None
+    #: That key's limits (None: the plan default).
+    budget_rpm: int | None = None
+    budget_tpm: int | None = None
 
 
 class Authenticator:
@@ -88,6 +95,8 @@ class Authenticator:
             key_id=row["key_id"], account_id=row["account_id"], is_admin=row["is_admin"],
             model_pool=tuple(pool) if pool is not None else None, optimize_mode=row.get("optimize_mode") or "balanced",
             rate_limit_rpm=row.get("rate_limit_rpm"), rate_limit_tpm=row.get("rate_limit_tpm"),
+            expires_at=row["expires_at"], budget_key_id=row.get("budget_key_id"), budget_rpm=row.get("budget_rpm"),
+            budget_tpm=row.get("budget_tpm"),
         )
 
 

@@ -6,7 +6,7 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from control_plane.accounts import service
+from control_plane.accounts import policy, service
 from control_plane.accounts.auth import Principal, require_admin
 from control_plane.accounts.schemas import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyView, aware, key_view
 from control_plane.runtime import Runtime
@@ -16,16 +16,17 @@ class KeysController(Controller):
     path = "/api/v1/keys"
     tags = ["keys"]
 
-    @post("/", status_code=201, summary="Create an API key (the raw key is returned once)")
+    @post("/", status_code=201, summary="Create an API key (the raw key is returned once), no wider than the creating key")
     async def create_key(self, data: JSONBody[KeyCreate], principal: NamedDependency[Principal],
                          runtime: NamedDependency[Runtime]) -> KeyCreated:
         if data.admin:
             require_admin(principal, "creating an admin key")
         expires_at = aware(data.expires_at, "expires_at") if data.expires_at is not None else None
+        bounded = policy.minted_key(principal, {"expires_at": expires_at, "rate_limit_rpm": data.rate_limit_rpm,
+                                                "rate_limit_tpm": data.rate_limit_tpm}, runtime.settings)
         created = await service.create_key(
-            runtime.db, principal.account_id, name=data.name, admin=data.admin, expires_at=expires_at,
-            model_pool=data.model_pool, optimize_mode=data.optimize_mode, rate_limit_rpm=data.rate_limit_rpm,
-            rate_limit_tpm=data.rate_limit_tpm,
+            runtime.db, principal.account_id, name=data.name, admin=data.admin, model_pool=data.model_pool,
+            optimize_mode=data.optimize_mode, **bounded,
         )
         return key_view(created.row, key=created.key)
 
@@ -38,10 +39,13 @@ class KeysController(Controller):
                       runtime: NamedDependency[Runtime]) -> KeyView:
         return key_view(await service.get_key(runtime.db, principal.account_id, key_id))
 
-    @patch("/{key_id:str}", summary="Update a key's name, model pool, optimize mode, limits or expiry")
+    @patch("/{key_id:str}", summary="Update a key's name, model pool or optimize mode; tighten its limits or expiry (admin keys: any)")
     async def update_key(self, key_id: FromPath[str], data: JSONBody[KeyUpdate], principal: NamedDependency[Principal],
                          runtime: NamedDependency[Runtime]) -> KeyView:
-        row = await service.update_key(runtime.db, principal.account_id, key_id, data.changes())
+        changes = data.changes()
+        row = await service.update_key(runtime.db, principal.account_id, key_id, changes,
+                                       check=lambda current: policy.check_update(principal, current, changes,
+                                                                                 runtime.settings))
         await runtime.key_events.invalidate([key_id])
         return key_view(row)
 

@@ -5,7 +5,7 @@ The raw key exists only in the return value of `create_key`; the database keeps 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,7 +51,7 @@ async def ensure_account(db: Database, name: str, *, credits: int | None = None)
 async def create_key(
     db: Database, account_id: str, *, name: str = "", admin: bool = False, expires_at: datetime | None = None,
     model_pool: Sequence[str] | None = None, optimize_mode: str = "balanced", rate_limit_rpm: int | None = None,
-    rate_limit_tpm: int | None = None,
+    rate_limit_tpm: int | None = None, budget_key_id: str | None = None,
 ) -> CreatedKey:
     """Issue a new API key for an account; the raw key exists only in the return value."""
     raw = new_api_key()
@@ -60,7 +60,7 @@ async def create_key(
         {"id": new_id("key"), "account_id": account_id, "name": name, "prefix": raw[:12],
          "key_hash": secret_hash(raw), "is_admin": admin, "expires_at": expires_at,
          "model_pool": list(model_pool) if model_pool is not None else None, "optimize_mode": optimize_mode,
-         "rate_limit_rpm": rate_limit_rpm, "rate_limit_tpm": rate_limit_tpm},
+         "rate_limit_rpm": rate_limit_rpm, "rate_limit_tpm": rate_limit_tpm, "budget_key_id": budget_key_id},
     )
     return CreatedKey(key=raw, key_id=row["id"], account_id=account_id, prefix=row["prefix"], row=row)
 
@@ -79,11 +79,17 @@ async def get_key(db: Database, account_id: str, key_id: str) -> dict:
     return row
 
 
-async def update_key(db: Database, account_id: str, key_id: str, changes: dict) -> dict:
-    """Apply the given changes (name, model_pool, optimize_mode, rate_limit_rpm/tpm, expires_at)."""
+async def update_key(db: Database, account_id: str, key_id: str, changes: dict,
+                     check: Callable[[dict], None] | None = None) -> dict:
+    """Apply the given changes (name, model_pool, optimize_mode, rate_limit_rpm/tpm, expires_at).
+
+    `check(current_row)` may refuse them (raises) after the key is found and before anything changes.
+    """
     current = await get_key(db, account_id, key_id)
     if current["revoked_at"] is not None:
         raise Conflict(f"API key {key_id} is revoked and cannot be changed; create a new key")
+    if check is not None:
+        check(current)
     params: dict = {"id": key_id, "account_id": account_id}
     for field in ("name", "model_pool", "optimize_mode", "rate_limit_rpm", "rate_limit_tpm", "expires_at"):
         params[f"set_{field}"] = field in changes

@@ -57,6 +57,17 @@ def limits_for(principal: Any, settings: Settings) -> Limits:
                   settings.rate_limit_tpm if tpm is None else int(tpm))
 
 
+def budget_limits_for(principal: Any, settings: Settings) -> tuple[str, Limits] | None:
+    """The shared budget a minted key also spends (the minting key's id and limits), or None."""
+    budget_key = getattr(principal, "budget_key_id", None)
+    if not budget_key:
+        return None
+    rpm = getattr(principal, "budget_rpm", None)
+    tpm = getattr(principal, "budget_tpm", None)
+    return budget_key, Limits(settings.rate_limit_rpm if rpm is None else int(rpm),
+                              settings.rate_limit_tpm if tpm is None else int(tpm))
+
+
 def lease_size(limit: int, seen: int) -> int:
     return max(1, min(limit // LEASE_SHARE, (limit - seen) // LEASE_OF_REMAINING))
 
@@ -77,9 +88,16 @@ class RateLimiter:
 
     # -- the hot path ----------------------------------------------------------------------------
     async def admit(self, principal: Any, *, tokens: int) -> LimitState | None:
-        """Count one inference request of about `tokens` tokens, or raise RateLimited (429 with Retry-After)."""
+        """Count one inference request of about `tokens` tokens, or raise RateLimited (429 with Retry-After).
+
+        A key minted by another non-admin key also spends from that key's budget, so minting keys never
+        multiplies what an account may use.
+        """
         limits = limits_for(principal, self._settings)
         window = self.window_start()
+        budget = budget_limits_for(principal, self._settings)
+        if budget is not None:
+            await self._admit_shared(principal, budget[0], budget[1], tokens, window)
         state = None
         if limits.requests > 0:
             ok, remaining = await self._take(principal.key_id, "requests", 1, limits.requests, window)
@@ -117,6 +135,22 @@ class RateLimiter:
         return state
 
     # -- internals -------------------------------------------------------------------------------
+    async def _admit_shared(self, principal: Any, budget_key: str, limits: Limits, tokens: int, window: int) -> None:
+        """Spend from the minting key's budget; 429 (naming that key) when it is used up."""
+        reset = window + self.window_s
+        if limits.requests > 0:
+            ok, remaining = await self._take(budget_key, "requests", 1, limits.requests, window)
+            if not ok:
+                self._refuse(principal, LimitState(limits.requests, remaining, reset),
+                             f"more than {limits.requests} requests {self._per()} together with the other keys "
+                             f"sharing the budget of key {budget_key}")
+        if limits.tokens > 0:
+            ok, remaining = await self._take(budget_key, "tokens", tokens, limits.tokens, window)
+            if not ok:
+                self._refuse(principal, LimitState(0, 0, reset).with_tokens(limits.tokens, remaining),
+                             f"more than {limits.tokens} tokens {self._per()} together with the other keys "
+                             f"sharing the budget of key {budget_key}")
+
     def _per(self) -> str:
         return "per minute" if self.window_s == 60 else f"per {self.window_s} s"
 

@@ -17,18 +17,20 @@ SELECT id, name, is_active, created_at FROM accounts WHERE name = %(name)s;
 -- name: insert_api_key
 -- Store a new API key (hash only) with its routing and rate-limit settings.
 INSERT INTO api_keys (id, account_id, name, prefix, key_hash, is_admin, expires_at, model_pool, optimize_mode,
-                      rate_limit_rpm, rate_limit_tpm)
+                      rate_limit_rpm, rate_limit_tpm, budget_key_id)
 VALUES (%(id)s, %(account_id)s, %(name)s, %(prefix)s, %(key_hash)s, %(is_admin)s, %(expires_at)s, %(model_pool)s,
-        %(optimize_mode)s, %(rate_limit_rpm)s, %(rate_limit_tpm)s)
+        %(optimize_mode)s, %(rate_limit_rpm)s, %(rate_limit_tpm)s, %(budget_key_id)s)
 RETURNING id, account_id, name, prefix, is_admin, created_at, expires_at, revoked_at, model_pool, optimize_mode,
           rate_limit_rpm, rate_limit_tpm;
 
 -- name: get_principal_by_key_hash
--- Resolve a bearer key's hash to its key and account state.
+-- Resolve a bearer key's hash to its key and account state, and the limits of the key whose budget it shares.
 SELECT k.id AS key_id, k.account_id, k.key_hash, k.prefix, k.is_admin, k.revoked_at, k.expires_at,
        k.model_pool, k.optimize_mode, k.rate_limit_rpm, k.rate_limit_tpm,
+       k.budget_key_id, b.rate_limit_rpm AS budget_rpm, b.rate_limit_tpm AS budget_tpm,
        a.is_active AS account_active, a.name AS account_name
 FROM api_keys k JOIN accounts a ON a.id = k.account_id
+LEFT JOIN api_keys b ON b.id = k.budget_key_id
 WHERE k.key_hash = %(key_hash)s;
 
 -- name: insert_node

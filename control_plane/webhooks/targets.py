@@ -17,12 +17,53 @@ class TargetRefused(Exception):
     """The webhook target resolves to an address webhooks may not reach."""
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are an IPv4 address
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use prefix: never a public target
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible form (::a.b.c.d)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo server and client).
+
+    `ipaddress` calls many of these forms global even when the IPv4 inside is loopback or private, and a host
+    with NAT64 or 6to4 routes them to that IPv4 address: each must be judged by the address it carries.
+    """
+    out = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    return out
+
+
 def is_public(address: str) -> bool:
-    """True for a globally routable unicast address (not loopback, private, link-local, reserved, multicast)."""
+    """True for a globally routable unicast address (not loopback, private, link-local, reserved, multicast),
+    judging IPv6 forms that carry an IPv4 address (NAT64, 6to4, Teredo, mapped, compatible) by that address."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        inner = embedded_ipv4(ip)
+        if inner:
+            return all(v4.is_global and not v4.is_multicast for v4 in inner)
     return ip.is_global and not ip.is_multicast
+
+
+def _literal_address(host: str) -> str | None:
+    """The address a host names literally, including legacy IPv4 forms resolvers accept (127.1, 0x7f.0.0.1,
+    2130706433); None for a DNS name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def check_url(url: str, *, allow_private: bool) -> str:
@@ -43,11 +84,9 @@ def check_url(url: str, *, allow_private: bool) -> str:
         if host in _LOCAL_NAMES or host.endswith(".localhost"):
             raise BadRequest(f"webhook_url host {host} is local; webhooks only go to public addresses "
                              "(self-hosters: set INFERNET_WEBHOOK_ALLOW_PRIVATE=1)", param="webhook_url")
-        try:
-            public = is_public(host)
-        except ValueError:
-            public = True  # a name: checked again when it is resolved at delivery
-        if not public:
+        literal = _literal_address(host)
+        # A name is checked again each time it is resolved at delivery (and the connection pinned to the answer).
+        if literal is not None and not is_public(literal):
             raise BadRequest(f"webhook_url address {host} is loopback, private or reserved; webhooks only go to "
                              "public addresses (self-hosters: set INFERNET_WEBHOOK_ALLOW_PRIVATE=1)",
                              param="webhook_url")

@@ -22,7 +22,8 @@ class Received:
 class WebhookReceiver:
     """`async with WebhookReceiver(fail_first=2) as rx:` -> rx.url; rx.received; rx.statuses (scripted answers)."""
 
-    def __init__(self, *, fail_first: int = 0, fail_status: int = 500) -> None:
+    def __init__(self, *, fail_first: int = 0, fail_status: int = 500, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.statuses: list[int] = [fail_status] * fail_first
         self.always: int | None = None  # answer every request with this status
         self.received: list[Received] = []
@@ -33,7 +34,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/infernet"
+        return f"http://{self.host}:{self.port}/hooks/infernet"
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -52,7 +53,7 @@ class WebhookReceiver:
         await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"not now"})
 
     async def __aenter__(self) -> WebhookReceiver:
-        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(self, host=self.host, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         self._task = asyncio.create_task(self._server.serve())

@@ -4,16 +4,20 @@ private targets refused, delivery surviving a control-plane restart, and giving 
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
 from control_plane.webhooks import signing
+from control_plane.webhooks.targets import is_public
 from tests.doubles.ollama_double import OllamaDouble
 from tests.doubles.webhook_receiver import WebhookReceiver
 from tests.fixtures.waiting import wait_until
 from tests.harness import Stack
 
 FAST = {"webhook_allow_private": True, "webhook_backoff_s": 0.2, "webhook_poll_s": 0.05}
+#: The production setting: private targets refused at submission and again after each DNS resolution.
+STRICT = FAST | {"webhook_allow_private": False}
 
 
 @pytest.fixture
@@ -103,13 +107,49 @@ async def test_private_targets_are_refused_unless_allowed(stack, double):
     await stack.add_node(double.url)
     await stack.wait_nodes_serving("qwen2.5:7b")
     for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x", "http://[::1]/x",
-                "http://169.254.169.254/latest/meta-data", "ftp://example.com/x", "http://user:pw@example.com/x",
+                "http://169.254.169.254/latest/meta-data", "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/",
+                "http://[2002:7f00:1::1]/", "http://[::127.0.0.1]/", "http://[::ffff:10.0.0.1]/", "http://127.1/",
+                "ftp://example.com/x", "http://user:pw@example.com/x",
                 "not a url"):
         r = await stack.submit(key, model="qwen2.5:7b", webhook_url=url)
         assert (r.status_code, r.json()["error"]) == (400, "bad_request"), (url, r.text)
         assert "webhook_url" in r.json()["error_message"]
     r = await stack.submit(key, model="qwen2.5:7b", webhook_url="https://hooks.example.com/infernet")
     assert r.status_code == 200
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(nats_url, database_url, double):
+    # This machine's own host name: a DNS name (so submission cannot judge it) that the system resolver maps
+    # to a loopback or private address (/etc/hosts), where a receiver listens.
+    host = socket.gethostname()
+    resolved = sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)})
+    assert resolved and not any(is_public(a) for a in resolved), f"{host} resolves to {resolved} here"
+    async with WebhookReceiver(host=resolved[0]) as rx:
+        url = f"http://{host}:{rx.port}/hooks/infernet"
+        s = await Stack(nats_url, database_url, dict(STRICT)).start()
+        try:
+            key = await s.key()
+            await s.add_node(double.url)
+            await s.wait_nodes_serving("qwen2.5:7b")
+            r = await s.submit(key, model="qwen2.5:7b", webhook_url=url)
+            assert r.status_code == 200, r.text  # a name passes submission...
+            job = await delivery(s, key, r.json()["id"], "failed")  # ...and is refused once resolved, for good
+        finally:
+            await s.stop()
+        [attempt] = job["webhook"]["attempts"]
+        assert "non-public address" in attempt["error"] and attempt["status_code"] is None
+        assert rx.received == []
+        # The control: the same URL reaches the receiver when private targets are allowed, so the refusal
+        # above was the address check, not an unreachable target.
+        s = await Stack(nats_url, database_url, dict(FAST)).start()
+        try:
+            await s.add_node(double.url)
+            await s.wait_nodes_serving("qwen2.5:7b")
+            job_id = (await s.submit(key, model="qwen2.5:7b", webhook_url=url)).json()["id"]
+            await delivery(s, key, job_id, "delivered")
+        finally:
+            await s.stop()
+        assert len(rx.received) == 1
 
 
 async def test_delivery_survives_a_control_plane_restart(nats_url, database_url, double):
