@@ -18,6 +18,7 @@ from control_plane.jobs.gateway import SubmitGateway
 from control_plane.jobs.recorder import OutcomeRecorder
 from control_plane.jobs.service import JobService
 from control_plane.jobs.sweeper import Sweeper
+from control_plane.nodes.directory import NodeDirectory
 from control_plane.nodes.heartbeats import HeartbeatHandler
 from control_plane.nodes.service import NodeTokenVerifier
 from control_plane.scheduler.registry import NodeRegistry
@@ -56,6 +57,8 @@ class Runtime:
     gateway: SubmitGateway | None = None
     idempotency: Idempotency | None = None
     webhooks: WebhookWorker | None = None
+    #: Pages of the nodes list (API and console).
+    directory: NodeDirectory | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -81,7 +84,8 @@ class Runtime:
         sweeper.reports = heartbeats.reports
         rt = cls(settings=settings, db=db, bus=bus, registry=registry, dispatcher=dispatcher, recorder=recorder,
                  sweeper=sweeper, heartbeats=heartbeats, auth=Authenticator(db, cache_secs=settings.auth_cache_secs),
-                 jobs=JobService(db, registry, dispatcher, sweeper, settings))
+                 jobs=JobService(db, registry, dispatcher, sweeper, settings),
+                 directory=NodeDirectory(db, registry))
         await heartbeats.start()
         await recorder.observe()
         rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)

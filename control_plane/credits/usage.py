@@ -41,8 +41,8 @@ def totals(groups: list[dict]) -> dict[str, Any]:
     }
 
 
-async def operator_node_stats(db: Database, account_id: str) -> list[dict]:
-    """The nodes registered to an operator account: jobs served (completed), tokens, credits charged for
-    them, and the operator's earnings (its payout entries) per node. For GET /api/v1/nodes and
-    GET /api/v1/credits/earnings."""
-    return await db.fetchall("operator_node_stats", {"account_id": account_id})
+async def operator_node_stats(db: Database, account_id: str, node_ids: list[str] | None = None) -> list[dict]:
+    """The nodes registered to an operator account (only those of `node_ids` when given): jobs served
+    (completed), tokens, credits charged for them, and the operator's earnings (its payout entries) per node.
+    For GET /api/v1/nodes (one page of ids) and GET /api/v1/credits/earnings."""
+    return await db.fetchall("operator_node_stats", {"account_id": account_id, "node_ids": node_ids})

@@ -93,10 +93,11 @@ class Sweeper:
     async def _check_reports(self) -> None:
         """Attempts that a live node's last two reports do not list (e.g. the replica that offered them died
         before the offer went out) are re-placed or failed like those of a lost node."""
-        node_ids = list(self.reports.latest)
-        if not node_ids:
+        latest = self.reports.latest
+        if not latest:
             return
-        rows = await self._db.fetchall("unconfirmed_processing", {"node_ids": node_ids, "min_age": 2.0})
+        rows = [r for r in await self._db.fetchall("unconfirmed_processing", {"min_age": 2.0})
+                if r["node_id"] in latest]
         current = {(r["id"], r["attempt"]) for r in rows}
         for key in [k for k in self.reports.missing_since if k not in current]:
             del self.reports.missing_since[key]  # ended normally after one missing report

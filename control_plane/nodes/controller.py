@@ -1,93 +1,44 @@
-"""`/api/v1/nodes`: the network as any caller may see it, and remote drain for admins."""
+"""`/api/v1/nodes`: the network as any caller may see it, a page at a time, and remote drain for admins."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from typing import Annotated
 
-from litestar import Controller, get, post
-from litestar.di import NamedDependency
-from litestar.params import FromPath
-from msgspec import Struct
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, QueryParameter
 
 import protocol
 from control_plane.accounts.auth import Principal
-from control_plane.credits.usage import operator_node_stats
 from control_plane.errors import Forbidden, NotFound
-from control_plane.jobs.schemas import iso
+from control_plane.nodes.directory import NodeDirectory
+from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats
 from control_plane.runtime import Runtime
 from protocol import subjects
 
-
-class NodeModel(Struct):
-    id: str
-    loaded: bool
-    tokens_per_second: float | None
-    embeddings: bool
+__all__ = ["DrainAccepted", "NodeEntry", "NodeList", "NodeModel", "NodesController", "OperatorStats"]
 
 
-class OperatorStats(Struct):
-    """Shown only to the node's own operator account."""
-
-    jobs_served: int
-    prompt_tokens: int
-    completion_tokens: int
-    credits_charged: int
-    earnings: int
-
-
-class NodeEntry(Struct, omit_defaults=True):
-    id: str
-    name: str | None
-    state: str
-    engine: str | None
-    models: list[NodeModel]
-    slots: int
-    active_jobs: int
-    last_seen: str | None
-    labels: dict[str, str]
-    operator: OperatorStats | None = None
-
-
-class NodeList(Struct):
-    nodes: list[NodeEntry]
-
-
-class DrainAccepted(Struct):
-    node_id: str
-    state: str
+def provide_directory(request: Request) -> NodeDirectory:
+    return request.app.state.runtime.directory
 
 
 class NodesController(Controller):
     path = "/api/v1/nodes"
     tags = ["nodes"]
+    dependencies = {"directory": Provide(provide_directory, sync_to_thread=False)}
 
-    @get("/", summary="The nodes of the network: state, models, tokens/sec, slots")
-    async def list_nodes(self, principal: NamedDependency[Principal], runtime: NamedDependency[Runtime]) -> NodeList:
-        rows = {r["id"]: r for r in await runtime.db.fetchall("node_names")}
-        now_wall = datetime.now(timezone.utc)
-        now_mono = runtime.registry_clock()
-        entries = []
-        for view in runtime.registry.nodes():
-            row = rows.pop(view.node_id, None)
-            last_seen = now_wall - timedelta(seconds=max(0.0, now_mono - view.last_seen))
-            entries.append(NodeEntry(
-                id=view.node_id, name=row["name"] if row else None, state=view.state, engine=view.engine,
-                models=[NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings) for m in view.models.values()],
-                slots=view.slots, active_jobs=view.estimated_active, last_seen=iso(last_seen), labels=dict(view.labels),
-            ))
-        for row in rows.values():  # registered but not heard by this replica recently
-            entries.append(NodeEntry(id=row["id"], name=row["name"], state="offline", engine=None, models=[], slots=0,
-                                     active_jobs=0, last_seen=iso(row["last_seen_at"]), labels={}))
-        mine = {r["node_id"]: r for r in await operator_node_stats(runtime.db, principal.account_id)}
-        for entry in entries:
-            stats = mine.get(entry.id)
-            if stats is not None:
-                entry.operator = OperatorStats(
-                    jobs_served=int(stats["jobs_served"] or 0), prompt_tokens=int(stats["prompt_tokens"] or 0),
-                    completion_tokens=int(stats["completion_tokens"] or 0),
-                    credits_charged=int(stats["credits_charged"] or 0), earnings=int(stats["earnings"] or 0))
-        entries.sort(key=lambda e: e.id)
-        return NodeList(nodes=entries)
+    @get("/", summary="The nodes of the network: state, models, tokens/sec, slots (paginated)")
+    async def list_nodes(
+        self, principal: NamedDependency[Principal], directory: NamedDependency[NodeDirectory],
+        limit: Annotated[int | None, QueryParameter(description="1-1000, default 100")] = None,
+        cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        model: Annotated[str | None, QueryParameter(description="only nodes serving this model now")] = None,
+        node_state: Annotated[str | None, QueryParameter(name="state",
+                                                          description="online, draining or offline")] = None,
+    ) -> NodeList:
+        return await directory.page(account_id=principal.account_id, limit=limit, cursor=cursor, model=model,
+                                    state=node_state)
 
     @post("/{node_id:str}/drain", status_code=202, summary="Drain a node (admin): no new jobs, in-flight ones finish")
     async def drain(self, node_id: FromPath[str], principal: NamedDependency[Principal],

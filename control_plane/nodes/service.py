@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -30,31 +31,85 @@ async def register_node(db: Database, name: str, operator_account_id: str | None
 
 
 class NodeTokenVerifier:
-    """Checks that an advertisement's token belongs to its node id; remembers answers to spare the database."""
+    """Checks that an advertisement's token belongs to its node id; remembers answers to spare the database.
 
-    def __init__(self, db: Database, *, negative_ttl: float = 10.0, clock=time.monotonic) -> None:
+    Nodes it has not seen yet are looked up together: every check waiting at the same moment shares one
+    query (after a control-plane start, thousands of first advertisements cost a handful of queries)."""
+
+    #: Unknown node ids remembered at most (a stranger could make up any number of them).
+    MAX_UNKNOWN = 10_000
+
+    def __init__(self, db: Database, *, negative_ttl: float = 10.0, clock=time.monotonic,
+                 max_batch: int = 1000) -> None:
         self._db = db
         self._known: dict[str, tuple[bytes, str]] = {}  # node_id -> (token hash, name)
         self._unknown_until: dict[str, float] = {}
         self._negative_ttl = negative_ttl
         self._clock = clock
+        self._max_batch = max_batch
+        self._waiting: dict[str, asyncio.Future] = {}  # node ids queued for the next lookup
+        self._lookup: asyncio.Task | None = None
+        self.queries = 0
 
     def name_of(self, node_id: str) -> str | None:
         entry = self._known.get(node_id)
         return entry[1] if entry else None
 
-    async def verify(self, node_id: str, token: str) -> bool:
+    def cached(self, node_id: str, token: str) -> bool | None:
+        """The answer from memory: True or False, or None when only the database can tell."""
         if node_id_from_token(token) != node_id:
             return False
-        digest = secret_hash(token)
         entry = self._known.get(node_id)
         if entry is None:
-            if self._unknown_until.get(node_id, 0.0) > self._clock():
-                return False
-            row = await self._db.fetchone("get_node_token_hash", {"id": node_id})
-            if row is None:
-                self._unknown_until[node_id] = self._clock() + self._negative_ttl
-                return False
-            entry = (bytes(row["token_hash"]), row["name"])
-            self._known[node_id] = entry
-        return hmac.compare_digest(entry[0], digest)
+            return False if self._unknown_until.get(node_id, 0.0) > self._clock() else None
+        return hmac.compare_digest(entry[0], secret_hash(token))
+
+    async def verify(self, node_id: str, token: str) -> bool:
+        ok = self.cached(node_id, token)
+        if ok is not None:
+            return ok
+        await self._load(node_id)
+        return bool(self.cached(node_id, token))
+
+    async def verify_many(self, pairs: list[tuple[str, str]]) -> list[bool]:
+        """Check several (node id, token) pairs with at most one database query per batch of unknown ids."""
+        answers = [self.cached(node_id, token) for node_id, token in pairs]
+        unknown = {pairs[i][0] for i, ok in enumerate(answers) if ok is None}
+        if unknown:
+            await asyncio.gather(*(self._load(node_id) for node_id in unknown))
+        return [bool(self.cached(*pairs[i])) if ok is None else ok for i, ok in enumerate(answers)]
+
+    async def _load(self, node_id: str) -> None:
+        """Wait until the node's row was looked up (shared with every other check queued meanwhile)."""
+        future = self._waiting.get(node_id)
+        if future is None:
+            future = self._waiting[node_id] = asyncio.get_running_loop().create_future()
+            if self._lookup is None or self._lookup.done():
+                self._lookup = asyncio.create_task(self._lookups(), name="node-token-lookups")
+        await asyncio.shield(future)
+
+    async def _lookups(self) -> None:
+        await asyncio.sleep(0)  # let every check of this moment join the first batch
+        while self._waiting:
+            ids = list(self._waiting)[:self._max_batch]
+            futures = [self._waiting.pop(node_id) for node_id in ids]
+            try:
+                rows = await self._db.fetchall("get_node_token_hashes", {"ids": ids})
+            except Exception as exc:  # StoreError: every waiting check fails the same way
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.queries += 1
+            for row in rows:
+                self._known[row["id"]] = (bytes(row["token_hash"]), row["name"])
+            until = self._clock() + self._negative_ttl
+            for node_id in ids:
+                if node_id not in self._known:
+                    self._unknown_until.pop(node_id, None)
+                    self._unknown_until[node_id] = until
+            while len(self._unknown_until) > self.MAX_UNKNOWN:
+                del self._unknown_until[next(iter(self._unknown_until))]
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, NamedTuple
 
+from control_plane.scheduler.aggregates import NOTHING, Contribution, RegistryAggregates
 from control_plane.scheduler.placement import (
     DEFAULT_PRIOR_TPS,
     Score,
@@ -97,6 +98,7 @@ class _Node:
     sig: tuple | None = None  # what the placement index holds for this node; None: not placed
     placed: list[_Bucket] = field(default_factory=list)  # the buckets holding it, one per model
     timer_at: float | None = None
+    contrib: Contribution = NOTHING  # what it adds to the registry's aggregates (see _account)
 
     @property
     def slots(self) -> int:
@@ -169,6 +171,8 @@ class NodeRegistry:
         self._nodes: dict[str, _Node] = {}
         self._index: dict[str, _ModelIndex] = {}
         self._timers: list[tuple[float, int, str]] = []
+        self._agg = RegistryAggregates()
+        self._gone: list[str] = []  # marked offline since the last expire() call
 
     # -- feeding ---------------------------------------------------------------------------------
     def observe(self, ad: Advertisement) -> Change:
@@ -182,6 +186,7 @@ class NodeRegistry:
         if node is None:
             node = _Node(ad.node_id, ad, interval, now, now, {}, ())
             self._nodes[ad.node_id] = node
+            self._agg.added(ad.node_id)
             change |= Change.NEW
             was_accepting, free_before, before = False, 0, {}
         else:
@@ -199,6 +204,7 @@ class NodeRegistry:
         self._set_served(node, served)
         self._arm(node)
         self._rerank(node)
+        self._account(node)
         if node.accepting(now):
             if not was_accepting and not change & Change.NEW:
                 change |= Change.ONLINE
@@ -209,9 +215,17 @@ class NodeRegistry:
         return change
 
     def expire(self) -> list[str]:
-        """Mark nodes silent for 3 of their intervals offline and return them; forget long-offline ones."""
-        now = self._now()
-        gone: list[str] = []
+        """Mark nodes silent for 3 of their intervals offline and return them (every node marked since the
+        last call, also those a read marked); forget long-offline ones."""
+        self._settle(self._now())
+        gone, self._gone = self._gone, []
+        nodes = self._nodes
+        # One entry per node, and none for a node that advertised again since a read marked it.
+        return [n for n in dict.fromkeys(gone) if (node := nodes.get(n)) is not None and node.offline]
+
+    def _settle(self, now: float) -> None:
+        """Apply the offline and forget checks that are due, so counts read now are exact (cheap when none is)."""
+        gone = self._gone
         timers = self._timers
         while timers and timers[0][0] <= now:
             when, kind, node_id = heapq.heappop(timers)
@@ -231,9 +245,9 @@ class NodeRegistry:
             node.offline, node.offline_since = True, now
             self._set_served(node, {})
             self._rerank(node)
+            self._account(node)
             heapq.heappush(timers, (now + self._retention_s, _FORGET_CHECK, node_id))
             gone.append(node_id)
-        return gone
 
     def forget(self, node_id: str) -> None:
         """Drop a node entirely (its timer entries go stale and are skipped)."""
@@ -241,6 +255,9 @@ class NodeRegistry:
         if node is not None:
             self._unplace(node)
             self._set_served(node, {})
+            self._agg.apply(node_id, node.contrib, NOTHING)
+            node.contrib = NOTHING
+            self._agg.removed(node_id)
 
     def reserve(self, node_id: str) -> bool:
         """Count a job this replica is placing on the node until the node's next advertisement includes it."""
@@ -279,6 +296,7 @@ class NodeRegistry:
         if node is not None and not node.drain_requested:
             node.drain_requested = True
             self._rerank(node)
+            self._account(node)
 
     def record_outcome(self, node_id: str, success: bool) -> None:
         """Fold one job outcome into the node's success rate (exponentially weighted)."""
@@ -300,9 +318,14 @@ class NodeRegistry:
         return len(self._nodes)
 
     def online_count(self) -> int:
-        """Nodes heard within their offline window (draining included)."""
-        now = self._now()
-        return sum(1 for n in self._nodes.values() if n.alive(now))
+        """Nodes heard within their offline window (draining included); O(1) (kept by _account)."""
+        self._settle(self._now())
+        return self._agg.live
+
+    def page_ids(self, after: str | None, limit: int, model: str | None = None) -> list[str]:
+        """Up to `limit` node ids after `after` in id order (with `model`: live nodes serving it); no walk."""
+        self._settle(self._now())
+        return self._agg.page(after, limit, model)
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._nodes
@@ -342,20 +365,11 @@ class NodeRegistry:
         return "loading" if on_disk else "unavailable"
 
     def models_summary(self) -> list[ModelSummary]:
-        """Per model some online node serves: how many online nodes, and their mean measured tokens/sec."""
-        now, out = self._now(), []
-        for name, idx in sorted(self._index.items()):
-            count, known = 0, []
-            for node_id in idx.nodes:
-                node = self._nodes[node_id]
-                if node.accepting(now):
-                    count += 1
-                    tps = node.indexed[name].tokens_per_second
-                    if tps is not None and tps > 0 and math.isfinite(tps):
-                        known.append(tps)
-            if count:
-                out.append(ModelSummary(name, count, math.fsum(known) / len(known) if known else None))
-        return out
+        """Per model some online node serves: how many online nodes, and their mean measured tokens/sec.
+
+        Kept up to date by every change (_account), so a read costs O(models), not O(nodes)."""
+        self._settle(self._now())
+        return [ModelSummary(name, count, tps) for name, count, tps in self._agg.summary()]
 
     def tps_prior(self, model: str) -> float:
         """Tokens/sec assumed for a node that has not measured the model: the mean of those that have."""
@@ -469,6 +483,17 @@ class NodeRegistry:
             bucket.pop(node.node_id, None)
         node.placed = []
         node.sig = None
+
+    def _account(self, node: _Node) -> None:
+        """Bring the node's share of the aggregates in line with its state (after any change to it)."""
+        live = not node.offline  # after _settle, a node past its deadline is always marked offline
+        accepting = live and node.ad.engine_ok and not node.draining
+        models = tuple((name, _milli(tps) if tps is not None and tps > 0 and math.isfinite(tps) else None)
+                       for name, tps in ((n, m.tokens_per_second) for n, m in node.indexed.items()))
+        contrib = Contribution(live, accepting, models)
+        if contrib != node.contrib:
+            self._agg.apply(node.node_id, node.contrib, contrib)
+            node.contrib = contrib
 
     def _arm(self, node: _Node) -> None:
         """Make sure an offline check is queued no later than the node's deadline."""

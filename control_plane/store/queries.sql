@@ -56,6 +56,26 @@ FROM (
 ) AS v
 WHERE n.id = v.id;
 
+-- name: touch_nodes_seen
+-- Batch-record that nodes were seen (their advertisement, already stored, did not change).
+UPDATE nodes AS n
+SET last_seen_at = v.seen_at, first_seen_at = COALESCE(n.first_seen_at, v.seen_at)
+FROM (SELECT unnest(%(ids)s::text[]) AS id, unnest(%(seen_at)s::timestamptz[]) AS seen_at) AS v
+WHERE n.id = v.id AND (n.last_seen_at IS NULL OR n.last_seen_at < v.seen_at);
+
+-- name: get_node_token_hashes
+-- The stored token hashes of several nodes at once (first advertisements after a start arrive in a burst).
+SELECT id, name, token_hash FROM nodes WHERE id = ANY(%(ids)s);
+
+-- name: node_page
+-- Registered nodes after a cursor, in id order (the nodes list merges them with what this replica heard).
+SELECT id, name, last_seen_at FROM nodes
+WHERE (%(after)s::text IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s;
+
+-- name: nodes_by_ids
+-- Names and last seen of the given nodes (one page of the nodes list).
+SELECT id, name, last_seen_at FROM nodes WHERE id = ANY(%(ids)s);
+
 -- name: list_nodes
 -- Every registered node with what it last advertised.
 SELECT id, name, created_at, first_seen_at, last_seen_at, last_advertisement FROM nodes ORDER BY id;
@@ -444,17 +464,19 @@ LEFT JOIN LATERAL (
 LEFT JOIN (
     SELECT node_id, sum(amount) AS earned FROM credit_ledger
     WHERE account_id = %(account_id)s AND kind = 'payout'
+      AND (%(node_ids)s::text[] IS NULL OR node_id = ANY(%(node_ids)s))
     GROUP BY node_id
 ) p ON p.node_id = n.id
-WHERE n.operator_account_id = %(account_id)s
+WHERE n.operator_account_id = %(account_id)s AND (%(node_ids)s::text[] IS NULL OR n.id = ANY(%(node_ids)s))
 ORDER BY n.id;
 
 -- ==== attempts a live node does not hold (issue 4) ====
 
 -- name: unconfirmed_processing
--- Processing attempts handed to the given nodes more than min_age seconds ago (to check against their reports).
+-- Processing attempts handed over more than min_age seconds ago (to check against their nodes' reports); reads
+-- the small partial index of processing jobs, so its cost follows the jobs running, not the nodes known.
 SELECT id, attempt, node_id, first_token_at, assigned_at FROM jobs
-WHERE status = 'processing' AND node_id = ANY(%(node_ids)s)
+WHERE status = 'processing' AND node_id IS NOT NULL
   AND assigned_at < now() - make_interval(secs => %(min_age)s);
 
 -- ==== gateway behaviours: rate limits, idempotency, webhooks, typed output, fallback (issue 6) ====

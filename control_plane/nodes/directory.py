@@ -1,0 +1,98 @@
+"""The nodes list, a page at a time: this replica's registry merged with the registered nodes it has not heard.
+
+A page costs O(limit), whatever the size of the network: ids come from the registry's sorted index (a bisect
+and a slice) and from one indexed range query on the nodes table; names and the caller's operator figures are
+read for the page's ids only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from control_plane.credits.usage import operator_node_stats
+from control_plane.errors import BadRequest
+from control_plane.jobs.schemas import iso
+from control_plane.nodes.schemas import NodeEntry, NodeList, NodeModel, OperatorStats
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.store import Database
+
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+STATES = ("online", "draining", "offline")
+#: Ids examined per page at most, as a multiple of `limit`: a filter that matches few nodes returns a short
+#: (even empty) page with a cursor rather than walking the whole network in one request.
+SCAN_FACTOR = 4
+
+
+class NodeDirectory:
+    """Reads pages of the nodes list for the API and the console."""
+
+    def __init__(self, db: Database, registry: NodeRegistry, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._db = db
+        self._registry = registry
+        self._clock = clock  # the registry's clock (its last_seen stamps)
+
+    async def page(self, *, account_id: str | None, limit: int | None = None, cursor: str | None = None,
+                   model: str | None = None, state: str | None = None) -> NodeList:
+        """Nodes with ids after `cursor`, in id order, at most `limit`; `model`: nodes serving it now
+        (online or draining); `state`: online, draining or offline."""
+        limit = DEFAULT_LIMIT if limit is None else limit
+        if not 1 <= limit <= MAX_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", param="limit")
+        if state is not None and state not in STATES:
+            raise BadRequest(f"state must be one of {', '.join(STATES)}", param="state")
+        if cursor is not None and not 0 < len(cursor) <= 200:
+            raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
+        scan = limit * SCAN_FACTOR
+        live_only = model is not None or state in ("online", "draining")
+        sources = [self._registry.page_ids(cursor, scan, model)]
+        rows: dict[str, dict] = {}
+        if not live_only:  # registered nodes this replica has not heard are offline
+            found = await self._db.fetchall("node_page", {"after": cursor, "limit": scan})
+            rows = {r["id"]: r for r in found}
+            sources.append(list(rows))
+        # Both sources are sorted; past the end of a full one, the other may hold ids it would have held too.
+        bound = min((ids[-1] for ids in sources if len(ids) == scan), default=None)
+        candidates = sorted({i for ids in sources for i in ids if bound is None or i <= bound})
+        picked, stopped = [], None
+        for i, node_id in enumerate(candidates):
+            view = self._registry.get(node_id)
+            if state is None or (view.state if view is not None else "offline") == state:
+                picked.append((node_id, view))
+                if len(picked) == limit:
+                    stopped = i
+                    break
+        if stopped is None:
+            next_cursor = bound  # every candidate examined; more lie beyond the bound of a full source
+        else:
+            next_cursor = None if bound is None and stopped == len(candidates) - 1 else candidates[stopped]
+        missing = [node_id for node_id, _ in picked if node_id not in rows]
+        if missing:
+            rows.update({r["id"]: r for r in await self._db.fetchall("nodes_by_ids", {"ids": missing})})
+        entries = [self._entry(node_id, view, rows.get(node_id)) for node_id, view in picked]
+        if account_id is not None and entries:
+            await self._add_operator_stats(account_id, entries)
+        return NodeList(nodes=entries, next_cursor=next_cursor)
+
+    def _entry(self, node_id: str, view, row: dict | None) -> NodeEntry:
+        name = row["name"] if row else None
+        if view is None:  # registered, not heard by this replica recently
+            return NodeEntry(id=node_id, name=name, state="offline", engine=None, models=[], slots=0, active_jobs=0,
+                             last_seen=iso(row["last_seen_at"]) if row else None, labels={})
+        last_seen = datetime.now(timezone.utc) - timedelta(seconds=max(0.0, self._clock() - view.last_seen))
+        return NodeEntry(
+            id=node_id, name=name, state=view.state, engine=view.engine,
+            models=[NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings) for m in view.models.values()],
+            slots=view.slots, active_jobs=view.estimated_active, last_seen=iso(last_seen), labels=dict(view.labels),
+        )
+
+    async def _add_operator_stats(self, account_id: str, entries: list[NodeEntry]) -> None:
+        mine = {r["node_id"]: r for r in await operator_node_stats(self._db, account_id, [e.id for e in entries])}
+        for entry in entries:
+            stats = mine.get(entry.id)
+            if stats is not None:
+                entry.operator = OperatorStats(
+                    jobs_served=int(stats["jobs_served"] or 0), prompt_tokens=int(stats["prompt_tokens"] or 0),
+                    completion_tokens=int(stats["completion_tokens"] or 0),
+                    credits_charged=int(stats["credits_charged"] or 0), earnings=int(stats["earnings"] or 0))

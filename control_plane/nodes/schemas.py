@@ -1,0 +1,46 @@
+"""Wire shapes of `/api/v1/nodes`: a node as any caller sees it, a page of them, a drain acknowledgement."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+
+class NodeModel(Struct):
+    id: str
+    loaded: bool
+    tokens_per_second: float | None
+    embeddings: bool
+
+
+class OperatorStats(Struct):
+    """Shown only to the node's own operator account."""
+
+    jobs_served: int
+    prompt_tokens: int
+    completion_tokens: int
+    credits_charged: int
+    earnings: int
+
+
+class NodeEntry(Struct, omit_defaults=True):
+    id: str
+    name: str | None
+    state: str
+    engine: str | None
+    models: list[NodeModel]
+    slots: int
+    active_jobs: int
+    last_seen: str | None
+    labels: dict[str, str]
+    operator: OperatorStats | None = None
+
+
+class NodeList(Struct):
+    nodes: list[NodeEntry]
+    #: Pass as `cursor` for the next page; null on the last one.
+    next_cursor: str | None = None
+
+
+class DrainAccepted(Struct):
+    node_id: str
+    state: str
