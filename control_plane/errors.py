@@ -2,6 +2,7 @@
 
     InfernetError               root; code "internal_error", 500
     ├── BadRequest              400 bad_request
+    │   └── CapabilityUnavailable  400 capability_unavailable
     ├── Unauthorized            401 unauthorized
     ├── PaymentRequired         402 insufficient_credits
     ├── Forbidden               403 forbidden
@@ -34,6 +35,12 @@ class BadRequest(InfernetError):
 
     code = "bad_request"
     status = 400
+
+
+class CapabilityUnavailable(BadRequest):
+    """The request needs something (tools, images, logprobs ...) no online node's copy of the model can do."""
+
+    code = "capability_unavailable"
 
 
 class Unauthorized(InfernetError):

@@ -92,7 +92,7 @@ class Runtime:
         await rt.key_events.start()
         rt.relay = TokenRelay(db, bus, recorder, settings)
         await rt.relay.start()
-        rt.openai = OpenAIService(rt.jobs, rt.relay, registry)  # idempotency attached below
+        rt.openai = OpenAIService(rt.jobs, rt.relay, registry, settings=settings)  # idempotency attached below
         rt.gateway = SubmitGateway.build(db, registry, dispatcher, sweeper, settings)
         rt.jobs.gateway, dispatcher.fallback = rt.gateway, rt.gateway.fallback
         rt.idempotency, rt.webhooks = Idempotency(db, settings), WebhookWorker(db, settings)

@@ -95,6 +95,12 @@ class Settings:
     webhook_timeout_s: float = 10.0
     webhook_poll_s: float = 0.5
 
+    # -- OpenAI/Ollama compatibility --
+    #: Image bytes one request may carry in all (INFERNET_MAX_IMAGE_BYTES); an assignment must fit one NATS message.
+    max_image_bytes: int = 512 * 1024
+    #: Seconds to fetch an http(s) image_url (same address rules as webhooks: INFERNET_WEBHOOK_ALLOW_PRIVATE).
+    image_fetch_timeout_s: float = 10.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read INFERNET_<FIELD> variables; keyword overrides (from CLI flags) win when not None."""

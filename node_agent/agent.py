@@ -290,7 +290,7 @@ class NodeAgent:
             models=tuple(
                 protocol.ModelInfo(name=m.name, loaded=m.loaded, size_bytes=m.size_bytes,
                                    context_length=m.context_length, tokens_per_second=self.rates.get(m.name),
-                                   embeddings=m.embeddings)
+                                   embeddings=m.embeddings, capabilities=m.capabilities)
                 for m in self.models
             ),
             gpus=self.gpus, labels=self.settings.advertised_labels(), boot_id=self.boot_id, running=tuple(self.unsettled),
@@ -496,7 +496,8 @@ class NodeAgent:
             finish_reason="length" if completion.finish_reason == "length" else "stop",
             usage=protocol.Usage(prompt, generated, prompt + generated),
             timings=protocol.Timings(ttft_ms=ttft, duration_ms=duration, tokens_per_second=tps),
-            chunks=job.chunks,
+            chunks=job.chunks, tool_calls=tuple(completion.tool_calls),
+            logprobs=tuple(completion.logprobs) if completion.logprobs is not None else None,
         )
 
     async def _publish_outcome(self, outcome: protocol.JobOutcome) -> None:

@@ -2,6 +2,7 @@
 
 from protocol.codec import DecodeError, decode, encode
 from protocol.messages import (
+    CAPABILITIES,
     Advertisement,
     Assignment,
     AssignmentReply,
@@ -20,11 +21,15 @@ from protocol.messages import (
     NodeVerifyReply,
     Timings,
     TokenChunk,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
     Usage,
 )
 from protocol.version import PROTOCOL_VERSION
 
 __all__ = [
+    "CAPABILITIES",
     "PROTOCOL_VERSION",
     "Advertisement",
     "Assignment",
@@ -45,6 +50,9 @@ __all__ = [
     "NodeVerifyReply",
     "Timings",
     "TokenChunk",
+    "TokenLogprob",
+    "ToolCall",
+    "TopLogprob",
     "Usage",
     "decode",
     "encode",

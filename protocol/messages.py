@@ -12,15 +12,32 @@ NodeState = Literal["online", "draining"]
 RejectReason = Literal["at_capacity", "model_unavailable", "draining", "bad_assignment"]
 FinishReason = Literal["stop", "length", "cancelled"]
 JobKind = Literal["chat", "embed"]
+#: What a model can do, as nodes advertise it (ModelInfo.capabilities) and requests need it.
+CAPABILITIES = ("chat", "embeddings", "tools", "vision", "logprobs", "logit_bias")
 
 
 class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """Base of all wire messages: frozen, unknown fields ignored for forward compatibility."""
 
 
-class ChatMessage(_Wire):
+class ToolCall(_Wire):
+    """A function call a model made: OpenAI's shape, with `arguments` as the model's JSON text."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class ChatMessage(_Wire, omit_defaults=True):
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    #: An assistant message: the function calls it made.
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: A tool message: the call it answers, and that call's function name.
+    tool_call_id: str | None = None
+    name: str | None = None
+    #: Images for vision models, base64 (no data: prefix).
+    images: tuple[str, ...] = ()
 
 
 class GpuInfo(_Wire):
@@ -40,6 +57,9 @@ class ModelInfo(_Wire):
     context_length: int | None = None
     tokens_per_second: float | None = None
     embeddings: bool = False
+    #: What the engine says the model can do (names from CAPABILITIES); () = not reported (an older node:
+    #: embeddings when `embeddings`, else chat).
+    capabilities: tuple[str, ...] = ()
 
 
 class Advertisement(_Wire, tag="advertisement"):
@@ -66,7 +86,7 @@ class Advertisement(_Wire, tag="advertisement"):
     protocol_version: int = PROTOCOL_VERSION
 
 
-class GenerationParams(_Wire):
+class GenerationParams(_Wire, omit_defaults=True):
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 1.0
@@ -74,6 +94,19 @@ class GenerationParams(_Wire):
     seed: int | None = None
     #: Structured output: "json" or a JSON Schema object, passed to the engine.
     format: Union[str, dict, None] = None
+    #: Function tools the model may call: OpenAI's {"type": "function", "function": {name, description,
+    #: parameters}} objects.
+    tools: tuple[dict, ...] = ()
+    #: "auto", "none", "required" or {"type": "function", "function": {"name": ...}}; None = the engine's default.
+    tool_choice: Union[str, dict, None] = None
+    parallel_tool_calls: bool | None = None
+    #: Log probabilities of the generated tokens (and of the `top_logprobs` likeliest at each position).
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    #: Token id (as a string) -> bias added to its logit.
+    logit_bias: dict[str, float] | None = None
 
 
 class Assignment(_Wire, tag="assignment"):
@@ -125,6 +158,19 @@ class Timings(_Wire):
     tokens_per_second: float | None = None
 
 
+class TopLogprob(_Wire):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(_Wire):
+    """One generated token's log probability, and the likeliest alternatives at its position."""
+
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
 class EmbedOutput(_Wire):
     vectors: tuple[tuple[float, ...], ...] = ()
 
@@ -142,6 +188,10 @@ class JobResult(_Wire, tag="result"):
     timings: Timings = Timings()
     chunks: int = 0
     embeddings: EmbedOutput | None = None
+    #: The function calls the model made (finish_reason stays "stop" on the wire; the API says "tool_calls").
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: Per generated token, when the assignment asked for logprobs and the engine reported them.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 class JobFailure(_Wire, tag="failure"):

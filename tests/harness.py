@@ -76,7 +76,7 @@ class Stack:
         node_settings = NodeSettings(nats_url=nats_url or self.nats_url, node_token=registered.token, engine_url=engine_url,
                                      max_concurrency=slots, advertise_interval_s=interval, log_format="console",
                                      log_level="warning", **settings)
-        agent = NodeAgent(node_settings, create_engine("ollama", engine_url), node_id=registered.node_id)
+        agent = NodeAgent(node_settings, create_engine(node_settings.engine, engine_url), node_id=registered.node_id)
         node = RunningNode(agent, asyncio.create_task(agent.run()), name)
         self.nodes.append(node)
         return node

@@ -46,20 +46,40 @@ class QueuedJob:
             attempt=attempt, pinned_node_id=row.get("pinned_node_id"),
         )
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Capabilities the job's model must have on the node (tools, vision, logprobs ...)."""
+        return tuple(self.request.get("needs") or ())
+
     def assignment(self, lease: str) -> protocol.Assignment:
         req = self.request
         params = req.get("params") or {}
+        extra = {k: params[k] for k in _EXTRA_PARAMS if params.get(k) is not None}
         return protocol.Assignment(
             job_id=self.id, attempt=self.attempt, lease=lease, model=self.model, kind=self.kind,
-            messages=tuple(protocol.ChatMessage(m["role"], m["content"]) for m in req.get("messages", ())),
+            messages=tuple(_message(m) for m in req.get("messages", ())),
             inputs=tuple(req.get("inputs", ())),
             params=protocol.GenerationParams(
                 max_tokens=params.get("max_tokens", 512), temperature=params.get("temperature", 0.7),
                 top_p=params.get("top_p", 1.0), stop=tuple(params.get("stop") or ()), seed=params.get("seed"),
-                format=params.get("format"),
+                format=params.get("format"), **extra,
             ),
             deadline=self.deadline, stream=bool(req.get("stream", True)),
         )
+
+
+#: Generation parameters a request payload may carry beyond the basic sampling ones (tools, logprobs ...).
+_EXTRA_PARAMS = ("tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "frequency_penalty",
+                 "presence_penalty", "logit_bias")
+
+
+def _message(m: dict[str, Any]) -> protocol.ChatMessage:
+    """A payload message on the wire; tool calls, tool results and images only when the message has them."""
+    if len(m) == 2:  # role and content: the common case, kept cheap
+        return protocol.ChatMessage(m["role"], m["content"])
+    calls = tuple(protocol.ToolCall(c["id"], c["name"], c.get("arguments") or "{}") for c in m.get("tool_calls") or ())
+    return protocol.ChatMessage(m["role"], m["content"], tool_calls=calls, tool_call_id=m.get("tool_call_id"),
+                                name=m.get("name"), images=tuple(m.get("images") or ()))
 
 
 class Dispatcher:
@@ -160,11 +180,12 @@ class Dispatcher:
             if view is None or view.free_slots <= 0:
                 return None
         found = placement.candidates(
-            self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1
+            self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1, needs=job.needs
         )
         if not found and job.tried:
             # Nodes already tried are a last resort, not excluded: a lone node that restarted must get its job back.
-            found = placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, limit=1)
+            found = placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, limit=1,
+                                         needs=job.needs)
             if found:
                 job.tried.clear()
         if not found:
@@ -234,7 +255,8 @@ class Dispatcher:
             self.enqueue(job, front=True, wake=False)
 
     def _pick_possible(self, job: QueuedJob) -> bool:
-        return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1))
+        return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1,
+                                         needs=job.needs))
 
     async def _bus_quiet_cancel(self, node_id: str, job: QueuedJob) -> None:
         await self.cancel_on_node(node_id, job.id, job.attempt, reason="unanswered")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import structlog
 
 import protocol
@@ -132,6 +133,13 @@ class OutcomeRecorder:
             }
             if outcome.embeddings is not None:
                 result["embeddings"] = [list(v) for v in outcome.embeddings.vectors]
+            if outcome.tool_calls:  # the API says finish_reason "tool_calls" for these
+                result["tool_calls"] = [{"id": c.id, "type": "function",
+                                         "function": {"name": c.name, "arguments": c.arguments}}
+                                        for c in outcome.tool_calls]
+                result["finish_reason"] = "tool_calls"
+            if outcome.logprobs is not None:
+                result["logprobs"] = [msgspec.to_builtins(t) for t in outcome.logprobs]
             row = await self._db.fetchone("complete_job", {
                 **key, "result": jsonb(result), "prompt_tokens": outcome.usage.prompt_tokens,
                 "completion_tokens": outcome.usage.completion_tokens, "first_token_at": None,

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from control_plane.errors import BadRequest
+from control_plane.jobs import tools as tool_rules
 from control_plane.routing.schemas import RoutingOptions
 
 ModelId = Annotated[str, Meta(min_length=1, max_length=200, description="Model identifier, e.g. qwen2.5:14b")]
@@ -18,6 +20,11 @@ class MessageIn(Struct, forbid_unknown_fields=False):
     role: Literal["system", "user", "assistant", "tool"]
     #: NUL characters cannot be stored (PostgreSQL jsonb) and no model needs them: refused with 400.
     content: Annotated[str, Meta(max_length=1_000_000, pattern=r"^[^\x00]*$")]
+    #: An assistant message: the calls it made, in OpenAI's shape ({"id", "type": "function", "function":
+    #: {"name", "arguments"}}).
+    tool_calls: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    #: A tool message: the call it answers.
+    tool_call_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
 
 
 class JobCreate(Struct, forbid_unknown_fields=False):
@@ -39,6 +46,11 @@ class JobCreate(Struct, forbid_unknown_fields=False):
     response_schema: dict[str, Any] | None = None
     #: Gets a signed POST when the job ends (see "Webhooks" in docs/api.md).
     webhook_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    #: Function tools the model may call (OpenAI's shape); the calls it makes are in result.tool_calls.
+    tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    #: "auto", "none", "required" or {"type": "function", "function": {"name": ...}}.
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Usage(Struct):
@@ -50,7 +62,10 @@ class Usage(Struct):
 class JobResultView(Struct, omit_defaults=True):
     content: str
     usage: Usage
+    #: stop, length or tool_calls.
     finish_reason: str | None = None
+    #: The function calls the model made (OpenAI's shape), when it made any.
+    tool_calls: list[dict[str, Any]] | None = None
     ttft_ms: float | None = None
     tokens_per_second: float | None = None
     duration_ms: float | None = None
@@ -109,6 +124,7 @@ def job_view(row: dict[str, Any]) -> JobView:
             content=stored.get("content", ""),
             usage=Usage(prompt, completion, prompt + completion),
             finish_reason=stored.get("finish_reason"),
+            tool_calls=stored.get("tool_calls"),
             ttft_ms=stored.get("ttft_ms"),
             tokens_per_second=stored.get("tokens_per_second"),
             duration_ms=stored.get("duration_ms"),
@@ -147,10 +163,34 @@ def _gateway_fields(row: dict[str, Any]) -> dict[str, Any]:
 
 def request_payload(body: JobCreate) -> dict[str, Any]:
     """What the jobs row keeps of the request to (re)build assignments."""
-    return {
-        "messages": [{"role": m.role, "content": m.content} for m in body.messages],
+    payload: dict[str, Any] = {
+        "messages": [_message(m, i) for i, m in enumerate(body.messages)],
         "params": {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p},
         "stream": body.stream,
     }
+    names = {c["id"]: c["name"] for m in payload["messages"] for c in m.get("tool_calls") or ()}
+    for m in payload["messages"]:
+        if m.get("tool_call_id") in names:  # engines like Ollama name a tool result by its function
+            m["name"] = names[m["tool_call_id"]]
+    tools = tool_rules.normalize_tools(body.tools, None)
+    choice = tool_rules.normalize_choice(body.tool_choice, None, tools)
+    if tools:
+        payload["params"].update({"tools": tools, **({"tool_choice": choice} if choice is not None else {}),
+                                  **({"parallel_tool_calls": body.parallel_tool_calls}
+                                     if body.parallel_tool_calls is not None else {})})
+        if choice != "none":
+            payload["needs"] = ["tools"]
+    return payload
+
+
+def _message(m: MessageIn, index: int) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        if m.role != "assistant":
+            raise BadRequest(f"messages[{index}]: only assistant messages carry tool_calls", param="messages")
+        msg["tool_calls"] = tool_rules.message_calls(m.tool_calls, index)
+    if m.role == "tool" and m.tool_call_id:
+        msg["tool_call_id"] = m.tool_call_id
+    return msg
 
 

@@ -6,17 +6,23 @@ from datetime import datetime
 
 from control_plane.accounts.auth import Principal
 from control_plane.credits import ledger
-from control_plane.errors import BadRequest, Conflict, ModelNotFound, NoCapacity, NotFound
+from control_plane.errors import BadRequest, CapabilityUnavailable, Conflict, ModelNotFound, NoCapacity, NotFound
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.jobs.schemas import JobCreate, request_payload
 from control_plane.jobs.sweeper import Sweeper
 from control_plane.lib.ids import new_id
+from control_plane.scheduler import capabilities as capability_check
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database
 from control_plane.store.database import jsonb
 
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+#: The request field a capability is needed for (the `param` of a capability_unavailable error).
+NEED_PARAMS = {"tools": "tools", "vision": "messages", "logprobs": "logprobs", "logit_bias": "logit_bias",
+               "embeddings": "model", "chat": "model"}
+NEED_NAMES = {"tools": "tools (function calling)", "vision": "image input (vision)", "logprobs": "logprobs",
+              "logit_bias": "logit_bias", "embeddings": "embeddings", "chat": "chat"}
 
 
 class JobService:
@@ -50,6 +56,26 @@ class JobService:
         if not self._registry.accepting(model):
             raise NoCapacity(f"No nodes available with model {model}")
 
+    def check_capable(self, model: str, needs: list[str], pinned: str | None) -> None:
+        """Refuse at once (400 capability_unavailable) a job whose needs no accepting node with the model meets."""
+        if not self._sweeper.warm and not self._registry.has_model(model):
+            return  # just started: the capable node may not have advertised yet
+        if pinned is not None:
+            node = self._registry.get(pinned)
+            info = node.models.get(model) if node is not None else None
+            if info is not None and not capability_check.has(info, needs):
+                missing = sorted(set(needs) - capability_check.of(info))
+                raise CapabilityUnavailable(f"node {pinned} serves {model} without {', '.join(missing)}",
+                                            param=NEED_PARAMS.get(missing[0]))
+            return
+        if self._registry.capable(model, needs):
+            return
+        missing = sorted(set(needs) - self._registry.capabilities_of(model)) or sorted(needs)
+        what = ", ".join(NEED_NAMES.get(n, n) for n in missing)
+        raise CapabilityUnavailable(f"no online node serves {model} with {what}; "
+                                    "GET /api/v1/nodes shows each model's capabilities",
+                                    param=NEED_PARAMS.get(missing[0]))
+
     async def submit(self, principal: Principal, body: JobCreate, *, request_id: str | None = None,
                      payload: dict | None = None, kind: str = "chat") -> dict:
         payload = payload if payload is not None else request_payload(body)
@@ -60,6 +86,8 @@ class JobService:
         if self.gateway is not None:  # rate limit, model "auto", fallback, typed output, webhook: jobs/gateway.py
             model = await self.gateway.prepare(principal, body, payload, kind=kind)
         self.check_routable(model, body.node_id)
+        if payload.get("needs"):
+            self.check_capable(model, payload["needs"], body.node_id)
         wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
         job_id = new_id("job")
         # The job row and its credit reservation commit together; without enough credit (402) neither exists.

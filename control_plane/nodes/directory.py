@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from control_plane.credits.usage import operator_node_stats
 from control_plane.errors import BadRequest
 from control_plane.jobs.schemas import iso
+from control_plane.scheduler import capabilities
 from control_plane.nodes.schemas import NodeEntry, NodeList, NodeModel, OperatorStats
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.store import Database
@@ -83,7 +84,8 @@ class NodeDirectory:
         last_seen = datetime.now(timezone.utc) - timedelta(seconds=max(0.0, self._clock() - view.last_seen))
         return NodeEntry(
             id=node_id, name=name, state=view.state, engine=view.engine,
-            models=[NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings) for m in view.models.values()],
+            models=[NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings,
+                              sorted(capabilities.of(m)), m.context_length) for m in view.models.values()],
             slots=view.slots, active_jobs=view.estimated_active, last_seen=iso(last_seen), labels=dict(view.labels),
         )
 

@@ -10,6 +10,10 @@ class NodeModel(Struct):
     loaded: bool
     tokens_per_second: float | None
     embeddings: bool
+    #: What the node's engine says this model can do: chat, embeddings, tools, vision, logprobs, logit_bias.
+    capabilities: list[str] = []
+    #: The context window in tokens, when the engine reports it.
+    context_length: int | None = None
 
 
 class OperatorStats(Struct):

@@ -13,11 +13,14 @@ MaxTokens = Annotated[int, Meta(ge=1, le=131_072)]
 
 # -- chat completions: request ---------------------------------------------------------------------
 class ChatMessage(Struct, forbid_unknown_fields=False):
-    """A message; `content` is a string, a list of content parts ({"type": "text", "text": ...}) or null."""
+    """A message; `content` is a string, a list of content parts (text, image_url) or null; an assistant
+    message may carry the `tool_calls` it made, a tool message the `tool_call_id` it answers."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(Struct, forbid_unknown_fields=False):
@@ -53,8 +56,20 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     user: Annotated[str, Meta(max_length=256)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    tools: list[dict[str, Any]] | None = None
+    #: Function tools ({"type": "function", "function": {name, description, parameters}}), at most 128.
+    tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    #: "auto", "none", "required" or {"type": "function", "function": {"name": ...}}.
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    #: Legacy function calling (become tools / tool_choice).
+    functions: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    function_call: str | dict[str, Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    #: Token id -> bias (-100..100), passed to engines that have it.
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     # Infernet extensions: the gateway fields of POST /api/v1/jobs (validated as there).
     node_id: str | None = None
     max_wallclock_secs: float | None = None
@@ -64,17 +79,50 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
 
 
 # -- chat completions: response --------------------------------------------------------------------
+class FunctionCall(Struct):
+    name: str
+    #: The arguments as the model wrote them: JSON text.
+    arguments: str
+
+
+class ToolCallOut(Struct):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
 class AssistantMessage(Struct):
-    content: str
+    #: null when the model answered only with tool calls.
+    content: str | None
     role: str = "assistant"
+    refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
+
+
+class TopLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(Struct):
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob]
+    bytes: list[int] | None = None
+
+
+class ChoiceLogprobs(Struct):
+    content: list[TokenLogprob] | None
     refusal: None = None
 
 
 class Choice(Struct):
     index: int
     message: AssistantMessage
+    #: stop, length or tool_calls.
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class CompletionUsage(Struct):

@@ -23,8 +23,11 @@ from control_plane.routing import fallback
 from control_plane.routing.schemas import routing_event
 from control_plane.jobs.service import JobService
 from control_plane.jobs.sweeper import DEADLINE_GRACE_SECS
+from control_plane.openai import content
 from control_plane.openai import schemas as oa
+from control_plane.jobs import tools as tool_rules
 from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
 from control_plane.streaming import sse
 from control_plane.streaming.relay import JobWatch, Slot, TokenRelay
 from control_plane.streaming.stream import HEARTBEAT, JobStream, Tokens
@@ -35,7 +38,6 @@ log = structlog.get_logger("control_plane.openai")
 DEFAULT_MAX_TOKENS = 512
 #: Seconds a waiting request allows past the job's deadline: the sweeper's grace to record a timeout, and some.
 DEADLINE_GRACE_S = DEADLINE_GRACE_SECS + 5.0
-_ROLES = {"developer": "system"}
 #: HTTP status of a request whose job failed with this error code (others: 502, the node or engine failed).
 _FAILURE_STATUS = {"no_capacity": 503, "model_unavailable": 503, "timeout": 504, "cancelled": 409,
                    "not_found": 404}
@@ -54,19 +56,6 @@ class JobFailed(InfernetError):
         self.status = _FAILURE_STATUS.get(code, 502)
 
 
-def _text(message: oa.ChatMessage, index: int) -> str:
-    content = message.content
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts = []
-    for j, part in enumerate(content):
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise BadRequest(f"messages[{index}].content[{j}] is a {part.get('type')!r} part; only text parts "
-                             "are supported", param=f"messages[{index}].content")
-        parts.append(part["text"])
-    return "\n".join(parts)
-
-
 def _format(body: oa.ChatCompletionRequest) -> str | dict | None:
     fmt = body.response_format
     if fmt is None or fmt.type == "text":
@@ -78,34 +67,97 @@ def _format(body: oa.ChatCompletionRequest) -> str | dict | None:
     return fmt.json_schema.schema
 
 
-def chat_job(body: oa.ChatCompletionRequest) -> tuple[JobCreate, dict[str, Any]]:
-    """The job a chat completion request becomes: its JobCreate and the request payload the job row keeps."""
+def _features(body: oa.ChatCompletionRequest, params: dict[str, Any]) -> list[str]:
+    """Tools, logprobs, penalties and logit_bias into the job's params; returns the capabilities they need."""
+    needs = []
+    tools = tool_rules.normalize_tools(body.tools, body.functions)
+    choice = tool_rules.normalize_choice(body.tool_choice, body.function_call, tools)
+    if body.parallel_tool_calls is not None and not tools:
+        raise BadRequest("parallel_tool_calls needs tools", param="parallel_tool_calls")
+    if tools:
+        params.update(tools=tools, tool_choice=choice, parallel_tool_calls=body.parallel_tool_calls)
+        if choice != "none":
+            needs.append("tools")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.logprobs:
+        params.update(logprobs=True, top_logprobs=body.top_logprobs)
+        needs.append("logprobs")
+    if body.logit_bias:
+        params["logit_bias"] = body.logit_bias
+        needs.append("logit_bias")
+    params.update(frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty)
+    return needs
+
+
+def chat_job(body: oa.ChatCompletionRequest, images: dict[str, str] | None = None, *,
+             max_image_bytes: int = 512 * 1024) -> tuple[JobCreate, dict[str, Any]]:
+    """The job a chat completion request becomes: its JobCreate and the request payload the job row keeps.
+    `images`: the http(s) image URLs of the request, fetched (url -> base64)."""
     if body.n not in (None, 1):
         raise BadRequest(f"n={body.n} is not supported: Infernet returns exactly one choice (n=1)", param="n")
-    if body.tools:
-        raise BadRequest("tools (function calling) are not supported", param="tools")
-    if body.logprobs:
-        raise BadRequest("logprobs are not supported", param="logprobs")
     if body.stream_options is not None and not body.stream:
         raise BadRequest("stream_options is only allowed with stream: true", param="stream_options")
-    messages = [{"role": _ROLES.get(m.role, m.role), "content": _text(m, i)} for i, m in enumerate(body.messages)]
+    messages = content.job_messages(body.messages, images or {}, max_image_bytes=max_image_bytes)
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
               "seed": body.seed, "format": _format(body)}
+    needs = _features(body, params)
+    if any(m.get("images") for m in messages):
+        needs.append("vision")
+    params = {k: v for k, v in params.items() if v is not None or k in ("seed", "format")}
     payload: dict[str, Any] = {"messages": messages, "params": params, "stream": bool(body.stream), "api": "openai"}
+    if needs:
+        payload["needs"] = sorted(needs)
     if body.user:
         payload["user"] = body.user
     extensions = {name: value for name in _EXTENSIONS if (value := getattr(body, name)) is not None}
     try:  # validated like POST /api/v1/jobs (the sampling parameters live in the payload)
-        job = msgspec.convert({"model": body.model, "messages": payload["messages"], "max_tokens": max_tokens,
+        job = msgspec.convert({"model": body.model, "messages": [{"role": m["role"], "content": m["content"]}
+                                                                 for m in messages], "max_tokens": max_tokens,
                                "stream": bool(body.stream), **extensions}, JobCreate)
     except msgspec.ValidationError as exc:
         found = _PATH.search(str(exc))
         raise BadRequest(f"invalid request: {exc}", param=found.group(1) if found else None) from None
     return job, payload
+
+
+def _logprobs(result: dict[str, Any]) -> oa.ChoiceLogprobs | None:
+    stored = result.get("logprobs")
+    if stored is None:
+        return None
+    return oa.ChoiceLogprobs(content=[
+        oa.TokenLogprob(t["token"], t["logprob"], [oa.TopLogprob(a["token"], a["logprob"], list(a["token"].encode()))
+                                                   for a in t.get("top") or ()], list(t["token"].encode()))
+        for t in stored])
+
+
+def _choice(result: dict[str, Any]) -> oa.Choice:
+    """The one choice of a completed job's result: text, tool calls, finish_reason, logprobs."""
+    calls = tool_rules.openai_calls(result.get("tool_calls"))
+    text = result.get("content") or ""
+    message = oa.AssistantMessage(
+        text or (None if calls else ""),
+        tool_calls=[oa.ToolCallOut(c["id"], oa.FunctionCall(c["function"]["name"], c["function"]["arguments"]))
+                    for c in calls] if calls else None)
+    return oa.Choice(0, message, result.get("finish_reason") or "stop", _logprobs(result))
+
+
+def _closing_deltas(result: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The `choices` of the chunks a stream sends after the text, before the finish: the tool calls (whole, one
+    delta each, as OpenAI's first delta of a call looks) and the logprobs of the whole answer."""
+    out = []
+    calls = tool_rules.openai_calls(result.get("tool_calls"))
+    if calls:
+        out.append([{"index": 0, "delta": {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]},
+                     "logprobs": None, "finish_reason": None}])
+    logprobs = _logprobs(result)
+    if logprobs is not None:
+        out.append([{"index": 0, "delta": {}, "logprobs": msgspec.to_builtins(logprobs), "finish_reason": None}])
+    return out
 
 
 def _usage(row: dict[str, Any]) -> oa.CompletionUsage:
@@ -153,8 +205,10 @@ class _StreamEnd:
 class OpenAIService:
     """Turns /v1 requests into jobs and their outcomes into OpenAI responses."""
 
-    def __init__(self, jobs: JobService, relay: TokenRelay, registry: NodeRegistry, idempotency=None) -> None:
+    def __init__(self, jobs: JobService, relay: TokenRelay, registry: NodeRegistry, idempotency=None,
+                 settings: Settings | None = None) -> None:
         self.idempotency = idempotency  # set by the runtime; control_plane.idempotency.service.Idempotency (Idempotency-Key)
+        self._settings = settings or Settings()
         self._jobs = jobs
         self._relay = relay
         self._registry = registry
@@ -162,7 +216,8 @@ class OpenAIService:
     # -- chat completions ----------------------------------------------------------------------------
     async def chat(self, principal: Principal, body: oa.ChatCompletionRequest, *,
                    request_id: str | None, idempotency_key: str | None = None) -> Response[oa.ChatCompletion] | Stream:
-        job, payload = chat_job(body)
+        job, payload = chat_job(body, await self._fetch_images(body.messages),
+                                max_image_bytes=self._settings.max_image_bytes)
         slot = self._relay.admit(principal.account_id)
         replayed = False
         try:
@@ -187,14 +242,20 @@ class OpenAIService:
             final = await self._wait(row)
         finally:
             slot.release()
-        result = final.get("result") or {}
         completion = oa.ChatCompletion(
             id=final["id"], created=int(final["created_at"].timestamp()), model=final["model"],
-            choices=[oa.Choice(0, oa.AssistantMessage(result.get("content") or ""),
-                               result.get("finish_reason") or "stop")],
-            usage=_usage(final),
+            choices=[_choice(final.get("result") or {})], usage=_usage(final),
         )
         return Response(completion, headers={**headers, **fallback.headers(final), **credits_used_header(final)})
+
+    async def _fetch_images(self, messages: list[Any]) -> dict[str, str]:
+        """The request's http(s) image URLs, fetched (url -> base64) under the webhook address rules."""
+        urls = content.remote_image_urls(messages)
+        if not urls:
+            return {}
+        s = self._settings
+        return await content.fetch_images(urls, allow_private=s.webhook_allow_private, max_bytes=s.max_image_bytes,
+                                          timeout=s.image_fetch_timeout_s)
 
     async def _wait(self, row: dict[str, Any]) -> dict[str, Any]:
         """The job's final row (written before this returns); JobFailed unless it completed."""
@@ -218,10 +279,11 @@ class OpenAIService:
         stream = JobStream(self._relay, end.watch, row, heartbeat_s=self._relay.heartbeat_s)
         try:
             routing = routing_event(row)
-            if routing is not None:  # model "auto": the routing decision is the first event (routing-gateway-api)
-                yield sse.data(_enc(routing))
+            # model "auto": the decision rides on the first chunk (every chunk has choices; x-model-used and
+            # each chunk's model say which model serves).
+            first_tail = tail if routing is None else tail[:-1] + b',"routing":' + _enc(routing) + b'}'
             yield sse.data(head + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
-                           b'"finish_reason":null}]' + tail)
+                           b'"finish_reason":null}]' + first_tail)
             async for item in stream.events():
                 if item is HEARTBEAT:
                     yield sse.HEARTBEAT
@@ -238,9 +300,11 @@ class OpenAIService:
                                  "param": None}
                         yield sse.data(_enc({"error": error}))
                         return
-                    reason = (final.get("result") or {}).get("finish_reason") or "stop"
-                    frames = [sse.data(head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-                                       + _enc(reason) + b'}]' + tail)]
+                    result = final.get("result") or {}
+                    reason = result.get("finish_reason") or "stop"
+                    frames = [sse.data(head + _enc(extra) + tail) for extra in _closing_deltas(result)]
+                    frames.append(sse.data(head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
+                                           + _enc(reason) + b'}]' + tail))
                     if include_usage:
                         frames.append(sse.data(head + b'[],"usage":' + _enc(_usage(final)) + b'}'))
                     frames.append(b"data: [DONE]\n\n")

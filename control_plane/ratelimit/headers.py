@@ -1,7 +1,13 @@
-"""The X-RateLimit-* headers: a per-request holder the limiter fills and an ASGI middleware that sends it."""
+"""The X-RateLimit-* headers: a per-request holder the limiter fills and an ASGI middleware that sends it.
+
+Under /v1 the response also carries OpenAI's names (x-ratelimit-limit-requests, -remaining-requests,
+-reset-requests and the -tokens variants; resets as durations like "42s" or "1m5s"), which OpenAI
+clients read."""
 
 from __future__ import annotations
 
+import math
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +40,29 @@ class LimitState:
         return out
 
 
+    def openai_headers(self, now: float | None = None) -> list[tuple[bytes, bytes]]:
+        """The same budget under OpenAI's header names."""
+        reset = duration(self.reset - (time.time() if now is None else now)).encode()
+        out = []
+        if self.limit:
+            out += [(b"x-ratelimit-limit-requests", str(self.limit).encode()),
+                    (b"x-ratelimit-remaining-requests", str(self.remaining).encode()),
+                    (b"x-ratelimit-reset-requests", reset)]
+        if self.token_limit is not None:
+            out.append((b"x-ratelimit-reset-tokens", reset))
+        return out
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: "0s", "42s", "1m5s", "2h0m0s" (whole seconds, rounded up)."""
+    total = max(math.ceil(seconds), 0)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
 def current_holder() -> dict[str, Any] | None:
     """This request's holder (None outside a request, e.g. in background tasks)."""
     return _HOLDER.get()
@@ -47,12 +76,14 @@ def ratelimit_headers_middleware(app):
             return
         holder: dict[str, Any] = {}
         token = _HOLDER.set(holder)
+        openai = scope.get("path", "").startswith("/v1/")
 
         async def send_with_limits(message):
             if message["type"] == "http.response.start":
                 state = holder.get("state")
                 if state is not None:
-                    message["headers"] = [*message.get("headers", []), *state.headers()]
+                    extra = state.openai_headers(holder.get("now")) if openai else []
+                    message["headers"] = [*message.get("headers", []), *state.headers(), *extra]
             await send(message)
 
         try:

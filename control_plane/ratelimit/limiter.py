@@ -158,6 +158,7 @@ class RateLimiter:
         holder = current_holder()
         if holder is not None and state is not None:
             holder["state"] = state
+            holder["now"] = self.clock()  # the limiter's clock, for resets given as durations
 
     def _refuse(self, principal: Any, state: LimitState, what: str) -> None:
         self._publish(state)

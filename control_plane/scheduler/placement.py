@@ -7,6 +7,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from control_plane.scheduler import capabilities
+
 if TYPE_CHECKING:
     from control_plane.scheduler.registry import NodeRegistry
 
@@ -78,10 +80,11 @@ def score(*, loaded: bool, active: int, slots: int, tokens_per_second: float | N
 
 
 def candidates(registry: NodeRegistry, model: str, *, pinned: str | None = None, exclude: Collection[str] = (),
-               limit: int = 3) -> list[Candidate]:
+               limit: int = 3, needs: Collection[str] = ()) -> list[Candidate]:
     """Nodes that can take a job for `model` now, best first (at most `limit`).
 
-    Candidates are online, not draining, engine up, advertise the model and have a free slot.
+    Candidates are online, not draining, engine up, advertise the model (with every capability in
+    `needs`: tools, vision ...) and have a free slot.
     A pinned job may only go to its node, which must be online, not draining and have the model
     (a free slot is not required: the node itself answers at_capacity); otherwise the list is empty.
     Equal scores go to the node that has held its score longest: a node that takes a job is
@@ -94,8 +97,12 @@ def candidates(registry: NodeRegistry, model: str, *, pinned: str | None = None,
         if pinned in exclude:
             return []
         found = registry.score_of(pinned, model)
+        if found is not None and needs:
+            view = registry.get(pinned)
+            if view is None or model not in view.models or not capabilities.has(view.models[model], needs):
+                return []
         return [] if found is None else [Candidate(pinned, found)]
-    return [Candidate(node_id, s) for s, node_id in registry.ranked(model, limit, exclude)]
+    return [Candidate(node_id, s) for s, node_id in registry.ranked(model, limit, exclude, needs)]
 
 
 def explain(found: list[Candidate]) -> str:

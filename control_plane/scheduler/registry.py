@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 from control_plane.scheduler.aggregates import NOTHING, Contribution, RegistryAggregates
+from control_plane.scheduler import capabilities
 from control_plane.scheduler.placement import (
     DEFAULT_PRIOR_TPS,
     Score,
@@ -350,6 +351,25 @@ class NodeRegistry:
         now, nodes = self._now(), self._nodes
         return any(nodes[n].accepting(now) for n in idx.nodes)
 
+    def capable(self, model: str, needs: Collection[str]) -> bool:
+        """Some live, non-draining node with its engine up has the model with every capability in `needs`."""
+        idx = self._index.get(model)
+        if idx is None:
+            return False
+        now, nodes = self._now(), self._nodes
+        return any(nodes[n].accepting(now) and capabilities.has(nodes[n].indexed[model], needs) for n in idx.nodes)
+
+    def capabilities_of(self, model: str) -> frozenset[str]:
+        """Every capability some accepting node has for the model (empty when none serves it)."""
+        idx = self._index.get(model)
+        if idx is None:
+            return frozenset()
+        now, nodes, found = self._now(), self._nodes, set()
+        for n in idx.nodes:
+            if nodes[n].accepting(now):
+                found |= capabilities.of(nodes[n].indexed[model])
+        return frozenset(found)
+
     def model_health(self, model: str) -> ModelHealth:
         """ready: an accepting node has it loaded; loading: only on disk; else unavailable."""
         idx = self._index.get(model)
@@ -389,22 +409,25 @@ class NodeRegistry:
         return Score(0 if info.loaded else 1, load_band(node.est_active, node.slots) - tps_band(tps),
                      reliability_rank(node.success_rate), node.est_active)
 
-    def ranked(self, model: str, limit: int, exclude: Collection[str] = ()) -> list[tuple[Score, str]]:
-        """The best `limit` placeable nodes for the model with their scores, best first, from the index."""
+    def ranked(self, model: str, limit: int, exclude: Collection[str] = (),
+               needs: Collection[str] = ()) -> list[tuple[Score, str]]:
+        """The best `limit` placeable nodes for the model with their scores, best first, from the index;
+        with `needs`, only nodes whose model has those capabilities."""
         idx = self._index.get(model)
         if idx is None or limit <= 0:
             return []
         now = self._now()
-        best = self._top(idx.known, limit, exclude, now)
+        best = self._top(idx.known, limit, exclude, now, model, needs)
         if idx.unknown.keys:
             shift = tps_band(self.tps_prior(model))
             best += [(s._replace(cost_band=s.cost_band - shift), n)
-                     for s, n in self._top(idx.unknown, limit, exclude, now)]
+                     for s, n in self._top(idx.unknown, limit, exclude, now, model, needs)]
             best.sort(key=lambda found: found[0])
         return best[:limit]
 
     # -- internals -------------------------------------------------------------------------------
-    def _top(self, ranking: _Ranking, limit: int, exclude: Collection[str], now: float) -> list[tuple[Score, str]]:
+    def _top(self, ranking: _Ranking, limit: int, exclude: Collection[str], now: float, model: str = "",
+             needs: Collection[str] = ()) -> list[tuple[Score, str]]:
         """The first `limit` live, not excluded nodes in score order; silent ones met on the way are unplaced."""
         keys, buckets, nodes = ranking.keys, ranking.buckets, self._nodes
         got: list[tuple[Score, str]] = []
@@ -417,7 +440,7 @@ class NodeRegistry:
                 node = nodes[node_id]
                 if now >= node.deadline:
                     dead.append(node)  # silent past its deadline: its next advertisement places it again
-                elif node_id not in exclude:
+                elif node_id not in exclude and (not needs or capabilities.has(node.indexed[model], needs)):
                     got.append((key, node_id))
                     if len(got) == limit:
                         break

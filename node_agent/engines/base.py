@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from protocol import ChatMessage, GenerationParams
+from protocol import ChatMessage, GenerationParams, TokenLogprob, ToolCall
 
 
 class EngineError(Exception):
@@ -61,6 +61,8 @@ class EngineModel:
     size_bytes: int | None = None
     context_length: int | None = None
     embeddings: bool = False
+    #: What the engine says the model can do (protocol.CAPABILITIES names); () = it did not say.
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,10 @@ class Completion:
     #: Seconds the engine spent generating completion tokens (Ollama: eval_duration).
     eval_seconds: float | None = None
     extra: dict = field(default_factory=dict)
+    #: Function calls the model made (whole calls: arguments complete).
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    #: Per generated token, when logprobs were asked for and the engine reported them; None otherwise.
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def tokens_per_second(self) -> float | None:

@@ -9,9 +9,12 @@ Error mapping (driver error -> EngineError, chained)::
     other ResponseError, RequestError,
     malformed response (ValueError)            -> GenerationFailed
 
-A model is embedding-capable when its family (or one of its families) contains "bert" or "embed",
-or its name contains "embed" (nomic-embed-text, mxbai-embed-large, all-minilm, bge-m3 ...).
+A model's capabilities come from /api/show (`capabilities`: completion, tools, vision, embedding), asked
+once per model digest. When /api/show says nothing (older Ollama), a model is embedding-capable when its
+family (or one of its families) contains "bert" or "embed", or its name contains "embed"
+(nomic-embed-text, mxbai-embed-large, all-minilm, bge-m3 ...), and chat-capable otherwise.
 Context length is known only for loaded models (from /api/ps); None otherwise.
+Tools, images and tool results are translated by `ollama_wire`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import httpx
 import ollama
 
+from node_agent.engines import ollama_wire
 from node_agent.engines.base import (
     Completion,
     Delta,
@@ -65,20 +69,7 @@ def _engine_error(exc: BaseException, *, produced_tokens: bool = False) -> Engin
     return GenerationFailed(f"ollama: bad request or response: {exc}", produced_tokens=produced_tokens)
 
 
-def _options(params: GenerationParams) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "num_predict": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-    }
-    if params.stop:
-        options["stop"] = list(params.stop)
-    if params.seed is not None:
-        options["seed"] = params.seed
-    return options
-
-
-def _completion(final: ollama.ChatResponse) -> Completion:
+def _completion(final: ollama.ChatResponse, calls: list) -> Completion:
     extra = {
         k: v
         for k in ("done_reason", "total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
@@ -90,17 +81,24 @@ def _completion(final: ollama.ChatResponse) -> Completion:
         completion_tokens=final.eval_count,
         eval_seconds=final.eval_duration / 1e9 if final.eval_duration else None,
         extra=extra,
+        tool_calls=calls,
     )
 
 
-def _model(name: str, size: int | None, details: Any, ps: Any) -> EngineModel:
-    """One EngineModel from an /api/tags entry and, when loaded, its /api/ps entry."""
+def _model(name: str, size: int | None, details: Any, ps: Any, shown: tuple[str, ...] | None, *,
+           logprobs: bool = False) -> EngineModel:
+    """One EngineModel from an /api/tags entry, its /api/ps entry when loaded, and what /api/show reported."""
+    guessed = is_embedding_model(name, getattr(details, "family", None), getattr(details, "families", None))
+    capabilities = ollama_wire.capabilities(shown, embeddings=guessed)
+    if logprobs and "chat" in capabilities:
+        capabilities = tuple(sorted((*capabilities, "logprobs")))
     return EngineModel(
         name=name,
         loaded=ps is not None,
         size_bytes=int(size) if size is not None else None,
         context_length=ps.context_length if ps is not None else None,
-        embeddings=is_embedding_model(name, getattr(details, "family", None), getattr(details, "families", None)),
+        embeddings="embeddings" in capabilities,
+        capabilities=capabilities,
     )
 
 
@@ -124,12 +122,17 @@ class OllamaEngine:
         self._client = ollama.AsyncClient(host=self.url, timeout=httpx.Timeout(timeout, connect=connect_timeout))
         # The ollama client has no version call; a small separate client serves the health probe.
         self._probe = httpx.AsyncClient(base_url=self.url, timeout=health_timeout)
+        #: (model, digest) -> the capabilities /api/show reported (None: it reported none).
+        self._shown: dict[tuple[str, str], tuple[str, ...] | None] = {}
+        #: The version /api/version last reported ('' unknown): logprobs need 0.12.11 or later.
+        self._version = ""
 
     async def health(self) -> EngineHealth:
         try:
             response = await self._probe.get("/api/version")
             response.raise_for_status()
             version = response.json().get("version")
+            self._version = version if isinstance(version, str) else ""
         except httpx.HTTPStatusError as exc:
             return EngineHealth(ok=False, detail=f"ollama /api/version answered {exc.response.status_code}")
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
@@ -142,26 +145,48 @@ class OllamaEngine:
         except _DRIVER_ERRORS as exc:
             raise _engine_error(exc) from exc
         loaded = {m.model or m.name: m for m in running.models if m.model or m.name}
-        models = []
-        for tag in tags.models:
-            if tag.model:
-                ps = loaded.pop(tag.model, None)
-                models.append(_model(tag.model, tag.size, tag.details or (ps and ps.details), ps))
+        entries = [(tag.model, tag.size, tag.details, tag.digest) for tag in tags.models if tag.model]
         # Running but not listed (rare): still servable.
-        models.extend(_model(name, ps.size, ps.details, ps) for name, ps in loaded.items())
-        return models
+        listed = {name for name, *_ in entries}
+        entries += [(name, ps.size, ps.details, ps.digest) for name, ps in loaded.items() if name not in listed]
+        shown = await asyncio.gather(*(self._capabilities(name, digest or "") for name, _, _, digest in entries))
+        logprobs = ollama_wire.has_logprobs(self._version)
+        return [_model(name, size, details or (loaded.get(name) and loaded[name].details), loaded.get(name), caps,
+                       logprobs=logprobs)
+                for (name, size, details, _), caps in zip(entries, shown)]
+
+    async def _capabilities(self, model: str, digest: str) -> tuple[str, ...] | None:
+        """/api/show's capabilities for a model, asked once per digest; None when Ollama does not say."""
+        key = (model, digest)
+        if key in self._shown:
+            return self._shown[key]
+        try:
+            shown = await self._client.show(model)
+        except _DRIVER_ERRORS:
+            return None  # asked again next time
+        reported = getattr(shown, "capabilities", None)
+        caps = tuple(reported) if isinstance(reported, (list, tuple)) else None
+        if digest:
+            self._shown[key] = caps
+        return caps
 
     async def chat(
         self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[Delta | Completion]:
-        """Deltas for each non-empty content piece, then one Completion; the HTTP stream closes on exit."""
+        """Deltas for each non-empty content piece, then one Completion (with the tool calls the model made);
+        the HTTP stream closes on exit."""
         produced = False
+        calls: list = []
+        logprobs: list | None = [] if params.logprobs else None
         try:
             stream = await self._client.chat(
                 model=model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=ollama_wire.messages(messages),
+                tools=ollama_wire.tools(params),
                 stream=True,
-                options=_options(params),
+                logprobs=True if params.logprobs else None,
+                top_logprobs=params.top_logprobs if params.logprobs else None,
+                options=ollama_wire.options(params),
                 format=params.format,
                 keep_alive=self.keep_alive,
             )
@@ -179,8 +204,14 @@ class OllamaEngine:
                 if text:
                     produced = True
                     yield Delta(text)
+                if part.message and part.message.tool_calls:
+                    calls.extend(ollama_wire.tool_calls(part.message.tool_calls))
+                if logprobs is not None and part.logprobs:
+                    logprobs.extend(ollama_wire.logprobs(part.logprobs))
                 if part.done:
-                    yield _completion(part)
+                    completion = _completion(part, calls)
+                    completion.logprobs = logprobs
+                    yield completion
                     return
             raise GenerationFailed("ollama: stream ended without a final message", produced_tokens=produced)
         finally:

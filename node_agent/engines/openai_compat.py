@@ -1,6 +1,11 @@
 """The OpenAI-compatible engine (vLLM, SGLang, llama.cpp's server, LM Studio): /v1/models and streamed chat.
 
-`url` is the server's base URL, with or without the trailing `/v1`. Token counts come from the streamed
+`url` is the server's base URL, with or without the trailing `/v1`. Tools, tool results, images (as
+`image_url` data-URL parts), logprobs, penalties and logit_bias are passed as OpenAI's API has them;
+streamed tool-call deltas are joined into whole calls. Capabilities: what a /v1/models entry (or the
+`models` list llama.cpp's server adds) says in `capabilities`; otherwise an embedding model (by name)
+embeds and any other model chats with tools, logprobs and logit_bias (what vLLM, SGLang and llama.cpp's
+server support), and vision is assumed only when the server says so. Token counts come from the streamed
 `usage` (requested with `stream_options.include_usage`); a server that sends none is counted by content
 chunks. Tokens/sec is completion tokens over the time from the first to the last streamed token.
 
@@ -33,7 +38,7 @@ from node_agent.engines.base import (
     GenerationFailed,
     ModelUnavailable,
 )
-from protocol import ChatMessage, GenerationParams
+from protocol import ChatMessage, GenerationParams, TokenLogprob, ToolCall, TopLogprob
 
 __all__ = ["DEFAULT_URL", "OpenAICompatEngine", "api_base"]
 
@@ -71,10 +76,55 @@ def _unavailable(exc: BaseException, *, produced: bool = False) -> EngineUnavail
                              produced_tokens=produced)
 
 
+#: Capability words servers use in model entries -> ours.
+_CAPABILITY_WORDS = {"completion": "chat", "chat": "chat", "tools": "tools", "tool_use": "tools",
+                     "function_calling": "tools", "vision": "vision", "multimodal": "vision",
+                     "embedding": "embeddings", "embeddings": "embeddings", "logprobs": "logprobs"}
+_DEFAULT_CHAT = ("chat", "logit_bias", "logprobs", "tools")
+
+
+def capabilities(entry: dict[str, Any], extra: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Our capability names for a /v1/models entry (`extra`: the same model in a `models` list, if any)."""
+    embeddings = "embed" in str(entry.get("id", "")).lower()
+    reported = entry.get("capabilities")
+    if not isinstance(reported, list) and extra is not None:
+        reported = extra.get("capabilities")
+    if not isinstance(reported, list):
+        return ("embeddings",) if embeddings else _DEFAULT_CHAT
+    found = {_CAPABILITY_WORDS[c] for c in reported if isinstance(c, str) and c in _CAPABILITY_WORDS}
+    if "chat" in found:  # sampling features every OpenAI-compatible server has
+        found |= {"logprobs", "logit_bias"}
+    return tuple(sorted(found)) or (("embeddings",) if embeddings else _DEFAULT_CHAT)
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.images:
+        msg["content"] = ([{"type": "text", "text": m.content}] if m.content else []) + [
+            {"type": "image_url", "image_url": {"url": image_data_url(b64)}} for b64 in m.images]
+    if m.tool_calls:
+        msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in m.tool_calls]
+        msg["content"] = m.content or None
+    if m.role == "tool":
+        msg["tool_call_id"] = m.tool_call_id or ""
+        if m.name:
+            msg["name"] = m.name
+    return msg
+
+
+def image_data_url(b64: str) -> str:
+    """A data URL for a base64 image, its type told by its first bytes (PNG, JPEG, GIF, WebP; else PNG)."""
+    head = b64[:16]
+    kind = {"iVBOR": "png", "/9j/": "jpeg", "R0lGO": "gif", "UklGR": "webp"}
+    mime = next((v for k, v in kind.items() if head.startswith(k)), "png")
+    return f"data:image/{mime};base64,{b64}"
+
+
 def _request_body(model: str, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "messages": [_message(m) for m in messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": params.max_tokens,
@@ -89,6 +139,19 @@ def _request_body(model: str, messages: Sequence[ChatMessage], params: Generatio
         body["response_format"] = {"type": "json_object"}
     elif isinstance(params.format, dict):
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": params.format}}
+    if params.tools:
+        body["tools"] = list(params.tools)
+        if params.tool_choice is not None:
+            body["tool_choice"] = params.tool_choice
+        if params.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = params.parallel_tool_calls
+    if params.logprobs:
+        body["logprobs"] = True
+        if params.top_logprobs is not None:
+            body["top_logprobs"] = params.top_logprobs
+    for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
+        if (value := getattr(params, name)) is not None:
+            body[name] = value
     return body
 
 
@@ -149,13 +212,15 @@ class OpenAICompatEngine:
         entries = body.get("data") if isinstance(body, dict) else None
         if not isinstance(entries, list):
             raise GenerationFailed(f"openai-compatible server: /v1/models answered without a data list: {body!r:.200}")
+        extra = {m.get("model") or m.get("name"): m for m in body.get("models") or () if isinstance(m, dict)}
         models = []
         for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 ctx = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+                caps = capabilities(entry, extra.get(entry["id"]))
                 models.append(EngineModel(name=entry["id"], loaded=True,
                                           context_length=int(ctx) if isinstance(ctx, int) else None,
-                                          embeddings="embed" in entry["id"].lower()))
+                                          embeddings="embeddings" in caps, capabilities=caps))
         self._known = {m.name for m in models}
         return models
 
@@ -212,6 +277,8 @@ async def _events(response: httpx.Response) -> AsyncIterator[Delta | Completion]
     """Parse the SSE stream of a chat completion into Deltas and one final Completion."""
     finish: str | None = None
     usage: dict[str, Any] = {}
+    calls: dict[int, dict[str, str]] = {}  # index -> id, name, arguments (joined from the deltas)
+    logprobs: list[TokenLogprob] | None = None
     counted = 0
     first = last = None
     produced = False
@@ -240,7 +307,13 @@ async def _events(response: httpx.Response) -> AsyncIterator[Delta | Completion]
         if isinstance(event.get("usage"), dict):
             usage = event["usage"]
         for choice in event.get("choices") or ():
-            text = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            for part in delta.get("tool_calls") or ():
+                _join_call(calls, part)
+                produced = True
+            if isinstance(choice.get("logprobs"), dict):
+                logprobs = (logprobs or []) + _logprobs(choice["logprobs"])
+            text = delta.get("content")
             if text:
                 now = time.perf_counter()
                 first = now if first is None else first
@@ -263,4 +336,34 @@ async def _events(response: httpx.Response) -> AsyncIterator[Delta | Completion]
         completion_tokens=completion_tokens,
         eval_seconds=eval_seconds,
         extra={"finish_reason": finish} if finish else {},
+        tool_calls=[ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"] or "{}")
+                    for i, c in sorted(calls.items()) if c["name"]],
+        logprobs=logprobs,
     )
+
+
+def _join_call(calls: dict[int, dict[str, str]], part: Any) -> None:
+    """Fold one streamed tool-call delta into the call at its index (id and name once, arguments appended)."""
+    if not isinstance(part, dict):
+        return
+    index = part.get("index") if isinstance(part.get("index"), int) else len(calls)
+    call = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+    function = part.get("function") or {}
+    if isinstance(part.get("id"), str) and part["id"]:
+        call["id"] = part["id"]
+    if isinstance(function.get("name"), str) and function["name"]:
+        call["name"] = function["name"]
+    if isinstance(function.get("arguments"), str):
+        call["arguments"] += function["arguments"]
+
+
+def _logprobs(block: dict[str, Any]) -> list[TokenLogprob]:
+    """OpenAI's choice.logprobs.content entries as TokenLogprobs (malformed entries skipped)."""
+    out = []
+    for item in block.get("content") or ():
+        if isinstance(item, dict) and isinstance(item.get("token"), str) and isinstance(item.get("logprob"), (int, float)):
+            top = tuple(TopLogprob(t["token"], float(t["logprob"])) for t in item.get("top_logprobs") or ()
+                        if isinstance(t, dict) and isinstance(t.get("token"), str)
+                        and isinstance(t.get("logprob"), (int, float)))
+            out.append(TokenLogprob(item["token"], float(item["logprob"]), top))
+    return out

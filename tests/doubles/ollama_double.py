@@ -18,7 +18,14 @@ A process is steered at runtime through `/_double/*` (not Ollama endpoints): `GE
 `POST /_double/reset`.
 
 Model names resolve like Ollama's: "x" finds "x:latest" and "x:latest" finds "x"; listings show the
-names as configured. Generated text is `default_tokens(prompt, token_count)` unless `tokens` is set;
+names as configured. Capabilities (/api/show) are "embedding" for embedding models, "completion" and
+"vision" for names with "vision" or "llava", "completion" and "tools" otherwise (or as configured).
+
+Tools, as Ollama speaks them: a chat with `tools` whose last message is not a `tool` result answers
+with one `message.tool_calls` entry per tool up to `tool_calls_per_reply` (arguments: a JSON object
+filled from each tool's parameter schema, words from `default_tokens`), content "", then the done
+line; a chat whose last message is a tool result answers with text. A model without the capability
+answers 400 "... does not support tools" (or images). Generated text is `default_tokens(prompt, token_count)` unless `tokens` is set;
 `options.num_predict` caps it (done_reason "length"), `options.stop` cuts it. Counters are synthetic
 and deterministic: eval_duration = eval_count * eval_ns_per_token, whatever the real delay.
 """
@@ -56,7 +63,7 @@ _VOCAB = (
 ).split()
 _SETTABLE = frozenset(
     "tokens token_count delay_ms error_after error_message status status_message stall_after max_active "
-    "embed_dim eval_ns_per_token counters load_on_use version".split()
+    "embed_dim eval_ns_per_token counters load_on_use version tool_calls_per_reply".split()
 )
 _JSON = [(b"content-type", b"application/json; charset=utf-8")]
 _NDJSON = [(b"content-type", b"application/x-ndjson")]
@@ -96,12 +103,21 @@ class DoubleModel:
     parameter_size: str = "1.2B"
     quantization_level: str = "Q4_K_M"
     digest: str = ""
+    #: What /api/show reports; None derives it from the name and family (see the module docstring).
+    capabilities: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.family:
             self.family = "nomic-bert" if "embed" in self.name.lower() else "llama"
         if not self.digest:
             self.digest = hashlib.sha256(self.name.encode()).hexdigest()
+        if self.capabilities is None:
+            if self.embedding_only:
+                self.capabilities = ("embedding",)
+            elif "vision" in self.name.lower() or "llava" in self.name.lower():
+                self.capabilities = ("completion", "vision")
+            else:
+                self.capabilities = ("completion", "tools")
 
     @property
     def embedding_only(self) -> bool:
@@ -130,9 +146,11 @@ class RecordedRequest:
 class _Stream:
     """Runtime state of one in-flight chat request."""
 
-    __slots__ = ("wake", "finished", "disconnected", "killed", "released")
+    __slots__ = ("wake", "finished", "disconnected", "killed", "released", "logprobs")
 
     def __init__(self) -> None:
+        #: With logprobs asked for: how many top_logprobs per token (None: not asked).
+        self.logprobs: int | None = None
         self.wake = asyncio.Event()
         self.finished = self.disconnected = self.killed = self.released = False
 
@@ -210,6 +228,7 @@ class OllamaDouble:
         counters: bool = True,
         load_on_use: bool = True,
         version: str = "0.13.0",
+        tool_calls_per_reply: int = 1,
         host: str = "127.0.0.1",
         port: int = 0,
         record_limit: int = 10_000,
@@ -236,6 +255,8 @@ class OllamaDouble:
         #: A model that served a request shows in /api/ps afterwards (unless keep_alive was 0).
         self.load_on_use = load_on_use
         self.version = version
+        #: How many of the offered tools a tool-calling reply calls (the first ones).
+        self.tool_calls_per_reply = tool_calls_per_reply
         self.host = host
         self.models: dict[str, DoubleModel] = {}
         self.loaded: set[str] = set()
@@ -501,7 +522,7 @@ class OllamaDouble:
                 f"{arch}.context_length": model.context_length,
                 f"{arch}.embedding_length": self.embed_dim,
             },
-            "capabilities": ["embedding"] if model.embedding_only else ["completion"],
+            "capabilities": list(model.capabilities or ()),
             "modified_at": self._modified_at,
         })
 
@@ -534,6 +555,11 @@ class OllamaDouble:
         if model.embedding_only:
             return await _json(send, 400, {"error": f'"{name}" does not support chat'})
         messages = body.get("messages") or []
+        caps = model.capabilities or ()
+        if body.get("tools") and "tools" not in caps:
+            return await _json(send, 400, {"error": f"registry.ollama.ai/library/{name} does not support tools"})
+        if any(isinstance(m, dict) and m.get("images") for m in messages) and "vision" not in caps:
+            return await _json(send, 400, {"error": f"registry.ollama.ai/library/{name} does not support images"})
         if not messages:  # Ollama loads the model and answers at once
             self._used(model, body)
             reply = {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
@@ -541,6 +567,9 @@ class OllamaDouble:
             return await _json(send, 200, reply)
         options = body.get("options") or {}
         prompt = "\n".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+        last = messages[-1] if isinstance(messages[-1], dict) else {}
+        if body.get("tools") and last.get("role") != "tool":
+            return await self._tool_reply(send, model, body, prompt)
         pieces, reason = self._plan(prompt, options, body.get("format"))
         st = _Stream()
         self._streams.add(st)
@@ -551,6 +580,7 @@ class OllamaDouble:
             watcher = asyncio.create_task(self._watch(receive, st))
         try:
             fixed = (self.delay_ms / 1000.0, self.error_after, self.stall_after)
+            st.logprobs = body.get("top_logprobs") or 0 if body.get("logprobs") else None
             if body.get("stream", True):
                 await self._stream(send, st, name, pieces, reason, prompt, *fixed)
             else:
@@ -567,6 +597,24 @@ class OllamaDouble:
             self._used(model, body)
 
     # -- chat internals ------------------------------------------------------------------------
+
+    async def _tool_reply(self, send: Callable, model: DoubleModel, body: dict, prompt: str) -> None:
+        """Ollama's answer when the model calls tools: the calls in one message, then the done line."""
+        name = body["model"]
+        calls = [{"function": {"name": (t.get("function") or {}).get("name", ""),
+                               "arguments": tool_arguments((t.get("function") or {}).get("parameters"), prompt)}}
+                 for t in body["tools"][: max(self.tool_calls_per_reply, 1)] if isinstance(t, dict)]
+        created = _now()
+        message = {"role": "assistant", "content": "", "tool_calls": calls}
+        final = self._final(name, created, "", "stop", prompt, 1)
+        self._used(model, body)
+        if body.get("stream", True):
+            first = {"model": name, "created_at": created, "message": message, "done": False}
+            payload = _enc(first) + b"\n" + _enc(final) + b"\n"
+            await _send(send, 200, payload, _NDJSON)
+        else:
+            await _json(send, 200, {**final, "message": message})
+        self.completed_streams += 1
 
     def _plan(self, prompt: str, options: dict, fmt: Any) -> tuple[list[str], str]:
         if self.tokens is not None:
@@ -612,7 +660,11 @@ class OllamaDouble:
                 break
             if delay > 0:
                 await self._hold(st, delay)
-            buffered.append(head + _enc(emit[i]) + _CHUNK_TAIL)
+            if st.logprobs is None:
+                buffered.append(head + _enc(emit[i]) + _CHUNK_TAIL)
+            else:  # Ollama >= 0.12.11: each chunk carries its tokens' logprobs
+                buffered.append(head + _enc(emit[i]) + b'},"logprobs":' + _enc(piece_logprobs(i, emit[i], st.logprobs))
+                                + b',"done":false}\n')
             if pacing:
                 await self._flush(send, buffered)
         if error_after is not None:
@@ -715,6 +767,34 @@ class OllamaDouble:
         except (ValueError, TypeError, msgspec.DecodeError) as exc:
             return await _json(send, 400, {"error": str(exc)})
         await _json(send, 200, self.state())
+
+
+def piece_logprobs(i: int, piece: str, top: int) -> list[dict[str, Any]]:
+    """The double's logprobs for the i-th piece: -0.25 * (i + 1), and `top` alternatives alt0, alt1 ..."""
+    alternatives = [{"token": f"alt{k}", "logprob": -1.0 - k} for k in range(top)]
+    return [{"token": piece, "logprob": -0.25 * (i + 1), "top_logprobs": alternatives}]
+
+
+def tool_arguments(schema: Any, prompt: str) -> dict[str, Any]:
+    """The arguments the double's model passes to a tool: each schema property filled deterministically."""
+    props = (schema or {}).get("properties") or {} if isinstance(schema, dict) else {}
+    words = [w.strip() for w in default_tokens(prompt, max(len(props), 1))]
+    out: dict[str, Any] = {}
+    for i, (key, spec) in enumerate(props.items()):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if isinstance(spec, dict) and spec.get("enum"):
+            out[key] = spec["enum"][0]
+        elif kind in ("integer", "number"):
+            out[key] = 7 + i
+        elif kind == "boolean":
+            out[key] = True
+        elif kind == "array":
+            out[key] = [words[i]]
+        elif kind == "object":
+            out[key] = {}
+        else:
+            out[key] = words[i]
+    return out
 
 
 def _cut_at_stop(pieces: list[str], stops: list[str]) -> list[str]:

@@ -15,6 +15,13 @@ Generated text is `len(tokens)` pieces (default: "tok0 tok1 ..."); `max_tokens` 
 "length"); `usage` is sent only when the request asks for it with stream_options.include_usage and
 `usage` is True. Faults: `status` answers every chat with that HTTP status; `error_after` streams N
 pieces then an `{"error": ...}` event; `stall_after` streams N pieces then waits for the client to leave.
+
+Tools as OpenAI streams them: a chat with `tools` (tool_choice not "none") whose last message is not a
+tool result calls the named tool, or the first `tool_calls_per_reply` tools (one when
+parallel_tool_calls is false): per call a delta with index, id, type and name, then the arguments JSON
+in three fragments; finish_reason "tool_calls". `logprobs: true` adds choice.logprobs per piece (logprob
+-0.25 * (i + 1), `top_logprobs` alternatives). `capabilities` (model -> list) adds that field to
+/v1/models entries, as llama.cpp's server does.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import uvicorn
+
+from tests.doubles.ollama_double import tool_arguments
 
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -51,6 +60,8 @@ class OpenAIDouble:
         self.error_after: int | None = None
         self.stall_after: int | None = None
         self.version: str | None = "0.9.9-double"
+        self.tool_calls_per_reply = 1
+        self.capabilities: dict[str, list[str]] = {}
         self.host = host
         self.requests: list[dict[str, Any]] = []
         self.active_streams = 0
@@ -125,7 +136,9 @@ class OpenAIDouble:
         body = json.loads(raw) if raw else None
         self.requests.append({"method": method, "path": path, "body": body})
         if (method, path) == ("GET", "/v1/models"):
-            data = [{"id": m, "object": "model", "owned_by": "double", "max_model_len": 8192} for m in self.models]
+            data = [{"id": m, "object": "model", "owned_by": "double", "max_model_len": 8192,
+                     **({"capabilities": self.capabilities[m]} if m in self.capabilities else {})}
+                    for m in self.models]
             return await _json(send, 200, {"object": "list", "data": data})
         if (method, path) == ("GET", "/version") and self.version:
             return await _json(send, 200, {"version": self.version})
@@ -163,6 +176,17 @@ class OpenAIDouble:
             base = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": int(time.time()),
                     "model": model}
             await _event(send, {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+            calls = self._calls(body)
+            if calls:
+                pieces, finish = [], "tool_calls"
+                for index, (name, arguments) in enumerate(calls):
+                    head = {"index": index, "id": f"call_double{index}", "type": "function",
+                            "function": {"name": name, "arguments": ""}}
+                    await _event(send, {**base, "choices": [{"index": 0, "delta": {"tool_calls": [head]}}]})
+                    third = max(len(arguments) // 3, 1)
+                    for part in (arguments[:third], arguments[third:2 * third], arguments[2 * third:]):
+                        delta = {"tool_calls": [{"index": index, "function": {"arguments": part}}]}
+                        await _event(send, {**base, "choices": [{"index": 0, "delta": delta}]})
             for i, piece in enumerate(pieces):
                 if i == self.error_after:
                     await _event(send, {"error": {"message": "double: generation crashed", "type": "server_error"}})
@@ -176,7 +200,12 @@ class OpenAIDouble:
                         w.cancel()
                     if gone.is_set() or self._killed.is_set():
                         return
-                await _event(send, {**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}}
+                if body.get("logprobs"):
+                    top = [{"token": f"alt{k}", "logprob": -1.0 - k} for k in range(body.get("top_logprobs") or 0)]
+                    choice["logprobs"] = {"content": [{"token": piece, "logprob": -0.25 * (i + 1),
+                                                       "bytes": list(piece.encode()), "top_logprobs": top}]}
+                await _event(send, {**base, "choices": [choice]})
             await _event(send, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if self.usage and (body.get("stream_options") or {}).get("include_usage"):
                 prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
@@ -187,6 +216,19 @@ class OpenAIDouble:
         finally:
             self.active_streams -= 1
             watcher.cancel()
+
+    def _calls(self, body: dict) -> list[tuple[str, str]]:
+        """The (name, arguments JSON) of the calls this request gets; [] when it gets text."""
+        tools = [t.get("function") or {} for t in body.get("tools") or () if isinstance(t, dict)]
+        messages = body.get("messages") or [{}]
+        choice = body.get("tool_choice", "auto")
+        if not tools or choice == "none" or messages[-1].get("role") == "tool":
+            return []
+        if isinstance(choice, dict):
+            tools = [t for t in tools if t.get("name") == (choice.get("function") or {}).get("name")]
+        count = 1 if body.get("parallel_tool_calls") is False else max(self.tool_calls_per_reply, 1)
+        prompt = "\n".join(str(m.get("content") or "") for m in messages)
+        return [(t.get("name", ""), json.dumps(tool_arguments(t.get("parameters"), prompt))) for t in tools[:count]]
 
 
 async def _event(send: Callable, obj: dict) -> None:

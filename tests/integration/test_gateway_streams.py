@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import openai
 
 from tests.doubles.ollama_double import OllamaDouble
@@ -30,18 +28,21 @@ async def test_streams_send_the_routing_decision_before_any_token(stack):
         assert routing["object"] == "routing" and routing["model"] == SMALL and routing["task"] == "code_generation"
         assert events[-1].event == "done"
 
-        # /v1 streamed: the first data line is the routing object, as the routing gateway's reference shows.
-        async with stack.client.stream("POST", "/v1/chat/completions", headers=stack.auth(key),
-                                       json={"model": "auto", "messages": CODE, "stream": True}) as r:
-            assert r.status_code == 200 and r.headers["x-model-used"] == SMALL
-            lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
-        first = json.loads(lines[0][len("data: "):])
-        assert first["object"] == "routing" and first["model"] == SMALL
-        assert json.loads(lines[1][len("data: "):])["object"] == "chat.completion.chunk"
-        assert lines[-1] == "data: [DONE]"
+        # /v1 streamed: every chunk has choices (the documented `chunk.choices[0]` loop works) and names the model
+        # used; the decision rides on the first chunk as an extension field, and x-model-used says it too.
+        sdk = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+        raw = await sdk.chat.completions.with_raw_response.create(model="auto", messages=CODE, stream=True)
+        assert raw.headers["x-model-used"] == SMALL
+        text, chunks = "", []
+        async for chunk in raw.parse():
+            text += chunk.choices[0].delta.content or ""
+            chunks.append(chunk)
+        assert text and all(c.model == SMALL and c.object == "chat.completion.chunk" for c in chunks)
+        routing = chunks[0].model_extra["routing"]
+        assert routing["object"] == "routing" and routing["model"] == SMALL and routing["task"] == "code_generation"
+        assert all("routing" not in (c.model_extra or {}) for c in chunks[1:])
 
         # /v1 non-streamed: the decision is in x-model-used.
-        sdk = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
         raw = await sdk.chat.completions.with_raw_response.create(model="auto", messages=CODE)
         assert raw.headers["x-model-used"] == SMALL and raw.parse().model == SMALL
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import openai
 import psycopg
 import pytest
 
@@ -101,6 +102,16 @@ async def test_tokens_per_minute_and_the_keys_own_limits(nats_url, database_url,
         assert int(r.headers["x-ratelimit-limit-tokens"]) == 2000
         left = int(r.headers["x-ratelimit-remaining-tokens"])
         assert 0 < left < 800
+        # /v1 answers carry OpenAI's header names too (resets as durations), read through the official SDK.
+        sdk = openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key=key, max_retries=0)
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="qwen2.5:7b", messages=[{"role": "user", "content": "x"}], max_tokens=10)
+        h = raw.headers
+        assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("100", "98")
+        assert h["x-ratelimit-reset-requests"] == h["x-ratelimit-reset-tokens"] == "55s"
+        assert int(h["x-ratelimit-limit-tokens"]) == 2000 and int(h["x-ratelimit-remaining-tokens"]) < left
+        left = int(h["x-ratelimit-remaining-tokens"])
+        assert "x-ratelimit-limit-requests" not in r.headers  # the native API keeps its own names only
         r = await s.submit(key, model="qwen2.5:7b", max_tokens=900)
         assert (r.status_code, r.json()["error"]) == (429, "rate_limited")
         assert "tokens per minute" in r.json()["error_message"] and r.headers["retry-after"] == "55"
