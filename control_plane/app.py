@@ -26,6 +26,7 @@ from control_plane.nodes.controller import NodesController
 from control_plane.runtime import Runtime
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
+from control_plane.openai.completions import CompletionsController
 from control_plane.openai.controller import OpenAIController
 from control_plane.openai.service import OpenAIService
 from control_plane.streaming import TokenRelay
@@ -79,6 +80,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
 
     return Litestar(
         route_handlers=[healthz, readyz, metrics, JobsController, ModelsController, NodesController, OpenAIController,
+                        CompletionsController,
                         KeysController, AdminController, CreditsController,
                         WebhooksController],
         dependencies={
