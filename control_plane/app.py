@@ -28,6 +28,7 @@ from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.openai.completions import CompletionsController
 from control_plane.openai.controller import OpenAIController
+from control_plane.openai.responses import ResponsesController
 from control_plane.openai.service import OpenAIService
 from control_plane.streaming import TokenRelay
 from control_plane.webhooks.controller import WebhooksController
@@ -80,7 +81,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
 
     return Litestar(
         route_handlers=[healthz, readyz, metrics, JobsController, ModelsController, NodesController, OpenAIController,
-                        CompletionsController,
+                        CompletionsController, ResponsesController,
                         KeysController, AdminController, CreditsController,
                         WebhooksController],
         dependencies={

@@ -215,9 +215,13 @@ class OpenAIService:
 
     # -- chat completions ----------------------------------------------------------------------------
     async def chat(self, principal: Principal, body: oa.ChatCompletionRequest, *,
-                   request_id: str | None, idempotency_key: str | None = None) -> Response[oa.ChatCompletion] | Stream:
+                   request_id: str | None, idempotency_key: str | None = None,
+                   extra_payload: dict[str, Any] | None = None) -> Response[oa.ChatCompletion] | Stream:
+        """`extra_payload`: what an API built on chat (Responses) keeps on the job row beside the request."""
         job, payload = chat_job(body, await self._fetch_images(body.messages),
                                 max_image_bytes=self._settings.max_image_bytes)
+        if extra_payload:
+            payload.update(extra_payload)
         slot = self._relay.admit(principal.account_id)
         replayed = False
         try:
