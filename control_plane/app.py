@@ -26,6 +26,7 @@ from control_plane.nodes.controller import NodesController
 from control_plane.runtime import Runtime
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
+from control_plane.ollama_api.controller import OllamaController
 from control_plane.openai.completions import CompletionsController
 from control_plane.openai.controller import OpenAIController
 from control_plane.openai.responses import ResponsesController
@@ -81,7 +82,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
 
     return Litestar(
         route_handlers=[healthz, readyz, metrics, JobsController, ModelsController, NodesController, OpenAIController,
-                        CompletionsController, ResponsesController,
+                        CompletionsController, ResponsesController, OllamaController,
                         KeysController, AdminController, CreditsController,
                         WebhooksController],
         dependencies={

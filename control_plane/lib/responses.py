@@ -39,7 +39,10 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
     """Render one error in the envelope the caller speaks."""
-    if request.url.path.startswith("/v1/"):
+    path = request.url.path
+    if path.startswith("/api/") and not path.startswith("/api/v1/"):  # the Ollama-compatible API: Ollama's envelope
+        return Response({"error": message}, status_code=status, headers=headers, media_type="application/json")
+    if path.startswith("/v1/"):
         body: dict[str, Any] = {
             "error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"),
                       "code": code, "param": param}

@@ -359,6 +359,19 @@ class NodeRegistry:
         now, nodes = self._now(), self._nodes
         return any(nodes[n].accepting(now) and capabilities.has(nodes[n].indexed[model], needs) for n in idx.nodes)
 
+    def model_info(self, model: str) -> ModelInfo | None:
+        """What an accepting node advertises for the model (a node with it loaded first); None when none serves it."""
+        idx = self._index.get(model)
+        if idx is None:
+            return None
+        now, nodes, found = self._now(), self._nodes, None
+        for n in idx.nodes:
+            if nodes[n].accepting(now):
+                found = nodes[n].indexed[model]
+                if found.loaded:
+                    break
+        return found
+
     def capabilities_of(self, model: str) -> frozenset[str]:
         """Every capability some accepting node has for the model (empty when none serves it)."""
         idx = self._index.get(model)
