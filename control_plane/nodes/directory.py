@@ -2,7 +2,7 @@
 
 A page costs O(limit), whatever the size of the network: ids come from the registry's sorted index (a bisect
 and a slice) and from one indexed range query on the nodes table; names and the caller's operator figures are
-read for the page's ids only.
+read for the page's ids only (usually one query; a second only when the caller operates nodes on the page).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from control_plane.scheduler import capabilities
 from control_plane.nodes.schemas import NodeEntry, NodeList, NodeModel, OperatorStats
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.store import Database
+from control_plane.store.database import jsonb
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 STATES = ("online", "draining", "offline")
@@ -45,7 +46,8 @@ class NodeDirectory:
             raise BadRequest(f"state must be one of {', '.join(STATES)}", param="state")
         if cursor is not None and not 0 < len(cursor) <= 200:
             raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
-        scan = limit * SCAN_FACTOR
+        # Without a state filter every candidate is taken, so one id past the page is enough to know there are more.
+        scan = limit * SCAN_FACTOR if state is not None else limit + 1
         live_only = model is not None or state in ("online", "draining")
         sources = [self._registry.page_ids(cursor, scan, model)]
         rows: dict[str, dict] = {}
@@ -58,7 +60,7 @@ class NodeDirectory:
         candidates = sorted({i for ids in sources for i in ids if bound is None or i <= bound})
         picked, stopped = [], None
         for i, node_id in enumerate(candidates):
-            view = self._registry.get(node_id)
+            view = self._registry.get(node_id)  # a snapshot per candidate: at most `scan` of them
             if state is None or (view.state if view is not None else "offline") == state:
                 picked.append((node_id, view))
                 if len(picked) == limit:
@@ -70,18 +72,22 @@ class NodeDirectory:
             next_cursor = None if bound is None and stopped == len(candidates) - 1 else candidates[stopped]
         missing = [node_id for node_id, _ in picked if node_id not in rows]
         if missing:
-            rows.update({r["id"]: r for r in await self._db.fetchall("nodes_by_ids", {"ids": missing})})
-        entries = [self._entry(node_id, view, rows.get(node_id)) for node_id, view in picked]
-        if account_id is not None and entries:
-            await self._add_operator_stats(account_id, entries)
+            rows.update({r["id"]: r for r in await self._db.fetchall("nodes_by_ids", {"ids": jsonb(missing)})})
+        now_wall, now_mono = datetime.now(timezone.utc), self._clock()
+        entries = [self._entry(node_id, view, rows.get(node_id), now_wall, now_mono) for node_id, view in picked]
+        mine = [e for e in entries if account_id is not None and (rows.get(e.id) or {}).get("operator_account_id")
+                == account_id]
+        if mine:  # the caller operates some of these nodes: their figures, in a second query
+            await self._add_operator_stats(account_id, mine)
         return NodeList(nodes=entries, next_cursor=next_cursor)
 
-    def _entry(self, node_id: str, view, row: dict | None) -> NodeEntry:
+    @staticmethod
+    def _entry(node_id: str, view, row: dict | None, now_wall: datetime, now_mono: float) -> NodeEntry:
         name = row["name"] if row else None
         if view is None:  # registered, not heard by this replica recently
             return NodeEntry(id=node_id, name=name, state="offline", engine=None, models=[], slots=0, active_jobs=0,
                              last_seen=iso(row["last_seen_at"]) if row else None, labels={})
-        last_seen = datetime.now(timezone.utc) - timedelta(seconds=max(0.0, self._clock() - view.last_seen))
+        last_seen = now_wall - timedelta(seconds=max(0.0, now_mono - view.last_seen))
         return NodeEntry(
             id=node_id, name=name, state=view.state, engine=view.engine,
             models=[NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import msgspec
 import structlog
@@ -47,11 +46,13 @@ class NodeStateWriter:
     """Per-node change detection plus a queue of nodes to write; one instance per replica."""
 
     def __init__(self, db: Database, *, seen_resolution_s: float = SEEN_RESOLUTION_S, batch: int = BATCH,
-                 interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+                 interval_s: float = 1.0, max_batches_per_tick: int = 10,
+                 clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._seen_resolution_s = seen_resolution_s
         self._batch = max(batch, 1)
         self._interval_s = interval_s
+        self._max_batches = max_batches_per_tick
         self._clock = clock
         #: node id -> (stable part, unix time of last_seen_at) as last queued for writing
         self._written: dict[str, tuple[tuple, float]] = {}
@@ -86,12 +87,17 @@ class NodeStateWriter:
         """Write the queue every interval, a batch per statement, yielding to the event loop between them."""
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.write_pending()
+            # Bounded per tick: after a start every node is new, and its first rows must not crowd out the
+            # advertisements still arriving (10,000 nodes: written over about 10 s, 10 statements a second).
+            await self.write_pending(self._max_batches)
 
-    async def write_pending(self) -> None:
-        while self._dirty:
+    async def write_pending(self, max_batches: int | None = None) -> None:
+        """Write queued nodes (at most `max_batches` statements' worth; all when None)."""
+        done = 0
+        while self._dirty and (max_batches is None or done < max_batches):
             if not await self._write_batch():
                 return
+            done += 1
 
     async def _write_batch(self) -> bool:
         """Write up to one batch; False when the database refused it (the nodes are queued again)."""
@@ -105,13 +111,11 @@ class NodeStateWriter:
         seen = [i for i in ids if batch[i][1] is None]
         try:
             if full:
-                await self._db.execute("touch_nodes", {
-                    "ids": full, "seen_at": [_ts(batch[i][0]) for i in full],
-                    "advertisements": [jsonb(stored_record(batch[i][1])) for i in full],
-                })
+                await self._db.execute("touch_nodes_changed", {"rows": jsonb(
+                    [{"id": i, "t": batch[i][0], "ad": stored_record(batch[i][1])} for i in full])})
                 self.statements += 1
             if seen:
-                await self._db.execute("touch_nodes_seen", {"ids": seen, "seen_at": [_ts(batch[i][0]) for i in seen]})
+                await self._db.execute("touch_nodes_seen", {"rows": jsonb([{"id": i, "t": batch[i][0]} for i in seen])})
                 self.statements += 1
         except StoreError as exc:
             log.warning("node_persist_failed", error=str(exc), nodes=len(ids), action="retrying next interval")
@@ -120,7 +124,3 @@ class NodeStateWriter:
             return False
         self.rows_written += len(ids)
         return True
-
-
-def _ts(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, timezone.utc)

@@ -43,38 +43,38 @@ RETURNING id, name, created_at;
 -- The stored token hash of a node, to verify its advertisements.
 SELECT id, name, token_hash FROM nodes WHERE id = %(id)s;
 
--- name: touch_nodes
--- Batch-record that nodes were seen, with their last advertisement.
-UPDATE nodes AS n
-SET last_seen_at = v.seen_at,
-    first_seen_at = COALESCE(n.first_seen_at, v.seen_at),
-    last_advertisement = v.advertisement
-FROM (
-    SELECT unnest(%(ids)s::text[]) AS id,
-           unnest(%(seen_at)s::timestamptz[]) AS seen_at,
-           unnest(%(advertisements)s::jsonb[]) AS advertisement
-) AS v
-WHERE n.id = v.id;
-
 -- name: touch_nodes_seen
--- Batch-record that nodes were seen (their advertisement, already stored, did not change).
+-- Batch-record that nodes were seen (their advertisement, already stored, did not change); one jsonb array
+-- [{"id", "t": unix seconds}] rather than SQL arrays, whose per-element escaping costs the event loop more.
 UPDATE nodes AS n
 SET last_seen_at = v.seen_at, first_seen_at = COALESCE(n.first_seen_at, v.seen_at)
-FROM (SELECT unnest(%(ids)s::text[]) AS id, unnest(%(seen_at)s::timestamptz[]) AS seen_at) AS v
+FROM (SELECT e ->> 'id' AS id, to_timestamp((e ->> 't')::float8) AS seen_at
+      FROM jsonb_array_elements(%(rows)s::jsonb) AS e) AS v
 WHERE n.id = v.id AND (n.last_seen_at IS NULL OR n.last_seen_at < v.seen_at);
 
+-- name: touch_nodes_changed
+-- Batch-record nodes whose advertisement changed: [{"id", "t": unix seconds, "ad": advertisement}] as jsonb.
+UPDATE nodes AS n
+SET last_seen_at = v.seen_at, first_seen_at = COALESCE(n.first_seen_at, v.seen_at), last_advertisement = v.ad
+FROM (SELECT e ->> 'id' AS id, to_timestamp((e ->> 't')::float8) AS seen_at, e -> 'ad' AS ad
+      FROM jsonb_array_elements(%(rows)s::jsonb) AS e) AS v
+WHERE n.id = v.id;
+
 -- name: get_node_token_hashes
--- The stored token hashes of several nodes at once (first advertisements after a start arrive in a burst).
-SELECT id, name, token_hash FROM nodes WHERE id = ANY(%(ids)s);
+-- The stored token hashes of several nodes at once (first advertisements after a start arrive in a burst);
+-- the ids come as one jsonb array.
+SELECT id, name, token_hash FROM nodes
+WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb));
 
 -- name: node_page
 -- Registered nodes after a cursor, in id order (the nodes list merges them with what this replica heard).
-SELECT id, name, last_seen_at FROM nodes
+SELECT id, name, last_seen_at, operator_account_id FROM nodes
 WHERE (%(after)s::text IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s;
 
 -- name: nodes_by_ids
 -- Names and last seen of the given nodes (one page of the nodes list).
-SELECT id, name, last_seen_at FROM nodes WHERE id = ANY(%(ids)s);
+SELECT id, name, last_seen_at, operator_account_id FROM nodes
+WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb));
 
 -- name: list_nodes
 -- Every registered node with what it last advertised.
