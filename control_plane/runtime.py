@@ -12,6 +12,7 @@ from control_plane.accounts.events import KeyEvents
 from control_plane.bus import Bus
 from control_plane.credits.ledger import LedgerRollup
 from control_plane.idempotency.service import Idempotency
+from control_plane.retention.service import Retention
 from control_plane.jobs.dispatcher import Dispatcher
 from control_plane.lib.metrics import ControlPlaneMetrics
 from control_plane.jobs.gateway import SubmitGateway
@@ -102,7 +103,7 @@ class Runtime:
                            ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop()),
                            ("credits-rollup", LedgerRollup(db, settings).run()),
                            ("gateway-upkeep", rt.gateway.run()), ("idempotency-upkeep", rt.idempotency.run()),
-                           ("webhooks", rt.webhooks.run())):
+                           ("webhooks", rt.webhooks.run()), ("retention", Retention(db, settings).run())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
         log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)
         return rt

@@ -95,6 +95,16 @@ class Settings:
     webhook_timeout_s: float = 10.0
     webhook_poll_s: float = 0.5
 
+    # -- bounded storage --
+    #: Days a job's prompts and outputs are kept after it ended (INFERNET_JOB_CONTENT_RETENTION_DAYS; 0 = forever).
+    #: Past it they are removed from the row (metadata, usage and cost stay), ended webhook deliveries are
+    #: dropped, and credit ledger entries are folded into per-account totals (balances stay exact).
+    job_content_retention_days: float = 30.0
+    #: Rows per pruning statement, statements per kind per pass, and seconds between passes.
+    retention_batch: int = 500
+    retention_max_batches: int = 20
+    retention_interval_s: float = 60.0
+
     # -- OpenAI/Ollama compatibility --
     #: Image bytes one request may carry in all (INFERNET_MAX_IMAGE_BYTES); an assignment must fit one NATS message.
     max_image_bytes: int = 512 * 1024

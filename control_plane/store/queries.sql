@@ -462,9 +462,14 @@ LEFT JOIN LATERAL (
     FROM jobs WHERE node_id = n.id AND status = 'completed'
 ) j ON true
 LEFT JOIN (
-    SELECT node_id, sum(amount) AS earned FROM credit_ledger
-    WHERE account_id = %(account_id)s AND kind = 'payout'
-      AND (%(node_ids)s::text[] IS NULL OR node_id = ANY(%(node_ids)s))
+    SELECT node_id, sum(amount) AS earned FROM (
+        SELECT node_id, amount FROM credit_ledger
+        WHERE account_id = %(account_id)s AND kind = 'payout'
+          AND (%(node_ids)s::text[] IS NULL OR node_id = ANY(%(node_ids)s))
+        UNION ALL  -- payouts older than the retention, folded (migration 0070)
+        SELECT node_id, amount FROM credit_payouts_folded
+        WHERE account_id = %(account_id)s AND (%(node_ids)s::text[] IS NULL OR node_id = ANY(%(node_ids)s))
+    ) AS payouts
     GROUP BY node_id
 ) p ON p.node_id = n.id
 WHERE n.operator_account_id = %(account_id)s AND (%(node_ids)s::text[] IS NULL OR n.id = ANY(%(node_ids)s))
@@ -589,3 +594,77 @@ RETURNING secret, created_at;
 INSERT INTO webhook_secrets (account_id, secret) VALUES (%(account_id)s, %(secret)s)
 ON CONFLICT (account_id) DO UPDATE SET secret = EXCLUDED.secret, created_at = now()
 RETURNING secret, created_at;
+
+-- ==== retention: job content, ledger folding, webhook deliveries ====
+
+-- name: prune_job_content
+-- Remove prompts and outputs from up to `limit` ended jobs older than the retention; metadata, usage and cost stay.
+UPDATE jobs AS j
+SET request = j.request - %(request_keys)s::text[],
+    result = CASE WHEN j.result IS NULL THEN NULL ELSE j.result - %(result_keys)s::text[] END,
+    content_pruned_at = now()
+FROM (SELECT id FROM jobs
+      WHERE content_pruned_at IS NULL AND status IN ('completed', 'failed', 'cancelled')
+        AND completed_at < now() - make_interval(secs => %(retention_secs)s)
+      ORDER BY completed_at
+      LIMIT %(limit)s
+      FOR UPDATE SKIP LOCKED) AS old
+WHERE j.id = old.id;
+
+-- name: forget_webhook_deliveries
+-- Drop up to `limit` ended webhook deliveries older than the retention (their jobs' content is pruned too).
+DELETE FROM webhook_deliveries
+WHERE job_id IN (SELECT job_id FROM webhook_deliveries
+                 WHERE status <> 'pending' AND completed_at < now() - make_interval(secs => %(retention_secs)s)
+                 LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED);
+
+-- name: try_lock_ledger_fold
+-- Only one replica folds the ledger at a time (transaction-scoped; false when another is at it).
+SELECT pg_try_advisory_xact_lock(1229866598, 1) AS locked;
+
+-- name: allow_ledger_fold
+-- Announce the folding transaction to the ledger's append-only trigger (this transaction only).
+SELECT set_config('infernet.ledger_fold', 'on', true);
+
+-- name: fold_ledger
+-- Fold the oldest `limit` ledger entries, when older than the retention and already inside the rollups, into
+-- per-account (and per-node payout) totals, and delete them. Entries of a job still running are kept.
+WITH oldest AS (
+    SELECT id, account_id, node_id, kind, amount, held, job_id, txid, created_at
+    FROM credit_ledger ORDER BY id LIMIT %(limit)s
+), gone AS (
+    DELETE FROM credit_ledger AS l
+    USING oldest AS o
+    WHERE l.id = o.id AND o.created_at < now() - make_interval(secs => %(retention_secs)s)
+      AND o.txid < (SELECT horizon FROM credit_rollup_state)
+      AND (o.job_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS j
+                                          WHERE j.id = o.job_id AND j.status IN ('pending', 'processing')))
+    RETURNING l.account_id, l.node_id, l.kind, l.amount, l.held, l.created_at
+), per_account AS (
+    INSERT INTO credit_ledger_folded AS f (account_id, amount, held, entries, through)
+    SELECT account_id, sum(amount), sum(held), count(*), max(created_at) FROM gone GROUP BY account_id
+    ON CONFLICT (account_id) DO UPDATE
+    SET amount = f.amount + excluded.amount, held = f.held + excluded.held, entries = f.entries + excluded.entries,
+        through = greatest(f.through, excluded.through)
+    RETURNING 1
+), payouts AS (
+    INSERT INTO credit_payouts_folded AS p (account_id, node_id, amount)
+    SELECT account_id, node_id, sum(amount) FROM gone WHERE kind = 'payout' AND node_id IS NOT NULL
+    GROUP BY account_id, node_id
+    ON CONFLICT (account_id, node_id) DO UPDATE SET amount = p.amount + excluded.amount
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS folded, (SELECT count(*) FROM oldest) AS examined,
+       (SELECT min(created_at) FROM oldest) AS oldest_at;
+
+-- name: ledger_fold_check
+-- Per account: the rollup against the folded totals plus the entries below the horizon (equal when exact).
+SELECT a.id AS account_id, COALESCE(r.balance, 0) AS rollup_balance, COALESCE(r.held, 0) AS rollup_held,
+       COALESCE(f.amount, 0) + COALESCE(l.amount, 0) AS folded_plus_entries_balance,
+       COALESCE(f.held, 0) + COALESCE(l.held, 0) AS folded_plus_entries_held
+FROM accounts a
+LEFT JOIN credit_rollups r ON r.account_id = a.id
+LEFT JOIN credit_ledger_folded f ON f.account_id = a.id
+LEFT JOIN (SELECT account_id, sum(amount) AS amount, sum(held) AS held FROM credit_ledger
+           WHERE txid < (SELECT horizon FROM credit_rollup_state) GROUP BY account_id) l ON l.account_id = a.id;

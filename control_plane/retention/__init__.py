@@ -1,0 +1,1 @@
+"""Bounded storage: job content retention, ledger folding, old webhook deliveries."""
