@@ -18,6 +18,7 @@ from control_plane.health.controller import healthz, readyz
 from control_plane.health.metrics_controller import metrics
 from control_plane.jobs.controller import JobsController
 from control_plane.jobs.service import JobService
+from control_plane.lib.input_guard import GuardedRequest, input_guard_middleware
 from control_plane.lib.request_id import ensure_request_id, request_id_middleware
 from control_plane.ratelimit.headers import ratelimit_headers_middleware
 from control_plane.lib.responses import EXCEPTION_HANDLERS
@@ -94,7 +95,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
             "openai_api": Provide(provide_openai, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware, ratelimit_headers_middleware],
+        middleware=[request_id_middleware, input_guard_middleware, ratelimit_headers_middleware],
+        request_class=GuardedRequest,
         before_send=[ensure_request_id],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

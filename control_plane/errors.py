@@ -22,6 +22,8 @@ class InfernetError(Exception):
 
     code = "internal_error"
     status = 500
+    #: Whether `message` may be shown to the caller; False for errors carrying a driver's text (logged instead).
+    public = True
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

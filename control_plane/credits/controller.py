@@ -62,7 +62,7 @@ class CreditsController(Controller):
             raise BadRequest(f"kind must be among {', '.join(ledger.KINDS)}; got {', '.join(unknown)}", param="kind")
         before = None
         if cursor:
-            if not cursor.isdigit() or len(cursor) > 19:
+            if not cursor.isdigit() or len(cursor) > 19 or int(cursor) > 2**63 - 1:
                 raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
             before = int(cursor)
         rows = await ledger.transactions(runtime.db, principal.account_id, limit=limit, before=before, kinds=kinds,

@@ -21,8 +21,8 @@ PROBLEM_TYPE_BASE = "https://infernet.dev/errors/"
 
 _TITLES = {
     400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 422: "Unprocessable Content",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+    422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
     503: "Service Unavailable",
 }
 
@@ -71,10 +71,15 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     return f"invalid request: {exc.detail}", None
 
 
+#: What the caller reads when an error's own text is not for them (a database driver's message, say).
+HIDDEN_MESSAGE = "something went wrong on our side; retry, and quote the x-request-id if it persists"
+
+
 def handle_infernet_error(request: Request, exc: InfernetError) -> Response[Any]:
-    if exc.status >= 500:
+    if exc.status >= 500 or not exc.public:
         log.error("request_failed", error=exc.code, detail=exc.message, path=request.url.path)
-    return error_response(request, exc.status, exc.code, exc.message, param=exc.param, headers=exc.headers)
+    message = exc.message if exc.public else HIDDEN_MESSAGE
+    return error_response(request, exc.status, exc.code, message, param=exc.param, headers=exc.headers)
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]:
@@ -84,18 +89,18 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[Any]
     if isinstance(exc, NotFoundException):
         return error_response(request, 404, "not_found", f"no route for {request.method} {request.url.path}")
     if isinstance(exc, MethodNotAllowedException):
-        return error_response(request, 405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+        allow = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        return error_response(request, 405, "method_not_allowed",
+                              f"{request.method} is not allowed on {request.url.path}"
+                              + (f"; it accepts {allow}" if allow else ""), headers=exc.headers)
     status = exc.status_code
-    code = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}.get(status, "bad_request" if status < 500 else "internal_error")
+    code = {401: "unauthorized", 403: "forbidden", 413: "payload_too_large", 429: "rate_limited"}.get(status, "bad_request" if status < 500 else "internal_error")
     return error_response(request, status, code, str(exc.detail), headers=exc.headers)
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[Any]:
     log.exception("unhandled_error", path=request.url.path, method=request.method)
-    return error_response(
-        request, 500, "internal_error",
-        "something went wrong on our side; retry, and quote the x-request-id if it persists",
-    )
+    return error_response(request, 500, "internal_error", HIDDEN_MESSAGE)
 
 
 EXCEPTION_HANDLERS = {

@@ -17,10 +17,11 @@ from control_plane.store.queries import query
 
 
 class StoreError(InfernetError):
-    """A database operation failed."""
+    """A database operation failed; the driver's text is logged, never shown to the caller."""
 
     code = "internal_error"
     status = 500
+    public = False
 
 
 class StoreUnavailable(StoreError):
