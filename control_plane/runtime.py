@@ -13,6 +13,7 @@ from control_plane.bus import Bus
 from control_plane.credits.ledger import LedgerRollup
 from control_plane.idempotency.service import Idempotency
 from control_plane.retention.service import Retention
+from control_plane.health.metrics_listener import scrape, serve_metrics
 from control_plane.jobs.dispatcher import Dispatcher
 from control_plane.lib.metrics import ControlPlaneMetrics
 from control_plane.jobs.gateway import SubmitGateway
@@ -105,6 +106,9 @@ class Runtime:
                            ("gateway-upkeep", rt.gateway.run()), ("idempotency-upkeep", rt.idempotency.run()),
                            ("webhooks", rt.webhooks.run()), ("retention", Retention(db, settings).run())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
+        if settings.metrics_port:
+            rt.tasks.append(asyncio.create_task(serve_metrics(
+                lambda: scrape(dispatcher, registry), settings.metrics_host, settings.metrics_port), name="metrics"))
         log.info("control_plane_started", replica_id=settings.replica_id, nats=settings.nats_url)
         return rt
 

@@ -22,6 +22,10 @@ class Settings:
     #: Address and port the HTTP API listens on (INFERNET_HTTP_HOST, INFERNET_HTTP_PORT).
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    #: The internal metrics listener (INFERNET_METRICS_HOST, INFERNET_METRICS_PORT): GET /metrics without a key,
+    #: for Prometheus on a private interface. 0 = none; the public port serves /metrics to admin keys only.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     #: Name of this replica in logs and job claims (INFERNET_REPLICA_ID); random by default.
     replica_id: str = field(default_factory=_replica_id)
     #: "json" for production, "console" for humans (INFERNET_LOG_FORMAT), and the level (INFERNET_LOG_LEVEL).

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import httpx
+
+from tests.fixtures.ports import free_port
+from tests.harness import Stack
 from tests.doubles.ollama_double import OllamaDouble
 from tests.fixtures.waiting import wait_until
 
@@ -141,17 +145,32 @@ async def test_an_attempt_recorded_but_never_offered_is_replaced(stack, double):
     assert job["status"] == "completed" and job["attempt"] == 2
 
 
-async def test_metrics_count_jobs_and_offers(stack, double):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
-    await stack.wait_job(key, (await stack.submit(key, model="qwen2.5:7b")).json()["id"])
-    r = await stack.client.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    assert 'infernet_jobs_submitted_total{kind="chat"} 1.0' in text
-    assert 'infernet_assignment_offers_total{answer="accepted"} 1.0' in text
-    assert "infernet_nodes_online 1.0" in text
+async def test_metrics_count_jobs_and_offers(nats_url, database_url, double):
+    port = free_port()
+    stack = await Stack(nats_url, database_url, {"metrics_port": port}).start()
+    try:
+        key = await stack.key()
+        admin = await stack.key("ops", admin=True)
+        await stack.add_node(double.url)
+        await stack.wait_nodes_serving("qwen2.5:7b")
+        await stack.wait_job(key, (await stack.submit(key, model="qwen2.5:7b")).json()["id"])
+        # The public port answers /metrics to admin keys only...
+        assert (await stack.client.get("/metrics")).status_code == 401
+        r = await stack.client.get("/metrics", headers=stack.auth(key))
+        assert (r.status_code, r.json()["error"]) == (403, "forbidden")
+        public = await stack.client.get("/metrics", headers=stack.auth(admin))
+        # ...the internal listener to anyone who can reach it (a private interface).
+        async with httpx.AsyncClient() as client:
+            internal = await client.get(f"http://127.0.0.1:{port}/metrics")
+            assert (await client.get(f"http://127.0.0.1:{port}/api/v1/jobs")).status_code == 404
+    finally:
+        await stack.stop()
+    for r in (public, internal):
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+        assert 'infernet_jobs_submitted_total{kind="chat"} 1.0' in text
+        assert 'infernet_assignment_offers_total{answer="accepted"} 1.0' in text
+        assert "infernet_nodes_online 1.0" in text
 
 
 async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
@@ -187,7 +206,8 @@ async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
             ticker.cancel()
             await nc.close()
     assert all(j["status"] == "completed" and j["node_id"] == real.node_id for j in jobs), jobs
-    assert 'infernet_assignment_offers_total{answer="unanswered"}' in (await stack.client.get("/metrics")).text
+    admin = stack.auth(await stack.key("ops", admin=True))
+    assert 'infernet_assignment_offers_total{answer="unanswered"}' in (await stack.client.get("/metrics", headers=admin)).text
 
 
 async def test_operators_see_what_their_own_nodes_served_and_earned(stack, double):
