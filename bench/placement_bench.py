@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import platform
 import random
 import statistics
@@ -77,7 +78,8 @@ def run(n: int, decisions: int, seed: int, load: float, limit: int) -> None:
 
     # Heartbeats: every node every 5 s; at ~600 decisions/s that is n/3000 ads per decision.
     ads_per_decision = n / (5.0 * 600)
-    inflight: collections.deque[str] = collections.deque()
+    inflight: collections.deque[tuple[str, str]] = collections.deque()  # (node id, job id)
+    jobs = itertools.count()
     # This replica's jobs fill `load` of the slots the other replicas' jobs (the initial active) leave free;
     # once there, every job placed lets the oldest one finish.
     target_inflight = int(sum(max(s.slots - s.active, 0) for s in sims) * load)
@@ -104,21 +106,21 @@ def run(n: int, decisions: int, seed: int, load: float, limit: int) -> None:
         found = timed("placement decision", record, lambda: placement.candidates(
             registry, model, exclude=exclude, limit=limit))
         if found:
-            node_id = found[0].node_id
-            timed("reserve", record, registry.reserve, node_id)
+            node_id, job_id = found[0].node_id, f"job{next(jobs)}"
+            timed("reserve", record, registry.reserve, node_id, job_id)
             sim = by_id[node_id]
             if sim.active >= sim.slots:  # the node answers at_capacity
-                registry.release(node_id)
+                registry.release(node_id, job_id)
                 registry.mark_full(node_id)
             else:
                 sim.active += 1
-                inflight.append(node_id)
+                inflight.append((node_id, job_id))
         elif record:
             misses += 1
         while len(inflight) > target_inflight:
-            node_id = inflight.popleft()
+            node_id, job_id = inflight.popleft()
             by_id[node_id].active -= 1
-            timed("release", record, registry.release, node_id)
+            timed("release", record, registry.ended, node_id, job_id)
         ad_credit += ads_per_decision
         while ad_credit >= 1:
             ad_credit -= 1

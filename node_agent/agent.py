@@ -1,4 +1,8 @@
-"""The node agent's lifecycle: advertise, accept assignments up to its slots, run them, publish outcomes."""
+"""The node agent's lifecycle: connect, subscribe, advertise on a timer, drain and shut down.
+
+The parts: slots.py (the slot table), assignments.py (assign/cancel handling and job tasks), runner.py
+(one job on the engine), publishing.py (chunks, outcomes, advertisements).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import random
 import secrets
 import time
 from contextlib import aclosing
-from dataclasses import dataclass, field
 
 import msgspec
 import nats
@@ -17,18 +20,20 @@ from nats.aio.client import Client as NATS
 
 import protocol
 from node_agent import __version__
-from node_agent.engines.base import Completion, Delta, Engine, EngineError, EngineModel
+from node_agent.assignments import Assignments
+from node_agent.engines.base import Completion, Engine, EngineError, EngineModel
 from node_agent.gpu import GpuProbe
 from node_agent.metrics import NodeMetrics
+from node_agent.publishing import Publisher
 from node_agent.rates import RollingRates
+from node_agent.runner import JobRunner
 from node_agent.settings import NodeSettings
+from node_agent.slots import RunningJob, SlotTable
 from node_agent.status_http import StatusServer
 from protocol import subjects
 
 log = structlog.get_logger("node_agent")
 
-#: Failure codes a control plane may retry on another node when no token was produced.
-_RETRYABLE = {"engine_unavailable", "engine_busy", "model_unavailable", "node_shutdown"}
 #: The short generation `bench_on_start` runs per loaded model.
 _BENCH_PROMPT = (protocol.ChatMessage(role="user", content="Describe the sea in two sentences."),)
 
@@ -40,13 +45,7 @@ def model_allowed(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> b
     return not allow or any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
 
 
-@dataclass(slots=True)
-class RunningJob:
-    assignment: protocol.Assignment
-    task: asyncio.Task | None = None
-    cancel_reason: str | None = None
-    chunks: int = 0
-    parts: list[str] = field(default_factory=list)
+__all__ = ["NodeAgent", "RunningJob", "model_allowed", "reconnect_backoff"]
 
 
 def reconnect_backoff(servers, server_info) -> tuple:
@@ -66,9 +65,6 @@ class NodeAgent:
         self.node_id = node_id
         self.boot_id = secrets.token_hex(6)
         self.state: str = "online"
-        self.jobs: dict[str, RunningJob] = {}
-        #: Jobs accepted whose outcome is not yet stored on JetStream (advertised as `running`).
-        self.unsettled: set[str] = set()
         self.rates = RollingRates()
         self.models: list[EngineModel] = []
         #: Models the engine has that the allow/deny lists keep from being advertised.
@@ -79,16 +75,17 @@ class NodeAgent:
         self.metrics.slots.set(settings.max_concurrency)
         self.status_server: StatusServer | None = None
         self.started_at = time.time()
-        self.tokens_generated = 0
-        self.outcomes: dict[str, int] = {}
         self.engine_ok = False
         self.engine_version: str | None = None
         self.nc: NATS | None = None
-        self.js = None
-        self.jobs_served = 0
+        self.slots = SlotTable(settings.max_concurrency, on_change=self.metrics.active_slots.set)
+        self.publisher = Publisher(node_id)
+        self.runner = JobRunner(engine, node_id=node_id, engine_name=settings.engine,
+                                coalesce_ms=settings.coalesce_ms, rates=self.rates, metrics=self.metrics,
+                                publish_chunk=self.publisher.chunk)
+        self.assignments = Assignments(node_id, self.slots, self.runner, self.publisher, self.metrics,
+                                       draining=lambda: self.state == "draining", serves=self.serves)
         self._stop = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._engine_warned = False
         self._nats_errors_logged: dict[str, float] = {}
         self._log = log.bind(node_id=node_id)
@@ -113,9 +110,9 @@ class NodeAgent:
             await self._close_side_services()
             await self.engine.aclose()
             return
-        self.js = self.nc.jetstream()
-        await self.nc.subscribe(subjects.node_assign(self.node_id), cb=self._on_assign)
-        await self.nc.subscribe(subjects.node_cancel(self.node_id), cb=self._on_cancel)
+        self.publisher.attach(self.nc)
+        await self.nc.subscribe(subjects.node_assign(self.node_id), cb=self.assignments.on_assign)
+        await self.nc.subscribe(subjects.node_cancel(self.node_id), cb=self.assignments.on_cancel)
         await self.nc.subscribe(subjects.node_drain(self.node_id), cb=self._on_drain)
         await self.nc.flush()
         self._log.info("node_started", nats=self.settings.nats_url, engine=self.settings.engine,
@@ -130,6 +127,32 @@ class NodeAgent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def jobs(self) -> dict[str, RunningJob]:
+        """The jobs holding a slot right now, by id."""
+        return self.slots.running
+
+    @property
+    def unsettled(self) -> set[str]:
+        """Jobs accepted whose outcome is not yet stored on JetStream (advertised as `running`)."""
+        return self.slots.unsettled
+
+    @property
+    def jobs_served(self) -> int:
+        return self.assignments.jobs_served
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return self.assignments.outcomes
+
+    @property
+    def tokens_generated(self) -> int:
+        return self.runner.tokens_generated
+
+    def serves(self, model: str) -> bool:
+        """The engine answers and advertises this model (after the allow/deny lists)."""
+        return self.engine_ok and any(m.name == model for m in self.models)
 
     @property
     def engine_location(self) -> str:
@@ -169,19 +192,19 @@ class NodeAgent:
             await self.advertise()
         grace = self.settings.drain_grace_s if grace_s is None else grace_s
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            await asyncio.wait_for(self.slots.idle.wait(), timeout=grace)
         except asyncio.TimeoutError:
             self._log.warning("drain_grace_expired", running=len(self.jobs), detail="stopping remaining jobs")
-            for job in list(self.jobs.values()):
-                self._cancel(job, "node_shutdown")
-            await asyncio.wait_for(self._idle.wait(), timeout=10)
+            self.slots.stop_all("node_shutdown")
+            await asyncio.wait_for(self.slots.idle.wait(), timeout=10)
         self.stop()
 
+    async def _on_drain(self, msg) -> None:
+        asyncio.create_task(self.drain())
+
     async def _shutdown(self) -> None:
-        for job in list(self.jobs.values()):
-            self._cancel(job, "node_shutdown")
-        tasks = [j.task for j in self.jobs.values() if j.task]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self.slots.stop_all("node_shutdown")
+        await self.assignments.wait_all()
         if self.nc is not None:
             try:
                 await self.nc.drain()
@@ -286,7 +309,7 @@ class NodeAgent:
         return protocol.Advertisement(
             node_id=self.node_id, token=self.settings.node_token or "", agent_version=__version__,
             engine=self.settings.engine, engine_version=self.engine_version, engine_ok=self.engine_ok,
-            state=self.state, slots=self.settings.max_concurrency, active_jobs=len(self.jobs),
+            state=self.state, slots=self.settings.max_concurrency, active_jobs=len(self.slots),
             models=tuple(
                 protocol.ModelInfo(name=m.name, loaded=m.loaded, size_bytes=m.size_bytes,
                                    context_length=m.context_length, tokens_per_second=self.rates.get(m.name),
@@ -298,12 +321,7 @@ class NodeAgent:
         )
 
     async def advertise(self) -> None:
-        if self.nc is None or not self.nc.is_connected:
-            return
-        try:
-            await self.nc.publish(subjects.advertisements(), protocol.encode(self.advertisement()))
-        except Exception as exc:  # disconnected mid-publish: the next tick retries
-            self._log.debug("advertise_failed", error=str(exc))
+        await self.publisher.advertisement(self.advertisement())
 
     async def _advertise_loop(self) -> None:
         while True:
@@ -311,212 +329,3 @@ class NodeAgent:
             await asyncio.sleep(self.settings.advertise_interval_s)
             await self.refresh_engine()
             await self.refresh_gpus()
-
-    # -- assignments -----------------------------------------------------------------------------
-    async def _on_assign(self, msg) -> None:
-        try:
-            assignment = protocol.decode(msg.data, protocol.Assignment)
-        except protocol.DecodeError as exc:
-            self._log.warning("malformed_assignment", error=str(exc))
-            await msg.respond(protocol.encode(protocol.AssignmentReply(
-                job_id="", attempt=0, accepted=False, node_id=self.node_id, reason="bad_assignment", detail=str(exc))))
-            return
-        reason, detail = self._refusal(assignment)
-        reply = protocol.AssignmentReply(job_id=assignment.job_id, attempt=assignment.attempt,
-                                         accepted=reason is None, node_id=self.node_id, reason=reason, detail=detail)
-        if reason is None:
-            job = RunningJob(assignment)
-            self.jobs[assignment.job_id] = job
-            self.unsettled.add(assignment.job_id)
-            self.metrics.active_slots.set(len(self.jobs))
-            self._idle.clear()
-            job.task = asyncio.create_task(self._run(job), name=f"job {assignment.job_id}")
-        await msg.respond(protocol.encode(reply))
-
-    def _refusal(self, a: protocol.Assignment) -> tuple[str | None, str | None]:
-        if self.state == "draining":
-            return "draining", "node is draining"
-        if a.job_id in self.jobs:
-            return "at_capacity", "job already running here"
-        if len(self.jobs) >= self.settings.max_concurrency:
-            return "at_capacity", f"{len(self.jobs)}/{self.settings.max_concurrency} slots busy"
-        if not self.engine_ok or all(m.name != a.model for m in self.models):
-            return "model_unavailable", f"engine does not serve {a.model}"
-        return None, None
-
-    async def _on_cancel(self, msg) -> None:
-        try:
-            cancel = protocol.decode(msg.data, protocol.Cancel)
-        except protocol.DecodeError as exc:
-            self._log.warning("malformed_cancel", error=str(exc))
-            return
-        job = self.jobs.get(cancel.job_id)
-        if job is not None and job.assignment.attempt == cancel.attempt:
-            self._cancel(job, cancel.reason or "cancelled")
-
-    async def _on_drain(self, msg) -> None:
-        asyncio.create_task(self.drain())
-
-    def _cancel(self, job: RunningJob, reason: str) -> None:
-        if job.task is not None and not job.task.done() and job.cancel_reason is None:
-            job.cancel_reason = reason
-            job.task.cancel()
-
-    # -- running a job ---------------------------------------------------------------------------
-    async def _run(self, job: RunningJob) -> None:
-        a = job.assignment
-        bound = self._log.bind(job_id=a.job_id, attempt=a.attempt, model=a.model)
-        started = time.monotonic()
-        try:
-            outcome = await self._execute(job, started)
-        except asyncio.CancelledError:
-            reason = job.cancel_reason or "node_shutdown"
-            outcome = self._failure(job, reason, f"job stopped on node {self.node_id}: {reason}")
-        except EngineError as exc:
-            bound.warning("job_engine_error", error=exc.code, detail=str(exc))
-            self.metrics.engine_errors.labels(code=exc.code).inc()
-            outcome = self._failure(job, exc.code, f"{self.settings.engine} on node {self.node_id}: {exc}",
-                                    produced=exc.produced_tokens)
-        except TimeoutError:
-            outcome = self._failure(job, "timeout", "the job passed its wall-clock deadline")
-        except Exception as exc:
-            bound.exception("job_crashed")
-            outcome = self._failure(job, "internal_error", f"node agent error: {type(exc).__name__}: {exc}")
-        finally:
-            self.jobs.pop(a.job_id, None)
-            self.metrics.active_slots.set(len(self.jobs))
-            if not self.jobs:
-                self._idle.set()
-        self.jobs_served += 1
-        kind = "completed" if isinstance(outcome, protocol.JobResult) else (
-            "cancelled" if outcome.error == "cancelled" else "failed")
-        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
-        self.metrics.job_finished(kind, getattr(outcome, "error", None))
-        bound.info("job_finished", outcome=type(outcome).__name__, error=getattr(outcome, "error", None),
-                   chunks=job.chunks)
-        try:
-            await self._publish_outcome(outcome)
-        finally:
-            self.unsettled.discard(a.job_id)
-
-    def _failure(self, job: RunningJob, code: str, message: str, *, produced: bool = False) -> protocol.JobFailure:
-        a = job.assignment
-        produced = produced or job.chunks > 0
-        return protocol.JobFailure(
-            job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, error=code, message=message,
-            partial_content="".join(job.parts), chunks=job.chunks,
-            retryable=(not produced) and code in _RETRYABLE,
-        )
-
-    async def _execute(self, job: RunningJob, started: float) -> protocol.JobOutcome:
-        a = job.assignment
-        remaining = a.deadline - time.time() if a.deadline else None
-        if remaining is not None and remaining <= 0:
-            raise TimeoutError
-        async with asyncio.timeout(remaining):
-            if a.kind == "embed":
-                vectors, prompt_tokens = await self.engine.embed(a.model, a.inputs)
-                usage = protocol.Usage(prompt_tokens or 0, 0, prompt_tokens or 0)
-                return protocol.JobResult(
-                    job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, usage=usage,
-                    timings=protocol.Timings(duration_ms=(time.monotonic() - started) * 1000),
-                    embeddings=protocol.EmbedOutput(tuple(tuple(v) for v in vectors)),
-                )
-            return await self._generate(job, started)
-
-    async def _generate(self, job: RunningJob, started: float) -> protocol.JobResult:
-        a = job.assignment
-        coalesce = self.settings.coalesce_ms / 1000.0
-        subject = subjects.job_tokens(a.job_id)
-        pending: list[str] = []
-        last_flush = 0.0
-        ttft = None
-        completion = Completion()
-        publish = self.nc.publish
-        lock = asyncio.Lock()  # one publisher at a time, so sequence numbers go out in order
-        timer: asyncio.TimerHandle | None = None
-        loop = asyncio.get_running_loop()
-
-        async def flush() -> None:
-            nonlocal last_flush, timer
-            async with lock:
-                if timer is not None:
-                    timer.cancel()
-                    timer = None
-                if not pending:
-                    return
-                job.chunks += 1
-                text = "".join(pending)
-                pending.clear()
-                last_flush = time.monotonic()
-                await publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text)))
-
-        def flush_later() -> None:
-            # Held text goes out at most coalesce_ms after it arrived, even if the engine pauses.
-            nonlocal timer
-            if timer is None:
-                timer = loop.call_later(coalesce, lambda: asyncio.ensure_future(flush()))
-
-        try:
-            async with aclosing(self.engine.chat(a.model, a.messages, a.params)) as stream:
-                async for item in stream:
-                    if isinstance(item, Delta):
-                        if not item.text:
-                            continue
-                        job.parts.append(item.text)
-                        pending.append(item.text)
-                        now = time.monotonic()
-                        if ttft is None:
-                            ttft = (now - started) * 1000
-                            await flush()
-                        elif now - last_flush >= coalesce:
-                            await flush()
-                        else:
-                            flush_later()
-                    else:
-                        completion = item
-        except EngineError:
-            await flush()  # what the engine produced before failing reaches stream clients too
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        await flush()
-        duration = (time.monotonic() - started) * 1000
-        tps = completion.tokens_per_second
-        self.rates.observe(a.model, tps)
-        prompt = completion.prompt_tokens or 0
-        generated = completion.completion_tokens if completion.completion_tokens is not None else len(job.parts)
-        self.tokens_generated += generated
-        self.metrics.tokens.labels(model=a.model).inc(generated)
-        if (rate := self.rates.get(a.model)) is not None:
-            self.metrics.tokens_per_second.labels(model=a.model).set(rate)
-        return protocol.JobResult(
-            job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, content="".join(job.parts),
-            finish_reason="length" if completion.finish_reason == "length" else "stop",
-            usage=protocol.Usage(prompt, generated, prompt + generated),
-            timings=protocol.Timings(ttft_ms=ttft, duration_ms=duration, tokens_per_second=tps),
-            chunks=job.chunks, tool_calls=tuple(completion.tool_calls),
-            logprobs=tuple(completion.logprobs) if completion.logprobs is not None else None,
-        )
-
-    async def _publish_outcome(self, outcome: protocol.JobOutcome) -> None:
-        """Publish to JetStream until it is stored (deduplicated by job, attempt and lease)."""
-        data = protocol.encode(outcome)
-        subject = subjects.job_result(outcome.job_id)
-        headers = {"Nats-Msg-Id": f"{outcome.job_id}:{outcome.attempt}:{outcome.lease}"}
-        delay = 0.1
-        give_up = time.monotonic() + 3600
-        while True:
-            try:
-                await self.js.publish(subject, data, headers=headers, timeout=5)
-                return
-            except Exception as exc:  # NATS down, JetStream electing, stream missing: keep it and retry
-                if time.monotonic() > give_up:
-                    self._log.error("outcome_dropped", job_id=outcome.job_id, error=str(exc),
-                                    detail="could not store the result for an hour; the control plane will re-place or fail the job")
-                    return
-                self._log.warning("outcome_publish_retry", job_id=outcome.job_id, error=str(exc) or type(exc).__name__,
-                                  retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)

@@ -9,7 +9,7 @@ import msgspec
 from protocol.version import PROTOCOL_VERSION
 
 NodeState = Literal["online", "draining"]
-RejectReason = Literal["at_capacity", "model_unavailable", "draining", "bad_assignment"]
+RejectReason = Literal["at_capacity", "model_unavailable", "draining", "bad_assignment", "cancelled"]
 FinishReason = Literal["stop", "length", "cancelled"]
 JobKind = Literal["chat", "embed"]
 #: What a model can do, as nodes advertise it (ModelInfo.capabilities) and requests need it.
@@ -217,6 +217,8 @@ class Cancel(_Wire, tag="cancel"):
     job_id: str
     attempt: int
     reason: str = "cancelled"
+    #: The offer's lease when the cancel is for one offer only ("" = whatever lease that attempt has).
+    lease: str = ""
 
 
 class NodeVerify(_Wire, tag="node_verify"):

@@ -96,7 +96,6 @@ class Dispatcher:
         self._clock = clock
         self._queues: dict[tuple[str, str | None], deque[QueuedJob]] = {}
         self._held: dict[str, QueuedJob] = {}  # job id -> queued or being offered
-        self._reserved: dict[str, str] = {}  # job id -> node id this replica reserved a slot on
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         #: Set by the runtime: moves a job that its model cannot serve to the next model of its fallback chain.
@@ -169,7 +168,7 @@ class Dispatcher:
                 if node_id is None:
                     break  # FIFO per model: later jobs wait behind the head
                 queue.popleft()
-                self._registry.reserve(node_id)
+                self._registry.reserve(node_id, job.id, job.attempt)
                 self._spawn(self._offer(job, node_id))
             if not queue:
                 del self._queues[key]
@@ -206,13 +205,13 @@ class Dispatcher:
                 "start_attempt", {"id": job.id, "attempt": job.attempt, "lease": lease, "node_id": node_id}
             )
         except StoreError as exc:
-            self._registry.release(node_id)
+            self._registry.release(node_id, job.id, job.attempt)
             bound.warning("placement_db_error", error=str(exc), action="job stays queued; retrying")
             self.enqueue(job, front=True)
             return
         if not started:
             # Cancelled or finished meanwhile: nothing to place.
-            self._registry.release(node_id)
+            self._registry.release(node_id, job.id, job.attempt)
             self._held.pop(job.id, None)
             return
         try:
@@ -222,11 +221,12 @@ class Dispatcher:
         self.metrics.offers.labels(answer="accepted" if reply is not None and reply.accepted
                                    else (reply.reason or "rejected") if reply is not None else "unanswered").inc()
         if reply is not None and reply.accepted:
-            self._reserved[job.id] = node_id
+            # The slot stays reserved in the registry until the job is seen ending, which may already have
+            # happened (a short job's outcome can arrive before this reply is processed): nothing to do here.
             self._held.pop(job.id, None)
             bound.info("job_assigned")
             return
-        self._registry.release(node_id)
+        self._registry.release(node_id, job.id, job.attempt)
         if reply is None:
             bound.warning("assignment_unanswered", detail="node did not answer in time; trying the next node")
             await self._bus_quiet_cancel(node_id, job)
@@ -240,13 +240,19 @@ class Dispatcher:
             # clients never see its chunks mixed with the next node's (chunks carry the attempt).
             job.attempt += 1
         try:
-            await self._db.execute(
+            reverted = await self._db.execute(
                 "revert_attempt",
                 {"id": job.id, "lease": lease, "claimed_by": self._settings.replica_id,
                  "claim_secs": self._settings.claim_secs},
             )
         except StoreError as exc:
             bound.warning("revert_failed", error=str(exc), detail="the sweeper will re-place the job")
+            reverted = False
+        if not reverted:
+            # The row is no longer this offer's (cancelled, lost and re-placed by the sweeper, or the revert
+            # failed): this copy is stale, so queueing it would place the job twice.
+            self._held.pop(job.id, None)
+            return
         if self._pick_possible(job):
             self.enqueue(job, front=True)
         else:
@@ -281,11 +287,9 @@ class Dispatcher:
             log.warning("expire_failed", job_id=job.id, error=str(exc))
 
     # -- outcomes --------------------------------------------------------------------------------
-    def job_ended(self, job_id: str, node_id: str | None) -> None:
-        """Release the slot this replica reserved for a job (any outcome)."""
-        reserved = self._reserved.pop(job_id, None)
-        if reserved is not None:
-            self._registry.release(reserved)
+    def job_ended(self, job_id: str, node_id: str | None, attempt: int | None = None) -> None:
+        """A job's attempt on a node ended (any outcome, whoever placed it): its slot is free again."""
+        self._registry.ended(node_id, job_id, attempt)
         self._wake.set()
 
     async def close(self) -> None:

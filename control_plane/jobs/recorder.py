@@ -43,7 +43,7 @@ class OutcomeRecorder:
                 outcome = protocol.decode(msg.data, protocol.JobOutcome)
             except protocol.DecodeError:
                 return  # the durable consumer logs malformed messages once
-            self._dispatcher.job_ended(outcome.job_id, outcome.node_id)
+            self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
         await self._bus.subscribe(subjects.all_job_results(), on_outcome)
 
     def waiter(self, job_id: str) -> asyncio.Future:

@@ -74,7 +74,7 @@ class Sweeper:
         for row in await self._db.fetchall("stale_processing", {"grace_secs": DEADLINE_GRACE_SECS}):
             if await self._db.execute("expire_processing", {"id": row["id"], "attempt": row["attempt"]}):
                 log.warning("job_timed_out", job_id=row["id"], node_id=row["node_id"])
-                self._dispatcher.job_ended(row["id"], row["node_id"])
+                self._dispatcher.job_ended(row["id"], row["node_id"], row["attempt"])
                 if row["node_id"]:  # if the node still runs it, its engine stops now
                     await self._dispatcher.cancel_on_node(row["node_id"], row["id"], row["attempt"], reason="timeout")
 
@@ -117,7 +117,7 @@ class Sweeper:
     async def lose_attempt(self, row: dict, how: str) -> None:
         """The node running this attempt is gone or no longer has it: re-place the job, or fail it (node_lost)."""
         bound = log.bind(job_id=row["id"], node_id=row["node_id"], attempt=row["attempt"])
-        self._dispatcher.job_ended(row["id"], row["node_id"])
+        self._dispatcher.job_ended(row["id"], row["node_id"], row["attempt"])
         self._registry.record_outcome(row["node_id"], False)
         tokens_sent = row["first_token_at"] is not None
         if not tokens_sent and row["attempt"] < self._settings.max_attempts:

@@ -92,9 +92,14 @@ class _Node:
     offline_since: float = 0.0
     drain_requested: bool = False
     full: bool = False
-    fresh: int = 0  # reservations made since the last advertisement and still running
-    finished: int = 0  # jobs counted in the last advertisement that ended since
-    inflight: int = 0
+    # Slot accounting by job id, exact whatever order reservations, ends and advertisements arrive in:
+    # busy = (advertised jobs not seen ending) + (this replica's reservations the advertisement does not list).
+    held: frozenset[str] = frozenset()  # the jobs the last advertisement listed (`running`)
+    ended: set[str] = field(default_factory=set)  # jobs seen ending, kept while advertisements still list them
+    mine: dict[str, int] = field(default_factory=dict)  # job id -> attempt this replica reserved, not yet ended
+    held_live: int = 0  # |held - ended|
+    extra: int = 0  # |mine - held|
+    anon: int = 0  # a node that does not list its jobs: its advertised count beyond `mine`, less ends seen since
     success_rate: float = 1.0
     sig: tuple | None = None  # what the placement index holds for this node; None: not placed
     placed: list[_Bucket] = field(default_factory=list)  # the buckets holding it, one per model
@@ -107,7 +112,11 @@ class _Node:
 
     @property
     def est_active(self) -> int:
-        return max(max(self.ad.active_jobs, 0) + self.fresh - self.finished, 0)
+        return self.held_live + self.extra + self.anon
+
+    @property
+    def inflight(self) -> int:
+        return len(self.mine)
 
     @property
     def free(self) -> int:
@@ -198,7 +207,7 @@ class NodeRegistry:
                 node.offline, node.drain_requested = False, False
         node.ad, node.interval_s, node.last_seen = ad, interval, now
         node.deadline = now + OFFLINE_AFTER_INTERVALS * interval
-        node.fresh = node.finished = 0
+        self._count_advertised(node, ad)
         node.full = False
         if ad.state == "draining":
             node.drain_requested = False  # acknowledged: from now on the advertisement says
@@ -260,29 +269,70 @@ class NodeRegistry:
             node.contrib = NOTHING
             self._agg.removed(node_id)
 
-    def reserve(self, node_id: str) -> bool:
-        """Count a job this replica is placing on the node until the node's next advertisement includes it."""
+    def reserve(self, node_id: str, job_id: str, attempt: int = 1) -> bool:
+        """Count a job this replica is offering to the node until it is refused or seen ending."""
         node = self._nodes.get(node_id)
         if node is None:
             return False
-        node.fresh += 1
-        node.inflight += 1
+        if job_id not in node.mine and job_id not in node.held:
+            node.extra += 1
+        node.mine[job_id] = attempt
         self._rerank(node)
         return True
 
-    def release(self, node_id: str) -> bool:
-        """A job this replica reserved ended (or was refused); True when the node now has a free slot."""
+    def release(self, node_id: str, job_id: str, attempt: int | None = None) -> bool:
+        """An offer of this replica was not taken (refused, unanswered, never sent): drop its reservation.
+        True when the node now has a free slot."""
         node = self._nodes.get(node_id)
         if node is None:
             return False
-        node.inflight = max(node.inflight - 1, 0)
-        if node.fresh > 0:
-            node.fresh -= 1
-        else:
-            node.finished = min(node.finished + 1, max(node.ad.active_jobs, 0))
+        self._unreserve(node, job_id, attempt)
         node.full = False
         self._rerank(node)
         return node.accepting(self._now()) and node.free > 0
+
+    def ended(self, node_id: str | None, job_id: str, attempt: int | None = None) -> bool:
+        """A job on the node ended (its outcome was seen, or it was lost), whoever placed it: its slot is free.
+        Idempotent; True when the node now has a free slot."""
+        node = self._nodes.get(node_id) if node_id else None
+        if node is None:
+            return False
+        mine = node.mine.get(job_id)
+        if mine is not None and attempt is not None and mine != attempt:
+            return False  # an older attempt's outcome: the job's id holds this node's slot again
+        ours = self._unreserve(node, job_id, attempt)
+        if job_id in node.held:
+            if job_id not in node.ended:
+                node.ended.add(job_id)
+                node.held_live -= 1
+        elif node.ad.running is not None:
+            node.ended.add(job_id)  # a later advertisement may still list it (outcome being stored): not busy
+        elif not ours and node.anon > 0:
+            node.anon -= 1
+        node.full = False
+        self._rerank(node)
+        return node.accepting(self._now()) and node.free > 0
+
+    def _unreserve(self, node: _Node, job_id: str, attempt: int | None) -> bool:
+        mine = node.mine.get(job_id)
+        if mine is None or (attempt is not None and mine != attempt):
+            return False
+        del node.mine[job_id]
+        if job_id not in node.held:
+            node.extra -= 1
+        return True
+
+    def _count_advertised(self, node: _Node, ad: Advertisement) -> None:
+        """Start counting from what the node says it holds (ends seen before it still count as ended)."""
+        if ad.running is None:  # assume it counts every offer made so far, like the jobs it lists would
+            node.held = frozenset(node.mine)
+            node.anon = max(ad.active_jobs - len(node.held), 0)
+            node.ended.clear()
+        else:
+            node.held, node.anon = frozenset(ad.running), 0
+            node.ended &= node.held
+        node.held_live = len(node.held) - len(node.ended)
+        node.extra = sum(1 for job_id in node.mine if job_id not in node.held)
 
     def mark_full(self, node_id: str) -> None:
         """The node refused a job at_capacity: give it no more until its next advertisement or a release."""

@@ -82,9 +82,9 @@ def test_reliability_breaks_speed_ties() -> None:
 def test_load_spreads_over_equal_nodes() -> None:
     reg = registry(*(ad(f"n{i}", slots=4) for i in range(3)))
     chosen = []
-    for _ in range(3):
+    for i in range(3):
         first = candidates(reg, "m", limit=1)[0].node_id
-        reg.reserve(first)
+        reg.reserve(first, f"j{i}")
         chosen.append(first)
     assert sorted(chosen) == ["n0", "n1", "n2"]
 
@@ -133,9 +133,9 @@ def test_same_calls_same_answers() -> None:
             found = candidates(reg, "m")
             out.append(ids(found))
             if found:
-                reg.reserve(found[0].node_id)
+                reg.reserve(found[0].node_id, f"j{k}")
             if k % 3 == 0:
-                reg.release(f"n{k % 12}")
+                reg.ended(f"n{k % 12}", f"j{k - 3}")
         return out
     assert run() == run()
 
@@ -182,6 +182,7 @@ def test_unknown_speed_scores_as_the_prior(kw: dict) -> None:
 
 NODES = [f"n{i}" for i in range(6)]
 MODELS = ["a", "b", "c"]
+JOBS = [f"j{i}" for i in range(8)]
 TPS = [None, 0.0, -3.0, float("nan"), float("inf"), 5.0, 20.0, 21.0, 50.0, 100.5, 1e9]
 
 model_infos = st.builds(ModelInfo, name=st.sampled_from(MODELS), loaded=st.booleans(),
@@ -235,19 +236,23 @@ class PlacementMachine(RuleBasedStateMachine):
         for node_id in self.reg.expire():
             assert self.reg.get(node_id).state == "offline"  # type: ignore[union-attr]
 
-    @rule(node=st.sampled_from(NODES))
-    def reserve(self, node: str) -> None:
-        self.reg.reserve(node)
+    @rule(node=st.sampled_from(NODES), job=st.sampled_from(JOBS))
+    def reserve(self, node: str, job: str) -> None:
+        self.reg.reserve(node, job)
 
-    @rule(node=st.sampled_from(NODES))
-    def release(self, node: str) -> None:
-        self.reg.release(node)
+    @rule(node=st.sampled_from(NODES), job=st.sampled_from(JOBS))
+    def release(self, node: str, job: str) -> None:
+        self.reg.release(node, job)
 
-    @rule(model_name=st.sampled_from(MODELS))
-    def place_and_reserve(self, model_name: str) -> None:
+    @rule(node=st.sampled_from(NODES), job=st.sampled_from(JOBS))
+    def ended(self, node: str, job: str) -> None:
+        self.reg.ended(node, job)
+
+    @rule(model_name=st.sampled_from(MODELS), job=st.sampled_from(JOBS))
+    def place_and_reserve(self, model_name: str, job: str) -> None:
         found = candidates(self.reg, model_name, limit=1)
         if found:
-            self.reg.reserve(found[0].node_id)
+            self.reg.reserve(found[0].node_id, job)
 
     @rule(node=st.sampled_from(NODES))
     def mark_full(self, node: str) -> None:

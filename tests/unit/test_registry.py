@@ -25,10 +25,12 @@ def model(name: str = "llama3", loaded: bool = True, tps: float | None = 50.0) -
 
 
 def ad(node_id: str = "n1", *, models: tuple[ModelInfo, ...] = (model(),), slots: int = 4, active: int = 0,
-       state: str = "online", engine_ok: bool = True, interval: float = 5.0) -> Advertisement:
+       state: str = "online", engine_ok: bool = True, interval: float = 5.0,
+       running: tuple[str, ...] | None = None) -> Advertisement:
     return Advertisement(node_id=node_id, token="t", agent_version="0.1.0", engine="ollama",
                          state=state,  # type: ignore[arg-type]
-                         slots=slots, active_jobs=active, models=models, engine_ok=engine_ok, interval_s=interval)
+                         slots=slots, active_jobs=len(running) if running is not None else active, models=models,
+                         engine_ok=engine_ok, interval_s=interval, running=running)
 
 
 @pytest.fixture
@@ -209,81 +211,105 @@ def test_forget(reg: NodeRegistry) -> None:
 # -- slot accounting --------------------------------------------------------------------------------
 
 def test_reservations_count_until_the_next_advertisement(reg: NodeRegistry) -> None:
-    reg.observe(ad(slots=4, active=1))
+    reg.observe(ad(slots=4, running=("j0",)))
     assert free(reg) == 3
-    assert reg.reserve("n1") and reg.reserve("n1")
+    assert reg.reserve("n1", "j1") and reg.reserve("n1", "j2")
     assert free(reg) == 1 and reg.get("n1").inflight == 2  # type: ignore[union-attr]
-    reg.observe(ad(slots=4, active=3))  # the node now counts both
+    reg.observe(ad(slots=4, running=("j0", "j1", "j2")))  # the node now lists both
     assert free(reg) == 1
-    reg.release("n1")
+    reg.ended("n1", "j1")
     assert free(reg) == 2
-    reg.release("n1")
+    reg.ended("n1", "j2")
     assert free(reg) == 3 and reg.get("n1").inflight == 0  # type: ignore[union-attr]
 
 
-def test_reservations_after_the_advertisement_are_kept_apart(reg: NodeRegistry) -> None:
-    reg.observe(ad(slots=4, active=0))
-    reg.reserve("n1")  # job 1
-    reg.observe(ad(slots=4, active=1))  # includes job 1
-    reg.reserve("n1")  # job 2, not in any advertisement yet
-    assert reg.get("n1").estimated_active == 2  # type: ignore[union-attr]
-    reg.release("n1")
-    assert reg.get("n1").estimated_active == 1  # type: ignore[union-attr]
-    reg.release("n1")
-    assert reg.get("n1").estimated_active == 0  # type: ignore[union-attr]
-    reg.observe(ad(slots=4, active=0))
-    assert reg.get("n1").estimated_active == 0  # type: ignore[union-attr]
+def test_an_end_seen_before_the_advertisement_that_still_lists_the_job(reg: NodeRegistry) -> None:
+    reg.observe(ad(slots=1, running=()))
+    reg.reserve("n1", "j1")
+    reg.ended("n1", "j1")  # the outcome arrived before the offer's reply, before any advertisement
+    assert free(reg) == 1
+    reg.observe(ad(slots=1, running=("j1",)))  # sent while the node was still storing the outcome
+    assert free(reg) == 1
+    reg.observe(ad(slots=1, running=()))
+    reg.observe(ad(slots=1, running=("j1",)))  # listed again after it was gone: a new run of it, busy
+    assert free(reg) == 0
+
+
+def test_ends_of_other_replicas_jobs_free_their_slots(reg: NodeRegistry) -> None:
+    reg.observe(ad(slots=2, running=("theirs",)))
+    reg.reserve("n1", "mine")
+    assert free(reg) == 0
+    reg.ended("n1", "theirs")
+    assert free(reg) == 1
+    reg.ended("n1", "theirs")  # seen twice (recorded, then observed): counted once
+    assert free(reg) == 1
+
+
+def test_a_stale_attempts_end_keeps_the_new_attempts_slot(reg: NodeRegistry) -> None:
+    reg.observe(ad(slots=1, running=()))
+    reg.reserve("n1", "j1", 2)
+    reg.ended("n1", "j1", 1)
+    assert free(reg) == 0
+    reg.ended("n1", "j1", 2)
+    assert free(reg) == 1
 
 
 def test_accounting_never_goes_negative_nor_past_slots(reg: NodeRegistry) -> None:
-    reg.observe(ad(slots=1, active=0))
-    for _ in range(3):
-        reg.reserve("n1")
+    reg.observe(ad(slots=1, running=()))
+    for i in range(3):
+        reg.reserve("n1", f"j{i}")
     view = reg.get("n1")
     assert view is not None and view.free_slots == 0 and view.estimated_active == 3
     assert placement.candidates(reg, "llama3") == []
-    for _ in range(5):
-        reg.release("n1")
+    for _ in range(2):
+        for i in range(3):
+            reg.ended("n1", f"j{i}")
+            reg.release("n1", f"j{i}")
     view = reg.get("n1")
     assert view is not None and view.estimated_active == 0 and view.free_slots == 1 and view.inflight == 0
 
 
-def test_spurious_releases_do_not_drift(reg: NodeRegistry) -> None:
+def test_nodes_that_do_not_list_their_jobs_are_counted_by_number(reg: NodeRegistry) -> None:
     reg.observe(ad(slots=4, active=2))
-    for _ in range(10):
-        reg.release("n1")
+    for i in range(10):
+        reg.ended("n1", f"other{i}")
     assert free(reg) == 4  # at most the advertised jobs can end
-    reg.reserve("n1")
+    reg.reserve("n1", "j1")
     assert free(reg) == 3  # so the next reservation still counts
+    reg.observe(ad(slots=4, active=3))  # counts j1
+    assert free(reg) == 1
+    reg.ended("n1", "j1")
+    assert free(reg) == 2
     reg.observe(ad(slots=4, active=2))
-    assert free(reg) == 2  # and the next advertisement starts afresh
+    assert free(reg) == 2
 
 
 def test_release_says_whether_a_slot_is_free(reg: NodeRegistry) -> None:
-    reg.observe(ad(slots=1, active=0))
-    reg.reserve("n1")
-    reg.reserve("n1")
-    assert reg.release("n1") is False
-    assert reg.release("n1") is True
+    reg.observe(ad(slots=1, running=()))
+    reg.reserve("n1", "j1")
+    reg.reserve("n1", "j2")
+    assert reg.release("n1", "j1") is False
+    assert reg.release("n1", "j2") is True
 
 
 def test_mark_full_until_next_advertisement_or_release(reg: NodeRegistry) -> None:
-    reg.observe(ad(slots=4, active=0))
+    reg.observe(ad(slots=4, running=()))
     reg.mark_full("n1")
     view = reg.get("n1")
     assert view is not None and view.full and view.free_slots == 0
     assert placement.candidates(reg, "llama3") == []
-    assert reg.observe(ad(slots=4, active=1)) & Change.CAPACITY
+    assert reg.observe(ad(slots=4, running=("a",))) & Change.CAPACITY
     assert free(reg) == 3
-    reg.reserve("n1")
+    reg.reserve("n1", "j1")
     reg.mark_full("n1")
     assert free(reg) == 0
-    reg.release("n1")
+    reg.release("n1", "j1")
     assert free(reg) == 3
 
 
 def test_unknown_nodes_are_harmless(reg: NodeRegistry) -> None:
-    assert reg.reserve("nope") is False and reg.release("nope") is False
+    assert reg.reserve("nope", "j") is False and reg.release("nope", "j") is False
+    assert reg.ended("nope", "j") is False and reg.ended(None, "j") is False
     reg.mark_full("nope")
     reg.set_draining("nope")
     reg.record_outcome("nope", False)

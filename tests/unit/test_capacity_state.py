@@ -1,0 +1,376 @@
+"""Slot accounting over shuffled event orders: the dispatcher and registry, and the node's slot table, together.
+
+Every message between the control plane and the node (offer, reply, cancel, outcome, advertisement) is held
+in flight and delivered when hypothesis says, in any order a real network allows (advertisements from one
+node stay in order). The real Dispatcher, NodeRegistry, SlotTable and Assignments run on an event loop this
+test steps; the only stand-ins are at the interfaces the dispatcher owns: an in-memory job table honouring the
+named queries it uses, a bus whose offers wait for the test, and an engine run that ends when the test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import protocol
+from control_plane.bus import BusError
+from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from node_agent.assignments import Assignments
+from node_agent.metrics import NodeMetrics
+from node_agent.slots import RunningJob, SlotTable
+from protocol import subjects
+
+NODE = "node_a"
+MODEL = "m"
+PICK = st.integers(min_value=0, max_value=1_000)
+
+
+class JobTable:
+    """The job rows, honouring the named queries the dispatcher runs (pending/processing/ended, attempt, lease)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+
+    async def execute(self, name: str, params: dict) -> int:
+        row = self.rows.get(params["id"])
+        if row is None:
+            return 0
+        if name == "start_attempt" and row["status"] == "pending":
+            row.update(status="processing", attempt=params["attempt"], lease=params["lease"], node_id=params["node_id"])
+            return 1
+        if name == "revert_attempt" and row["status"] == "processing" and row["lease"] == params["lease"]:
+            row.update(status="pending", lease=None, node_id=None)
+            return 1
+        if name == "fail_pending" and row["status"] == "pending":
+            row.update(status="failed")
+            return 1
+        return 0
+
+
+class HeldBus:
+    """Offers wait until the test delivers the node's reply or times them out; cancels are held in flight."""
+
+    def __init__(self, machine: CapacityMachine) -> None:
+        self.m = machine
+
+    async def assign(self, node_id: str, assignment: protocol.Assignment, timeout: float):
+        fut = asyncio.get_running_loop().create_future()
+        self.m.offers.append(Offer(assignment, fut))
+        return await fut
+
+    async def publish(self, subject: str, message: object) -> None:
+        assert subject == subjects.node_cancel(NODE)
+        self.m.cancels.append(message)
+
+
+class Offer:
+    def __init__(self, assignment: protocol.Assignment, fut: asyncio.Future) -> None:
+        self.assignment = assignment
+        self.fut = fut
+        self.received = False  # the node handled it
+        self.reply: protocol.AssignmentReply | None = None
+
+
+class ReplyMsg:
+    def __init__(self, data: bytes, offer: Offer) -> None:
+        self.data = data
+        self.offer = offer
+
+    async def respond(self, data: bytes) -> None:
+        self.offer.reply = protocol.decode(data, protocol.AssignmentReply)
+
+
+class Msg:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class HeldRunner:
+    """An engine run that ends when the test says (or is stopped by a cancel)."""
+
+    def __init__(self, machine: CapacityMachine) -> None:
+        self.m = machine
+
+    async def run(self, job: RunningJob) -> protocol.JobOutcome:
+        a = job.assignment
+        fut = asyncio.get_running_loop().create_future()
+        self.m.engine[job.key] = fut
+        try:
+            if job.cancel_reason is not None:
+                raise asyncio.CancelledError
+            await fut
+            return protocol.JobResult(job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=NODE, content="x")
+        except asyncio.CancelledError:
+            return protocol.JobFailure(job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=NODE,
+                                       error=job.cancel_reason or "node_shutdown", message="stopped")
+        finally:
+            self.m.engine.pop(job.key, None)
+
+
+class HeldPublisher:
+    def __init__(self, machine: CapacityMachine) -> None:
+        self.m = machine
+
+    async def outcome(self, outcome: protocol.JobOutcome) -> bool:
+        self.m.outcomes.append(outcome)
+        return True
+
+
+class CapacityMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.offers: list[Offer] = []
+        self.cancels: list[protocol.Cancel] = []
+        self.outcomes: list[protocol.JobOutcome] = []
+        self.ads: list[protocol.Advertisement] = []  # in flight, delivered in order
+        self.engine: dict[tuple[str, int], asyncio.Future] = {}
+        self.ids = itertools.count()
+        self.releases: dict[tuple[str, int, str], int] = {}
+        self.db = JobTable()
+        self.registry = NodeRegistry(now=lambda: 0.0)
+        self.dispatcher = Dispatcher(self.db, HeldBus(self), self.registry,  # type: ignore[arg-type]
+                                     Settings(assign_timeout_s=1.0, replica_id="r1"), clock=lambda: 0.0)
+        self.last_delivered_ad: frozenset[str] = frozenset()
+
+    def teardown(self) -> None:
+        async def close() -> None:
+            for offer in self.offers:
+                offer.fut.cancel()
+            for fut in list(self.engine.values()):
+                fut.cancel()
+            await self.dispatcher.close()
+            await self.node.wait_all()
+        self.loop.run_until_complete(close())
+        self.loop.close()
+
+    def step(self, coro=None) -> None:
+        async def go() -> None:
+            if coro is not None:
+                await coro
+            for _ in range(20):  # let every task run until it waits on something the test holds
+                await asyncio.sleep(0)
+        self.loop.run_until_complete(go())
+
+    @initialize(slots=st.integers(1, 3))
+    def start_node(self, slots: int) -> None:
+        self.slots = SlotTable(slots)
+        release = self.slots.release
+
+        def counted_release(job: RunningJob) -> bool:  # a slot is freed exactly once per admitted job
+            freed = release(job)
+            if freed:
+                key = (*job.key, job.assignment.lease)
+                self.releases[key] = self.releases.get(key, 0) + 1
+            return freed
+        self.slots.release = counted_release  # type: ignore[method-assign]
+        self.node = Assignments(NODE, self.slots, HeldRunner(self), HeldPublisher(self), NodeMetrics(),  # type: ignore[arg-type]
+                                draining=lambda: False, serves=lambda model: model == MODEL)
+        self.advertise()
+        self.deliver_ad()
+
+    # -- control plane ---------------------------------------------------------------------------
+    @rule()
+    def submit(self) -> None:
+        job_id = f"job_{next(self.ids)}"
+        self.db.rows[job_id] = {"status": "pending", "attempt": 1, "lease": None, "node_id": None}
+        self.dispatcher.enqueue(QueuedJob(job_id, MODEL, "chat", {"messages": []}, deadline=1e12), wake=False)
+
+    @rule()
+    def dispatch(self) -> None:
+        self.step(self.dispatcher._drain())
+
+    @rule(pick=PICK)
+    def api_cancel(self, pick: int) -> None:
+        live = [j for j, r in self.db.rows.items() if r["status"] in ("pending", "processing")]
+        if live:
+            job_id = live[pick % len(live)]
+            row = self.db.rows[job_id]
+            was = row["status"]
+            row["status"] = "cancelled"
+            self.dispatcher.forget(job_id)
+            if was == "processing":
+                self.step(self.dispatcher.cancel_on_node(NODE, job_id, row["attempt"]))
+
+    # -- the network -----------------------------------------------------------------------------
+    @rule(pick=PICK)
+    def node_receives_offer(self, pick: int) -> None:
+        waiting = [o for o in self.offers if not o.received and not o.fut.done()]
+        if waiting:
+            self.receive(waiting[pick % len(waiting)])
+
+    def receive(self, offer: Offer) -> None:
+        offer.received = True
+        self.step(self.node.on_assign(ReplyMsg(protocol.encode(offer.assignment), offer)))
+
+    @rule(pick=PICK)
+    def reply_arrives(self, pick: int) -> None:
+        answered = [o for o in self.offers if o.reply is not None and not o.fut.done()]
+        if answered:
+            offer = answered[pick % len(answered)]
+            offer.fut.set_result(offer.reply)
+            self.step()
+
+    @rule(pick=PICK, error=st.booleans())
+    def offer_times_out(self, pick: int, error: bool) -> None:
+        pending = [o for o in self.offers if not o.fut.done()]
+        if pending:
+            offer = pending[pick % len(pending)]
+            if error:
+                offer.fut.set_exception(BusError("connection closed"))
+            else:
+                offer.fut.set_result(None)
+            self.step()
+
+    @rule(pick=PICK)
+    def cancel_arrives(self, pick: int) -> None:
+        if self.cancels:
+            cancel = self.cancels.pop(pick % len(self.cancels))
+            self.step(self.node.on_cancel(Msg(protocol.encode(cancel))))
+
+    @rule(pick=PICK)
+    def engine_finishes(self, pick: int) -> None:
+        running = [f for f in self.engine.values() if not f.done()]
+        if running:
+            running[pick % len(running)].set_result(None)
+            self.step()
+
+    @rule(pick=PICK)
+    def outcome_arrives(self, pick: int) -> None:
+        if self.outcomes:
+            outcome = self.outcomes.pop(pick % len(self.outcomes))
+            self.dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
+            self.step()
+
+    @rule()
+    def advertise(self) -> None:
+        self.ads.append(protocol.Advertisement(
+            node_id=NODE, token="t", agent_version="1", engine="ollama", state="online", slots=self.slots.slots,
+            active_jobs=len(self.slots), models=(protocol.ModelInfo(MODEL, loaded=True),),
+            running=tuple(self.slots.unsettled), interval_s=3600.0))
+
+    @precondition(lambda self: self.ads)
+    @rule()
+    def deliver_ad(self) -> None:
+        ad = self.ads.pop(0)
+        self.registry.observe(ad)
+        self.last_delivered_ad = frozenset(ad.running or ())
+        self.step()
+
+    # -- what must always hold -------------------------------------------------------------------
+    def in_flight_jobs(self) -> set[str]:
+        return ({o.assignment.job_id for o in self.offers if not o.fut.done()}
+                | {o.job_id for o in self.outcomes})
+
+    @invariant()
+    def node_never_over_its_slots_and_frees_each_slot_once(self) -> None:
+        if not hasattr(self, "slots"):
+            return
+        assert len(self.slots) <= self.slots.slots
+        assert all(n == 1 for n in self.releases.values()), self.releases
+        for job in self.slots.running.values():  # a job holding a slot is still running or about to
+            assert job.task is not None and not job.task.done()
+
+    @invariant()
+    def registry_neither_loses_nor_double_counts(self) -> None:
+        if not hasattr(self, "slots"):
+            return
+        view = self.registry.get(NODE)
+        assert view is not None
+        # Never double-counted: every job counted is one the node holds or one on its way to or from it.
+        possible = set(self.slots.running) | self.slots.unsettled | self.in_flight_jobs()
+        assert view.estimated_active <= len(possible), (view, possible)
+        # Never lost: a running job the control plane knows of (accepted reply or advertised) is counted.
+        accepted = {o.assignment.job_id for o in self.offers
+                    if o.fut.done() and not o.fut.cancelled() and o.fut.exception() is None
+                    and o.fut.result() is not None and o.fut.result().accepted}
+        known = set(self.slots.running) & (accepted | self.last_delivered_ad)
+        assert view.estimated_active >= len(known), (view, known)
+
+    @invariant()
+    def a_job_is_queued_at_most_once(self) -> None:
+        queued = [j.id for q in self.dispatcher._queues.values() for j in q]
+        assert len(queued) == len(set(queued))
+
+    @rule()
+    def everything_settles(self) -> None:
+        """Deliver every message and finish every run: the node and the registry both end at zero."""
+        for _ in range(50):
+            if not (self.offers and any(not o.fut.done() for o in self.offers) or self.cancels or self.outcomes
+                    or self.engine):
+                break
+            for offer in [o for o in self.offers if not o.fut.done()]:
+                if not offer.received:
+                    self.receive(offer)
+                if offer.reply is not None and not offer.fut.done():
+                    offer.fut.set_result(offer.reply)
+                elif not offer.fut.done():
+                    offer.fut.set_result(None)
+                self.step()
+            while self.cancels:
+                self.cancel_arrives(0)
+            for fut in list(self.engine.values()):
+                if not fut.done():
+                    fut.set_result(None)
+            self.step()
+            while self.outcomes:
+                self.outcome_arrives(0)
+        assert not self.slots.running and not self.slots.unsettled
+        assert self.registry.get(NODE).estimated_active == 0, self.registry.get(NODE)  # before any advertisement
+        self.advertise()
+        while self.ads:
+            self.deliver_ad()
+        assert self.registry.get(NODE).estimated_active == 0
+
+
+TestCapacityMachine = CapacityMachine.TestCase
+TestCapacityMachine.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
+
+
+def test_a_cancel_before_the_job_task_first_runs_still_frees_the_slot_and_reports_it() -> None:
+    """The early-close bug: the cancel reaches the job in the same loop turn as its assignment."""
+    outcomes: list[protocol.JobOutcome] = []
+
+    class Publisher:
+        async def outcome(self, outcome):
+            outcomes.append(outcome)
+            return True
+
+    class Runner:
+        async def run(self, job):
+            if job.cancel_reason is not None:
+                a = job.assignment
+                return protocol.JobFailure(job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=NODE,
+                                           error=job.cancel_reason, message="stopped")
+            raise AssertionError("the job ran although it was cancelled first")
+
+    async def go() -> None:
+        slots = SlotTable(1)
+        node = Assignments(NODE, slots, Runner(), Publisher(), NodeMetrics(),  # type: ignore[arg-type]
+                           draining=lambda: False, serves=lambda m: True)
+        a = protocol.Assignment(job_id="job_1", attempt=1, lease="l", model=MODEL)
+        node.start(a)
+        await node.on_cancel(Msg(protocol.encode(protocol.Cancel("job_1", 1))))  # no await point in between
+        await node.wait_all()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not slots.running and not slots.unsettled and slots.idle.is_set()
+        assert [(o.job_id, o.error) for o in outcomes] == [("job_1", "cancelled")]
+    asyncio.run(go())
+
+
+def test_a_cancel_that_overtakes_its_assignment_refuses_it() -> None:
+    slots = SlotTable(1)
+    assert slots.cancel("job_1", 1, "cancelled") is None
+    a = protocol.Assignment(job_id="job_1", attempt=1, lease="l", model=MODEL)
+    assert slots.refusal(a, draining=False, serves=lambda m: True) == (
+        "cancelled", "the job was cancelled before its assignment arrived")
+    other_offer = protocol.Assignment(job_id="job_2", attempt=1, lease="l2", model=MODEL)
+    slots.cancel("job_2", 1, "unanswered", lease="old")  # cancels one earlier offer only
+    assert slots.refusal(other_offer, draining=False, serves=lambda m: True) is None
