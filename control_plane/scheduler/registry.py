@@ -63,7 +63,7 @@ class NodeView:
     engine_ok: bool
     slots: int
     active_jobs: int  # as last advertised
-    estimated_active: int  # advertised, plus reservations since, minus jobs ended since
+    estimated_active: int  # advertised jobs not seen ending, plus this replica's offers not yet advertised
     free_slots: int  # estimated; 0 while marked full after an at_capacity rejection
     full: bool
     inflight: int  # jobs this replica has reserved on the node and not yet released
