@@ -317,6 +317,7 @@ class NodeAgent:
                 for m in self.models
             ),
             gpus=self.gpus, labels=self.settings.advertised_labels(), boot_id=self.boot_id, running=tuple(self.unsettled),
+            admitted=self.slots.admitted,
             interval_s=self.settings.advertise_interval_s, sent_at=time.time(),
         )
 

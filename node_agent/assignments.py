@@ -42,10 +42,10 @@ class Assignments:
             return
         refused = self.slots.refusal(assignment, draining=self._draining(), serves=self._serves)
         reason, detail = refused if refused is not None else (None, None)
+        admitted = self.start(assignment).admitted if refused is None else 0
         reply = protocol.AssignmentReply(job_id=assignment.job_id, attempt=assignment.attempt,
-                                         accepted=refused is None, node_id=self.node_id, reason=reason, detail=detail)
-        if refused is None:
-            self.start(assignment)
+                                         accepted=refused is None, node_id=self.node_id, reason=reason, detail=detail,
+                                         admitted=admitted)
         await msg.respond(protocol.encode(reply))
 
     def start(self, assignment: protocol.Assignment) -> RunningJob:

@@ -23,6 +23,8 @@ class RunningJob:
     cancel_reason: str | None = None
     #: True once the task's body runs; before that, cancelling the task would skip its cleanup entirely.
     started: bool = False
+    #: This job's admission number in this agent process (1, 2, ...): its reply and later advertisements carry it.
+    admitted: int = 0
     chunks: int = 0
     parts: list[str] = field(default_factory=list)
 
@@ -46,6 +48,8 @@ class SlotTable:
         self.unsettled: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+        #: Assignments admitted so far (advertised as `admitted`).
+        self.admitted = 0
         self._on_change = on_change
         #: (job, attempt) -> lease ("" = any) of cancels that arrived before their assignment.
         self._early_cancels: OrderedDict[tuple[str, int], str] = OrderedDict()
@@ -70,7 +74,8 @@ class SlotTable:
 
     def admit(self, a: protocol.Assignment) -> RunningJob:
         """Take a slot for an accepted assignment (the caller checked refusal() first)."""
-        job = RunningJob(a)
+        self.admitted += 1
+        job = RunningJob(a, admitted=self.admitted)
         self.running[a.job_id] = job
         self.unsettled.add(a.job_id)
         self.idle.clear()

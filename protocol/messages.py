@@ -81,6 +81,9 @@ class Advertisement(_Wire, tag="advertisement"):
     boot_id: str = ""
     #: Jobs the node holds (running, or finished but whose outcome is not yet stored); None = not reported.
     running: tuple[str, ...] | None = None
+    #: Jobs admitted by this agent process so far: an advertisement with admitted >= a reply's `admitted`
+    #: was built after that job was accepted, so a job it does not list in `running` has ended (0 = not reported).
+    admitted: int = 0
     interval_s: float = 5.0
     sent_at: float = 0.0
     protocol_version: int = PROTOCOL_VERSION
@@ -133,6 +136,8 @@ class AssignmentReply(_Wire, tag="assignment_reply"):
     node_id: str
     reason: RejectReason | None = None
     detail: str | None = None
+    #: An accepted job's admission number on the node (see Advertisement.admitted); 0 = not reported.
+    admitted: int = 0
 
 
 class TokenChunk(_Wire, tag="token"):

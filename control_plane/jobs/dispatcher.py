@@ -221,8 +221,10 @@ class Dispatcher:
         self.metrics.offers.labels(answer="accepted" if reply is not None and reply.accepted
                                    else (reply.reason or "rejected") if reply is not None else "unanswered").inc()
         if reply is not None and reply.accepted:
-            # The slot stays reserved in the registry until the job is seen ending, which may already have
-            # happened (a short job's outcome can arrive before this reply is processed): nothing to do here.
+            # The slot stays reserved in the registry until the job is seen ending (which may already have
+            # happened: a short job's outcome can arrive before this reply is processed) or an advertisement
+            # built after its admission no longer lists it.
+            self._registry.accepted(node_id, job.id, job.attempt, reply.admitted)
             self._held.pop(job.id, None)
             bound.info("job_assigned")
             return

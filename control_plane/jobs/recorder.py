@@ -108,6 +108,8 @@ class OutcomeRecorder:
                         action="not acked; JetStream will redeliver")
             await msg.nak(delay=1.0)
             return
+        # Core NATS (observe) may have missed it, e.g. across a NATS restart: free the slot here too (idempotent).
+        self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
         await msg.ack()
 
     async def _keep_partial(self, outcome: protocol.JobOutcome, content: str) -> None:

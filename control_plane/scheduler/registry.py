@@ -96,7 +96,10 @@ class _Node:
     # busy = (advertised jobs not seen ending) + (this replica's reservations the advertisement does not list).
     held: frozenset[str] = frozenset()  # the jobs the last advertisement listed (`running`)
     ended: set[str] = field(default_factory=set)  # jobs seen ending, kept while advertisements still list them
-    mine: dict[str, int] = field(default_factory=dict)  # job id -> attempt this replica reserved, not yet ended
+    # job id -> (attempt, admission number or 0 until the node's reply says, boot id) of this replica's offers
+    # not yet ended; an advertisement built after the admission that does not list the job ends it (an outcome
+    # missed on core NATS, e.g. across a NATS restart, cannot hold the slot forever).
+    mine: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     held_live: int = 0  # |held - ended|
     extra: int = 0  # |mine - held|
     anon: int = 0  # a node that does not list its jobs: its advertised count beyond `mine`, less ends seen since
@@ -276,9 +279,16 @@ class NodeRegistry:
             return False
         if job_id not in node.mine and job_id not in node.held:
             node.extra += 1
-        node.mine[job_id] = attempt
+        node.mine[job_id] = (attempt, 0, node.ad.boot_id)
         self._rerank(node)
         return True
+
+    def accepted(self, node_id: str, job_id: str, attempt: int, admitted: int, boot_id: str | None = None) -> None:
+        """The node accepted this replica's offer as its admission number `admitted` (from its reply)."""
+        node = self._nodes.get(node_id)
+        mine = node.mine.get(job_id) if node is not None else None
+        if mine is not None and mine[0] == attempt and admitted > 0:
+            node.mine[job_id] = (attempt, admitted, node.ad.boot_id if boot_id is None else boot_id)
 
     def release(self, node_id: str, job_id: str, attempt: int | None = None) -> bool:
         """An offer of this replica was not taken (refused, unanswered, never sent): drop its reservation.
@@ -298,7 +308,7 @@ class NodeRegistry:
         if node is None:
             return False
         mine = node.mine.get(job_id)
-        if mine is not None and attempt is not None and mine != attempt:
+        if mine is not None and attempt is not None and mine[0] != attempt:
             return False  # an older attempt's outcome: the job's id holds this node's slot again
         ours = self._unreserve(node, job_id, attempt)
         if job_id in node.held:
@@ -315,7 +325,7 @@ class NodeRegistry:
 
     def _unreserve(self, node: _Node, job_id: str, attempt: int | None) -> bool:
         mine = node.mine.get(job_id)
-        if mine is None or (attempt is not None and mine != attempt):
+        if mine is None or (attempt is not None and mine[0] != attempt):
             return False
         del node.mine[job_id]
         if job_id not in node.held:
@@ -324,6 +334,11 @@ class NodeRegistry:
 
     def _count_advertised(self, node: _Node, ad: Advertisement) -> None:
         """Start counting from what the node says it holds (ends seen before it still count as ended)."""
+        if node.mine and ad.running is not None:
+            listed = set(ad.running)
+            for job_id, (_, admitted, boot_id) in list(node.mine.items()):
+                if admitted and job_id not in listed and (boot_id != ad.boot_id or ad.admitted >= admitted):
+                    del node.mine[job_id]  # accepted, then ended (or lost in a restart) before this advertisement
         if ad.running is None:  # assume it counts every offer made so far, like the jobs it lists would
             node.held = frozenset(node.mine)
             node.anon = max(ad.active_jobs - len(node.held), 0)
