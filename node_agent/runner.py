@@ -10,7 +10,7 @@ from contextlib import aclosing
 import structlog
 
 import protocol
-from node_agent.engines.base import Completion, Delta, Engine, EngineError
+from node_agent.engines.base import Completion, Delta, Engine, EngineError, GenerationFailed
 from node_agent.metrics import NodeMetrics
 from node_agent.rates import RollingRates
 from node_agent.slots import RunningJob
@@ -79,7 +79,10 @@ class JobRunner:
             raise TimeoutError
         async with asyncio.timeout(remaining):
             if a.kind == "embed":
-                vectors, prompt_tokens = await self.engine.embed(a.model, a.inputs)
+                vectors, prompt_tokens = await self.engine.embed(a.model, a.inputs, dimensions=a.params.dimensions)
+                if a.params.dimensions and any(len(v) != a.params.dimensions for v in vectors):
+                    raise GenerationFailed(f"{a.model} returned vectors of {len(vectors[0])} dimensions, not the "
+                                           f"{a.params.dimensions} asked for (the model cannot shorten them)")
                 usage = protocol.Usage(prompt_tokens or 0, 0, prompt_tokens or 0)
                 return protocol.JobResult(
                     job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, usage=usage,

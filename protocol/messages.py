@@ -110,6 +110,8 @@ class GenerationParams(_Wire, omit_defaults=True):
     presence_penalty: float | None = None
     #: Token id (as a string) -> bias added to its logit.
     logit_bias: dict[str, float] | None = None
+    #: Embedding jobs: the vector size asked for (models that support shortening).
+    dimensions: int | None = None
 
 
 class Assignment(_Wire, tag="assignment"):

@@ -70,7 +70,7 @@ class QueuedJob:
 
 #: Generation parameters a request payload may carry beyond the basic sampling ones (tools, logprobs ...).
 _EXTRA_PARAMS = ("tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "frequency_penalty",
-                 "presence_penalty", "logit_bias")
+                 "presence_penalty", "logit_bias", "dimensions")
 
 
 def _message(m: dict[str, Any]) -> protocol.ChatMessage:

@@ -133,7 +133,8 @@ async def _text_chunks(stream: Stream) -> AsyncGenerator[bytes, None]:
             choice = item["choices"][0]
             text = (choice.get("delta") or {}).get("content") or ""
             if text or choice.get("finish_reason") or choice.get("logprobs"):
-                yield _chunk(item, [{"text": text, "index": 0, "logprobs": legacy_logprobs(choice.get("logprobs")),
+                yield _chunk(item, [{"text": text, "index": choice.get("index", 0),
+                                     "logprobs": legacy_logprobs(choice.get("logprobs")),
                                      "finish_reason": choice.get("finish_reason")}])
 
 
@@ -153,8 +154,7 @@ class CompletionsController(Controller):
         if isinstance(answer, Stream):
             return reshape.restream(answer, _text_chunks(answer))
         chat, headers = reshape.completion(answer)
-        choice = chat["choices"][0]
         return Response(TextCompletion(
             id=chat["id"], created=chat["created"], model=chat["model"], usage=answer.content.usage,
-            choices=[CompletionChoice(choice["message"].get("content") or "", 0, choice["finish_reason"],
-                                      legacy_logprobs(choice.get("logprobs")))]), headers=headers)
+            choices=[CompletionChoice(c["message"].get("content") or "", c["index"], c["finish_reason"],
+                                      legacy_logprobs(c.get("logprobs"))) for c in chat["choices"]]), headers=headers)

@@ -157,7 +157,7 @@ class ModelList(Struct):
 # -- embeddings ------------------------------------------------------------------------------------
 class EmbeddingRequest(Struct, forbid_unknown_fields=False):
     model: ModelId
-    #: A string or a list of strings (token arrays are not supported).
+    #: A string, a list of strings, a token array or a list of token arrays (cl100k_base ids, decoded to text).
     input: str | Annotated[list[Any], Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None

@@ -23,7 +23,7 @@ from control_plane.routing import fallback
 from control_plane.routing.schemas import routing_event
 from control_plane.jobs.service import JobService
 from control_plane.jobs.sweeper import DEADLINE_GRACE_SECS
-from control_plane.openai import content
+from control_plane.openai import choices, content, tokens
 from control_plane.openai import schemas as oa
 from control_plane.jobs import tools as tool_rules
 from control_plane.scheduler.registry import NodeRegistry
@@ -95,7 +95,7 @@ def chat_job(body: oa.ChatCompletionRequest, images: dict[str, str] | None = Non
     """The job a chat completion request becomes: its JobCreate and the request payload the job row keeps.
     `images`: the http(s) image URLs of the request, fetched (url -> base64)."""
     if body.n not in (None, 1):
-        raise BadRequest(f"n={body.n} is not supported: Infernet returns exactly one choice (n=1)", param="n")
+        raise BadRequest(f"n={body.n}: a job makes one choice (OpenAIService.chat runs n > 1 as n jobs)", param="n")
     if body.stream_options is not None and not body.stream:
         raise BadRequest("stream_options is only allowed with stream: true", param="stream_options")
     messages = content.job_messages(body.messages, images or {}, max_image_bytes=max_image_bytes)
@@ -218,6 +218,8 @@ class OpenAIService:
                    request_id: str | None, idempotency_key: str | None = None,
                    extra_payload: dict[str, Any] | None = None) -> Response[oa.ChatCompletion] | Stream:
         """`extra_payload`: what an API built on chat (Responses) keeps on the job row beside the request."""
+        if choices.check(body, idempotency_key) > 1:
+            return await choices.complete(self, principal, body, body.n, request_id=request_id)
         job, payload = chat_job(body, await self._fetch_images(body.messages),
                                 max_image_bytes=self._settings.max_image_bytes)
         if extra_payload:
@@ -331,16 +333,15 @@ class OpenAIService:
     # -- embeddings ----------------------------------------------------------------------------------
     async def embeddings(self, principal: Principal, body: oa.EmbeddingRequest, *,
                          request_id: str | None) -> Response[oa.EmbeddingList]:
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        if not all(isinstance(text, str) for text in inputs):
-            raise BadRequest("input must be a string or a list of strings (token arrays are not supported)",
-                             param="input")
+        inputs = tokens.texts(body.input)
         if any(not text for text in inputs):
             raise BadRequest("input must not contain empty strings", param="input")
-        if body.dimensions is not None:
-            raise BadRequest("dimensions is not supported: vectors have the model's own size", param="dimensions")
+        if body.dimensions is not None and not 1 <= body.dimensions <= 65_536:
+            raise BadRequest("dimensions must be between 1 and 65536", param="dimensions")
         job = JobCreate(model=body.model, messages=[MessageIn(role="user", content=t) for t in inputs], max_tokens=1)
         payload: dict[str, Any] = {"inputs": inputs, "stream": False, "api": "openai"}
+        if body.dimensions is not None:  # passed to the engine (Ollama and OpenAI-compatible servers take it)
+            payload["params"] = {"dimensions": body.dimensions}
         if body.user:
             payload["user"] = body.user
         slot = self._relay.admit(principal.account_id)

@@ -120,8 +120,10 @@ class Engine(Protocol):
         """Stream a chat completion: Deltas, then exactly one Completion last. Raises EngineError."""
         ...
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
-        """Embed each input; returns the vectors and the prompt token count (None if unknown)."""
+    async def embed(self, model: str, inputs: Sequence[str], *,
+                    dimensions: int | None = None) -> tuple[list[list[float]], int | None]:
+        """Embed each input (at `dimensions` when given); returns the vectors and the prompt token count (None if
+        unknown)."""
         ...
 
     async def aclose(self) -> None:

@@ -206,7 +206,8 @@ class LlamaCppEngine:
                 with suppress(Exception):
                     await asyncio.shield(worker)
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+    async def embed(self, model: str, inputs: Sequence[str], *,
+                    dimensions: int | None = None) -> tuple[list[list[float]], int | None]:
         raise ModelUnavailable(f"the built-in llama.cpp engine serves no embedding model ({model!r})")
 
     async def aclose(self) -> None:

@@ -217,11 +217,13 @@ class OllamaEngine:
         finally:
             await stream.aclose()  # closes the HTTP response; Ollama sees the disconnect and stops
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+    async def embed(self, model: str, inputs: Sequence[str], *,
+                    dimensions: int | None = None) -> tuple[list[list[float]], int | None]:
         if not inputs:
             return [], 0
         try:
-            response = await self._client.embed(model=model, input=list(inputs), keep_alive=self.keep_alive)
+            response = await self._client.embed(model=model, input=list(inputs), keep_alive=self.keep_alive,
+                                                dimensions=dimensions)
         except _DRIVER_ERRORS as exc:
             raise _engine_error(exc) from exc
         vectors = [list(v) for v in response.embeddings]

@@ -254,10 +254,14 @@ class OpenAICompatEngine:
         finally:
             await response.aclose()  # the server sees the disconnect and stops generating
 
-    async def embed(self, model: str, inputs: Sequence[str]) -> tuple[list[list[float]], int | None]:
+    async def embed(self, model: str, inputs: Sequence[str], *,
+                    dimensions: int | None = None) -> tuple[list[list[float]], int | None]:
         if not inputs:
             return [], 0
-        body = await self._request_json("POST", "/embeddings", json={"model": model, "input": list(inputs)})
+        request: dict[str, Any] = {"model": model, "input": list(inputs)}
+        if dimensions is not None:
+            request["dimensions"] = dimensions
+        body = await self._request_json("POST", "/embeddings", json=request)
         try:
             rows = sorted(body["data"], key=lambda d: d.get("index", 0))
             vectors = [[float(x) for x in row["embedding"]] for row in rows]

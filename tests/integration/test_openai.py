@@ -131,7 +131,7 @@ async def test_error_classes_of_the_sdk(stack, nats_url, database_url):
                 await oa.chat.completions.create(model="gpt-9000", messages=msg)
             assert err.value.code == "model_not_found" and "gpt-9000" in err.value.message
             with pytest.raises(openai.BadRequestError) as err:
-                await oa.chat.completions.create(model=MODEL, messages=msg, n=2)
+                await oa.chat.completions.create(model=MODEL, messages=msg, n=9)
             assert err.value.param == "n" and err.value.body["type"] == "invalid_request_error"
             with pytest.raises(openai.BadRequestError) as err:
                 await oa.chat.completions.create(model=MODEL, messages=msg, temperature=3)
@@ -235,7 +235,7 @@ async def test_embeddings_float_and_base64(stack):
             one = await oa.embeddings.create(model=EMBED, input="hello world")  # the SDK asks for base64
             many = await oa.embeddings.create(model=EMBED, input=["a", "b c"], encoding_format="float")
             with pytest.raises(openai.BadRequestError) as err:
-                await oa.embeddings.create(model=EMBED, input=[[1, 2, 3]])
+                await oa.embeddings.create(model=EMBED, input=[[1, -2, 3]])  # not cl100k_base ids
             assert err.value.param == "input"
             with pytest.raises(openai.NotFoundError):
                 await oa.embeddings.create(model="no-embedder", input="x")
@@ -290,3 +290,55 @@ async def test_gateway_fields_ride_along_as_extension_fields(stack, double):
             await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                              extra_body={"node_id": "not a node"})
         assert err.value.param == "node_id"
+
+
+async def test_embeddings_from_token_arrays_and_with_dimensions(stack):
+    import bpe_openai
+
+    cl100k = bpe_openai.get_encoding("cl100k_base")  # what langchain's OpenAIEmbeddings tokenizes with
+    texts = ["Hello world", "naïve café 🌟"]
+    async with OllamaDouble(models=[EMBED], embed_dim=8) as d:
+        key = await _ready(stack, d, model=EMBED)
+        async with client(stack, key) as oa:
+            arrays = await oa.embeddings.create(model=EMBED, input=[cl100k.encode(t) for t in texts],
+                                                encoding_format="float")
+            sent = d.requests_to("/api/embed")[-1].body
+            one = await oa.embeddings.create(model=EMBED, input=cl100k.encode(texts[0]), encoding_format="float")
+            short = await oa.embeddings.create(model=EMBED, input="x", dimensions=4, encoding_format="float")
+            sent_short = d.requests_to("/api/embed")[-1].body
+            with pytest.raises(openai.BadRequestError) as err:
+                await oa.embeddings.create(model=EMBED, input=["a", [1, 2]])
+            assert err.value.param == "input"
+    assert sent["input"] == texts
+    assert [e.embedding for e in arrays.data] == [embedding(t, 8) for t in texts]
+    assert one.data[0].embedding == embedding(texts[0], 8)
+    assert sent_short["dimensions"] == 4 and short.data[0].embedding == embedding("x", 4)
+
+
+async def test_n_choices_are_independent_jobs_streamed_and_not(stack):
+    async with OllamaDouble(models=[MODEL], token_count=6, delay_ms=1) as d:
+        key = await _ready(stack, d, slots=4)
+        async with client(stack, key) as oa:
+            c = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2, seed=5)
+            seeds = sorted(r.body["options"]["seed"] for r in d.requests_to("/api/chat")[-2:])
+            stream = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=3,
+                                                      stream=True, stream_options={"include_usage": True})
+            chunks = [ch async for ch in stream]
+            with pytest.raises(openai.BadRequestError) as err:
+                await oa.chat.completions.with_raw_response.create(
+                    model=MODEL, messages=[{"role": "user", "content": "x"}], n=2,
+                    extra_headers={"Idempotency-Key": "k1"})
+            assert err.value.param == "n"
+        jobs = (await stack.client.get("/api/v1/jobs", headers=stack.auth(key))).json()["jobs"]
+    expected = "".join(default_tokens("x", 6))
+    assert [ch.index for ch in c.choices] == [0, 1] and all(ch.message.content == expected for ch in c.choices)
+    assert seeds == [5, 6]  # each choice its own job, its own seed
+    # The answer's id is one of its own two jobs (submitted together, so either may be first).
+    assert c.usage.completion_tokens == 12 and c.id in {j["id"] for j in jobs[-2:]}
+    texts = {i: "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].index == i)
+             for i in range(3)}
+    assert texts == {0: expected, 1: expected, 2: expected}
+    assert len({ch.id for ch in chunks}) == 1
+    finishes = sorted(ch.choices[0].index for ch in chunks if ch.choices and ch.choices[0].finish_reason)
+    assert finishes == [0, 1, 2] and chunks[-1].usage.completion_tokens == 18
+    assert len(jobs) == 5 and all(j["status"] == "completed" for j in jobs)
