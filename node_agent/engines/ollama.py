@@ -44,6 +44,8 @@ __all__ = ["DEFAULT_URL", "OllamaEngine", "is_embedding_model"]
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 _BUSY_STATUSES = frozenset({429, 503})
+#: Seconds to wait for /api/show while listing models; past it the model's capabilities are guessed this time.
+_SHOW_TIMEOUT_S = 2.0
 #: Everything the client library can raise for a failed call; mapped by `_engine_error`.
 _DRIVER_ERRORS = (ollama.ResponseError, ollama.RequestError, httpx.TransportError, ConnectionError, ValueError)
 
@@ -161,8 +163,9 @@ class OllamaEngine:
         if key in self._shown:
             return self._shown[key]
         try:
-            shown = await self._client.show(model)
-        except _DRIVER_ERRORS:
+            # Bounded: a slow /api/show must not hold up the listing (and so the advertisement).
+            shown = await asyncio.wait_for(self._client.show(model), timeout=_SHOW_TIMEOUT_S)
+        except (*_DRIVER_ERRORS, TimeoutError):
             return None  # asked again next time
         reported = getattr(shown, "capabilities", None)
         caps = tuple(reported) if isinstance(reported, (list, tuple)) else None
