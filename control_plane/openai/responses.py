@@ -80,6 +80,8 @@ def _choice(choice: Any) -> Any:
 
 def _format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     fmt = (text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise BadRequest("text.format must be an object", param="text")
     if not fmt or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":

@@ -84,6 +84,8 @@ def _features(body: oa.ChatCompletionRequest, params: dict[str, Any]) -> list[st
         params.update(logprobs=True, top_logprobs=body.top_logprobs)
         needs.append("logprobs")
     if body.logit_bias:
+        if not all(k.isdigit() for k in body.logit_bias):
+            raise BadRequest("logit_bias keys must be token ids (digits)", param="logit_bias")
         params["logit_bias"] = body.logit_bias
         needs.append("logit_bias")
     params.update(frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty)
