@@ -79,7 +79,7 @@ async def test_openai_sdk_end_to_end_over_real_processes(cluster):
         with pytest.raises(openai.NotFoundError):
             await oa.chat.completions.create(model="gpt-9000", messages=MSG)
         with pytest.raises(openai.BadRequestError):
-            await oa.chat.completions.create(model=MODEL, messages=MSG, n=3)
+            await oa.chat.completions.create(model=MODEL, messages=MSG, n=9)
         await double_config(engine, stall_after=1)
         held = await oa.chat.completions.create(model=MODEL, messages=MSG, stream=True)
         await anext(aiter(held))
