@@ -18,6 +18,7 @@ from control_plane.health.controller import healthz, readyz
 from control_plane.health.metrics_controller import metrics
 from control_plane.jobs.controller import JobsController
 from control_plane.jobs.service import JobService
+from control_plane.lib import openapi
 from control_plane.lib.input_guard import GuardedRequest, input_guard_middleware
 from control_plane.lib.request_id import ensure_request_id, request_id_middleware
 from control_plane.ratelimit.headers import ratelimit_headers_middleware
@@ -81,7 +82,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
             if own:
                 await app.state.runtime.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, metrics, JobsController, ModelsController, NodesController, OpenAIController,
                         CompletionsController, ResponsesController, OllamaController,
                         KeysController, AdminController, CreditsController,
@@ -109,3 +110,5 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         ),
         debug=False,
     )
+    openapi.install(app)
+    return app

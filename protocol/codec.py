@@ -37,3 +37,7 @@ def decode(data: bytes, kind: type[T] | Any) -> T:
         return _decoder(kind).decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise DecodeError(str(exc)) from exc
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 only when it builds a str
+        raise DecodeError(f"invalid UTF-8 at byte {exc.start}") from exc
+    except RecursionError:  # nesting deeper than msgspec's limit
+        raise DecodeError("message nests arrays or objects too deeply") from None

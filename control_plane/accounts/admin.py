@@ -64,7 +64,7 @@ class AdminController(Controller):
     @get("/accounts", summary="Every account with its credits")
     async def list_accounts(
         self, principal: NamedDependency[Principal], runtime: NamedDependency[Runtime],
-        limit: Annotated[int | None, QueryParameter(description="1-1000, default 100")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=1000, description="1-1000, default 100")] = None,
     ) -> AccountList:
         require_admin(principal, "listing accounts")
         rows = await runtime.db.fetchall("list_accounts", {"limit": max(1, min(limit or 100, 1000))})
@@ -80,7 +80,11 @@ class AdminController(Controller):
     async def update_account(self, account: FromPath[str], data: JSONBody[AccountUpdate],
                              principal: NamedDependency[Principal], runtime: NamedDependency[Runtime]) -> AccountView:
         require_admin(principal, "changing accounts")
-        row = await service.set_account_active(runtime.db, (await _account(runtime.db, account))["id"], data.is_active)
+        target = (await _account(runtime.db, account))["id"]
+        if target == principal.account_id and not data.is_active:
+            raise Conflict("an admin key cannot deactivate its own account (it would lock itself out); "
+                           "use an admin key of another account")
+        row = await service.set_account_active(runtime.db, target, data.is_active)
         await runtime.key_events.invalidate(account_id=row["id"])
         return await _account_view(runtime.db, row)
 

@@ -47,7 +47,7 @@ class CreditsController(Controller):
     @get("/credits/transactions", summary="Your credit ledger, newest first")
     async def transactions(
         self, principal: NamedDependency[Principal], runtime: NamedDependency[Runtime],
-        limit: Annotated[int | None, QueryParameter(description="1-100, default 20")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=100, description="1-100, default 20")] = None,
         cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
         kind: Annotated[str | None, QueryParameter(
             description="comma-separated: deposit, reserve, charge, release, refund, payout")] = None,
@@ -89,7 +89,7 @@ class CreditsController(Controller):
     @get("/usage", summary="Your usage per job, with totals per model and per day")
     async def usage(
         self, principal: NamedDependency[Principal], runtime: NamedDependency[Runtime],
-        limit: Annotated[int | None, QueryParameter(description="1-100, default 20")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=100, description="1-100, default 20")] = None,
         cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
         since: Annotated[str | None, QueryParameter(description="ISO 8601, inclusive (job creation time)")] = None,
         until: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,

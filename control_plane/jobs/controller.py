@@ -57,7 +57,9 @@ class JobsController(Controller):
     async def stream_job(
         self, job_id: FromPath[str], principal: NamedDependency[Principal], jobs: NamedDependency[JobService],
         relay: NamedDependency[TokenRelay],
-        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
+        last_event_id: Annotated[str | None, HeaderParameter(
+            name="Last-Event-ID", required=False, pattern=r"^[0-9]{1,18}$",
+            description="the id of the last event received (a token sequence number): resume after it")] = None,
     ) -> Stream:
         return await native.job_stream(relay, jobs, principal, job_id, last_event_id=last_event_id)
 
@@ -75,7 +77,7 @@ class JobsController(Controller):
     @get("/", summary="List your recent jobs")
     async def list_jobs(
         self, principal: NamedDependency[Principal], jobs: NamedDependency[JobService],
-        limit: Annotated[int | None, QueryParameter(description="1-100, default 20")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=100, description="1-100, default 20")] = None,
         status: Annotated[str | None, QueryParameter(description="pending, processing, completed, failed, cancelled")] = None,
         since: Annotated[str | None, QueryParameter(description="ISO 8601 timestamp")] = None,
     ) -> JobList:

@@ -97,8 +97,20 @@ class GuardedRequest(Request):
         return value
 
 
+async def _options(scope, send) -> None:
+    """204 with the path's real methods in Allow (Litestar's own OPTIONS answer lists only one handler's)."""
+    methods: set[str] = set()
+    handler_map = scope["litestar_app"].route_handler_method_map
+    for path in getattr(scope.get("route_handler"), "paths", ()):
+        methods |= set(handler_map.get(path, ()))
+    allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
+    await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def input_guard_middleware(app):
-    """431 for oversized headers; 400 naming the parameter for a NUL in the query string or a path parameter."""
+    """431 for oversized headers; 400 naming the parameter for a NUL in the query string or a path parameter;
+    OPTIONS answered with every method of the path."""
 
     async def middleware(scope, receive, send):
         if scope["type"] == "http":
@@ -113,6 +125,9 @@ def input_guard_middleware(app):
             for name, value in (scope.get("path_params") or {}).items():
                 if isinstance(value, str) and "\x00" in value:
                     raise BadRequest(f"path parameter {name} contains a NUL character (%00)", param=name)
+            if scope["method"] == "OPTIONS":
+                await _options(scope, send)
+                return
         await app(scope, receive, send)
 
     return middleware

@@ -31,13 +31,13 @@ class NodesController(Controller):
     @get("/", summary="The nodes of the network: state, models, tokens/sec, slots (paginated)")
     async def list_nodes(
         self, principal: NamedDependency[Principal], directory: NamedDependency[NodeDirectory],
-        limit: Annotated[int | None, QueryParameter(description="1-1000, default 100")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=1000, description="1-1000, default 100")] = None,
         cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
         model: Annotated[str | None, QueryParameter(description="only nodes serving this model now")] = None,
         node_state: Annotated[str | None, QueryParameter(name="state",
                                                           description="online, draining or offline")] = None,
     ) -> NodeList:
-        return await directory.page(account_id=principal.account_id, limit=limit, cursor=cursor, model=model,
+        return await directory.page(account_id=principal.account_id, limit=limit, cursor=cursor or None, model=model,
                                     state=node_state)
 
     @post("/{node_id:str}/drain", status_code=202, summary="Drain a node (admin): no new jobs, in-flight ones finish")

@@ -110,3 +110,10 @@ async def test_oversized_bodies_are_413_and_wrong_methods_405_with_allow(stack, 
     r = await stack.client.put("/api/v1/jobs", headers=stack.auth(key))
     assert_clear(r, 405, "method_not_allowed", "PUT")
     assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST", "OPTIONS"}
+
+
+async def test_options_lists_every_method_of_the_path(stack, key):
+    for path, methods in (("/api/v1/jobs", {"GET", "POST", "OPTIONS"}),
+                          ("/api/v1/keys/key_0", {"GET", "PATCH", "DELETE", "OPTIONS"})):
+        r = await stack.client.options(path)
+        assert r.status_code == 204 and set(r.headers["allow"].replace(" ", "").split(",")) == methods, path

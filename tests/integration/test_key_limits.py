@@ -126,3 +126,10 @@ async def test_minting_keys_does_not_multiply_the_rate_budget(limited):
         used = conn.execute("SELECT coalesce(sum(used), 0) FROM rate_limit_windows WHERE dim = 'requests' AND "
                             "key_id = %s", (await _key_id(s, parent),)).fetchone()[0]
     assert used == 4
+
+
+async def test_an_admin_cannot_lock_its_own_account_out(stack):
+    admin = stack.auth(await stack.key("ops", admin=True))
+    r = await stack.client.patch("/api/v1/admin/accounts/ops", headers=admin, json={"is_active": False})
+    assert (r.status_code, r.json()["error"]) == (409, "conflict") and "own account" in r.json()["error_message"]
+    assert (await stack.client.get("/api/v1/admin/accounts/ops", headers=admin)).json()["is_active"] is True
