@@ -82,7 +82,8 @@ class SubmitGateway:
         chain = list(body.fallback_models or ())
         if model == AUTO:
             decision = self.router.route(messages, options=body.routing, key_pool=getattr(principal, "model_pool", None),
-                                         key_optimize=getattr(principal, "optimize_mode", None), max_tokens=max_tokens)
+                                         key_optimize=getattr(principal, "optimize_mode", None), max_tokens=max_tokens,
+                                         needs=payload.get("needs") or ())
             payload["routing"] = decision.to_dict()
             model = decision.model
             chain = chain or decision.fallbacks(self._settings.fallback_max_depth)

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from control_plane.errors import ModelNotFound
+from control_plane.errors import CapabilityUnavailable, ModelNotFound
 from control_plane.routing import network, pricing
 from control_plane.routing.classifier import Classification, classify
 from control_plane.routing.profiles import profile
@@ -61,8 +61,9 @@ class Router:
 
     def route(self, messages: Sequence[Any], *, options: RoutingOptions | None = None,
               key_pool: Sequence[str] | None = None, key_optimize: str | None = None,
-              max_tokens: int = 512) -> RoutingDecision:
-        """Classify the conversation and choose the best-scoring available model of the pool."""
+              max_tokens: int = 512, needs: Sequence[str] = ()) -> RoutingDecision:
+        """Classify the conversation and choose the best-scoring available model of the pool (with `needs`: among
+        the models some online node serves with those capabilities: tools, vision ...)."""
         started = self._clock()
         optimize: Optimize = (options.optimize if options and options.optimize else None) or (
             key_optimize if key_optimize in OPTIMIZE_MODES else None) or self._default_optimize
@@ -75,6 +76,11 @@ class Router:
         if not models:
             raise ModelNotFound("no chat model to route to: the routing pool is empty and no node serves a model;"
                                 " pass routing.model_pool or a model name")
+        if needs:
+            models = [m for m in models if self._registry.capable(m, needs)]
+            if not models:
+                raise CapabilityUnavailable(f"no model of the routing pool is served with {', '.join(needs)} by an "
+                                            "online node", param="tools" if "tools" in needs else "model")
         lives = [network.live(self._registry, m, self._queue_depth) for m in models]
         prices = {lv.model: pricing.resolve(self.price_lookup, lv.model, lv.advertised_price, self._base_price)
                   for lv in lives if lv.status != "unavailable"}

@@ -185,3 +185,21 @@ async def test_the_native_jobs_api_carries_tools_and_tool_calls(stack):
             "role": "tool", "content": "sunny", "tool_name": "get_weather"}
         bad = await stack.submit(key, model=MODEL, messages=ASK, tools=[{"type": "function", "function": {}}])
         assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+
+
+async def test_auto_routing_with_tools_chooses_among_tool_capable_models(stack):
+    small = DoubleModel("qwen2.5:7b", capabilities=("completion",))  # the router's pick for short prompts
+    async with OllamaDouble(models=[small, "qwen2.5:72b"]) as d:
+        key = await stack.key("alice")
+        await stack.add_node(d.url, slots=4)
+        await stack.wait_nodes_serving("qwen2.5:72b")
+        async with client(stack, key) as oa:
+            plain = await oa.chat.completions.with_raw_response.create(model="auto", messages=ASK)
+            assert plain.headers["x-model-used"] == "qwen2.5:7b"
+            raw = await oa.chat.completions.with_raw_response.create(model="auto", messages=ASK, tools=[WEATHER])
+            assert raw.headers["x-model-used"] == "qwen2.5:72b"
+            assert raw.parse().choices[0].finish_reason == "tool_calls"
+            with pytest.raises(openai.BadRequestError) as err:
+                await oa.chat.completions.create(model="auto", messages=ASK, tools=[WEATHER],
+                                                 extra_body={"routing": {"model_pool": ["qwen2.5:7b"]}})
+            assert err.value.code == "capability_unavailable"
