@@ -229,6 +229,9 @@ class NodeAgent:
             self._log.warning("nats_error", error=text)
 
     async def _on_disconnect(self) -> None:
+        if self.nc is not None and (self.nc.is_closed or self.nc.is_draining):  # our own stop: no reconnect
+            self._log.info("nats_closed")
+            return
         self._log.warning("nats_disconnected", detail="reconnecting with backoff; results are held until NATS is back")
 
     async def _on_reconnect(self) -> None:

@@ -63,7 +63,8 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise Unauthorized("missing bearer token: send 'Authorization: Bearer inf_...'")
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer inf_...' (no key yet? an "
+                               "administrator creates one with 'infernet-control-plane keys create --account NAME')")
         scheme, _, raw = authorization.partition(" ")
         raw = raw.strip()
         if scheme.lower() != "bearer" or not raw:
@@ -77,7 +78,8 @@ class Authenticator:
             generation = self._generation
             row = await self._db.fetchone("get_principal_by_key_hash", {"key_hash": digest})
             if row is None or not hmac.compare_digest(bytes(row["key_hash"]), digest):
-                raise Unauthorized("unknown API key: check the key, or create one with POST /api/v1/keys")
+                raise Unauthorized("unknown API key: check the key; an administrator creates keys with "
+                                   "'infernet-control-plane keys create --account NAME'")
             if generation == self._generation:
                 if len(self._cache) > 100_000:
                     self._cache.clear()

@@ -44,7 +44,13 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats_error", error=str(exc))
 
+        holder: list = []
+
         async def on_disconnect() -> None:
+            nc = holder[0] if holder else None
+            if nc is not None and (nc.is_closed or nc.is_draining):  # our own close(): nothing to reconnect
+                log.info("nats_closed")
+                return
             log.warning("nats_disconnected", detail="reconnecting; assignments wait until NATS is back")
 
         async def on_reconnect() -> None:
@@ -58,6 +64,7 @@ class Bus:
             )
         except Exception as exc:  # nats raises several unrelated types on connect failure
             raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
+        holder.append(nc)
         bus = cls(nc, token_replay_secs=token_replay_secs, stream_replicas=stream_replicas)
         await bus.ensure_streams()
         return bus

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -58,14 +59,34 @@ def error_response(
                     media_type="application/json")
 
 
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def _body_field(message: str) -> str | None:
+    """The body field a msgspec validation message is about: `messages[0].role` from "... - at `$.messages[0]`"."""
+    at = _AT.search(message)
+    where = at.group(1) if at else ""
+    missing = _MISSING.search(message)
+    if missing:
+        return f"{where}.{missing.group(1)}" if where else missing.group(1)
+    return where or None
+
+
 def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     extra = exc.extra if isinstance(exc.extra, list) else []
     parts, param = [], None
     for item in extra:
         if isinstance(item, dict):
             key = item.get("key")
+            message = str(item.get("message"))
+            if key == "data" or (key is None and item.get("source") == "body"):
+                key = _body_field(message) or "body"  # the request body: name the field inside it
+                message = _AT.sub("", message)
+            elif key and (missing := _MISSING.search(message)):
+                key = f"{key}.{missing.group(1)}"  # Litestar names the object; the field inside it is missing
             param = param or key
-            parts.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+            parts.append(f"{key}: {message}" if key else message)
     if parts:
         return "invalid request: " + "; ".join(parts), param
     return f"invalid request: {exc.detail}", None

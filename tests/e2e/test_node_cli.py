@@ -85,6 +85,8 @@ async def test_doctor_all_green_against_a_real_control_plane(stack, double, tmp_
         assert any(line.startswith("[  ok]") and line[7:].startswith(check) for line in out.splitlines()), (check, out)
     assert "0.13.0" in out and "llama3.2:1b" in out and "all checks passed" in out
     assert "doctor-node" in out  # the control plane named the node it knows the token for
+    clock = [line for line in out.splitlines() if line[7:].startswith("clock")]
+    assert len(clock) == 1 and "s from the control plane" in clock[0], out  # one figure, not two
 
 
 async def test_doctor_reports_a_token_the_control_plane_does_not_accept(stack, double, tmp_path: Path):

@@ -117,3 +117,22 @@ async def test_options_lists_every_method_of_the_path(stack, key):
                           ("/api/v1/keys/key_0", {"GET", "PATCH", "DELETE", "OPTIONS"})):
         r = await stack.client.options(path)
         assert r.status_code == 204 and set(r.headers["allow"].replace(" ", "").split(",")) == methods, path
+
+
+async def test_a_missing_field_is_named_as_the_param(stack, key):
+    r = await stack.client.post("/api/v1/jobs", json={"messages": MESSAGES},
+                                headers=stack.auth(key) | {"X-API-Version": "2"})
+    assert (r.status_code, r.json()["code"], r.json()["param"]) == (400, "bad_request", "model"), r.text
+    assert "model" in r.json()["detail"]
+    r = await stack.client.post("/api/v1/jobs", json={"model": "qwen2.5:7b", "messages": [{"content": "x"}]},
+                                headers=stack.auth(key) | {"X-API-Version": "2"})
+    assert r.json()["param"] == "messages[0].role", r.text
+    r = await stack.client.post("/v1/chat/completions", json={"messages": MESSAGES}, headers=stack.auth(key))
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "model"), r.text
+
+
+async def test_the_401_points_to_the_cli_that_creates_keys(stack):
+    for headers in ({}, {"Authorization": "Bearer inf_" + "x" * 40}):
+        r = await stack.client.get("/api/v1/jobs", headers=headers)
+        assert r.status_code == 401 and "infernet-control-plane keys create" in r.json()["error_message"]
+        assert "POST /api/v1/keys" not in r.text
