@@ -7,6 +7,7 @@ Prices are credits per 1,000,000 tokens. The same formulas run inside PostgreSQL
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 PER_MESSAGE_OVERHEAD = 16
 #: Tokens a template adds once (a default system prompt, the assistant header), as an upper bound.
 BASE_OVERHEAD = 64
+#: Prompt tokens one image may take (vision encoders use a few hundred to a few thousand per image).
+IMAGE_TOKENS = 4096
 #: max_tokens when a request does not say (the reference API's default).
 DEFAULT_MAX_TOKENS = 512
 TOKENS_PER_PRICE_UNIT = 1_000_000
@@ -35,9 +38,18 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     Byte-level tokenizers never emit more tokens than the UTF-8 bytes they read, so bytes plus the template
     overhead bounds what the engine will count; the charge is capped at the reservation anyway.
     """
-    texts = [str(m.get("content") or "") for m in payload.get("messages") or ()]
+    messages = payload.get("messages") or ()
+    texts = [str(m.get("content") or "") for m in messages]
     texts += [str(i) for i in payload.get("inputs") or ()]
-    return sum(len(t.encode(errors="surrogatepass")) for t in texts) + PER_MESSAGE_OVERHEAD * len(texts) + BASE_OVERHEAD
+    extra = 0
+    if any(len(m) > 2 for m in messages):  # tool calls travel as text; images cost their encoder's tokens
+        extra += sum((len(json.dumps(m["tool_calls"])) if m.get("tool_calls") else 0)
+                     + IMAGE_TOKENS * len(m.get("images") or ()) for m in messages)
+    tools = (payload.get("params") or {}).get("tools")
+    if tools:  # the tool definitions are part of the prompt the engine renders
+        extra += len(json.dumps(tools).encode())
+    return (sum(len(t.encode(errors="surrogatepass")) for t in texts) + PER_MESSAGE_OVERHEAD * len(texts)
+            + BASE_OVERHEAD + extra)
 
 
 def max_completion_tokens(payload: Mapping[str, Any], kind: str = "chat") -> int:

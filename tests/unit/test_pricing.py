@@ -66,3 +66,15 @@ def test_max_completion_tokens():
     assert pricing.max_completion_tokens({"params": {}}) == pricing.DEFAULT_MAX_TOKENS
     assert pricing.max_completion_tokens({}) == pricing.DEFAULT_MAX_TOKENS
     assert pricing.max_completion_tokens({"params": {"max_tokens": 7}}, "embed") == 0
+
+
+def test_prompt_estimate_counts_tools_tool_calls_and_images():
+    from control_plane.credits.pricing import BASE_OVERHEAD, IMAGE_TOKENS, PER_MESSAGE_OVERHEAD, estimate_prompt_tokens
+
+    plain = {"messages": [{"role": "user", "content": "hi"}]}
+    base = estimate_prompt_tokens(plain)
+    assert base == 2 + PER_MESSAGE_OVERHEAD + BASE_OVERHEAD
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert estimate_prompt_tokens({**plain, "params": {"tools": tools}}) > base + 40
+    image = {"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}
+    assert estimate_prompt_tokens(image) == base + IMAGE_TOKENS
