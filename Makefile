@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install up test test-unit test-integration test-e2e bench clean
+.PHONY: install chromium up test test-unit test-integration test-e2e test-browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,18 @@ install: $(VENV)/.installed
 up: install
 	$(VENV)/bin/infernet-control-plane dev
 
-## Install and run every test (unit, integration, e2e).
-test: install
+## Debian's chromium for the console's browser tests (Playwright drives it; Playwright's own browser
+## download cannot work here). Installed with apt-get when missing and possible; else those tests skip, saying why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "Installing Debian's chromium (apt-get) for the console's browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: apt-get could not install chromium: the browser tests will be skipped"; \
+	else echo "warning: chromium is missing and apt-get cannot run here (needs root): the browser tests will be skipped"; fi
+
+## Install and run every test (unit, integration, e2e, browser).
+test: install chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## The fast tier: pure code only, seconds.
@@ -33,6 +43,10 @@ test-integration: install
 
 test-e2e: install
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+## The web console in a real browser (Debian's chromium, driven by Playwright).
+test-browser: install chromium
+	$(PY) -m pytest -q tests/browser $(PYTEST_ARGS)
 
 ## Benchmarks (not tests): figures go into docs/benchmarks.md.
 bench: install

@@ -13,6 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from control_plane.accounts.admin import AdminController
 from control_plane.accounts.auth import Principal
 from control_plane.accounts.controller import KeysController
+from control_plane.console import router as console_router
 from control_plane.credits.controller import CreditsController
 from control_plane.health.controller import healthz, readyz
 from control_plane.health.metrics_controller import metrics
@@ -86,7 +87,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         route_handlers=[healthz, readyz, metrics, JobsController, ModelsController, NodesController, OpenAIController,
                         CompletionsController, ResponsesController, OllamaController,
                         KeysController, AdminController, CreditsController,
-                        WebhooksController],
+                        WebhooksController, console_router.router, console_router.static_router],
         dependencies={
             "principal": Provide(provide_principal),
             "runtime": Provide(provide_runtime, sync_to_thread=False),
@@ -99,7 +100,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         middleware=[request_id_middleware, input_guard_middleware, ratelimit_headers_middleware],
         request_class=GuardedRequest,
         before_send=[ensure_request_id],
-        lifespan=[lifespan],
+        lifespan=[lifespan, console_router.lifespan],
+        template_config=console_router.template_config,
         openapi_config=OpenAPIConfig(
             title="Infernet", version="0.1.0", path="/docs",
             description="Submit inference jobs to an open network of GPU nodes.",

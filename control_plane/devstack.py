@@ -99,6 +99,9 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
 
         key = asyncio.run(_create_key(db_url, "dev", "dev stack", True))
         token = asyncio.run(_register_node(db_url, "dev-node", "dev"))
+        from control_plane.console.sessions import login_link_token
+
+        console_token = asyncio.run(login_link_token(db_url, key))
         engine_note, example_model = "", None
         if start_node:
             engine_env, engine_note, example_model = choose_engine(dict(os.environ))
@@ -110,7 +113,8 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
         url = f"http://{settings.http_host}:{port}"
 
         def banner() -> None:
-            click.echo(_banner(url, key, start_node, engine_note, example_model), err=True)
+            click.echo(_banner(url, key, start_node, engine_note, example_model,
+                               console=f"{url}/console/login/{console_token}"), err=True)
 
         from control_plane.cli import _serve
 
@@ -135,10 +139,13 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
             pg.cleanup()
 
 
-def _banner(url: str, key: str, with_node: bool, engine_note: str = "", model: str | None = None) -> str:
+def _banner(url: str, key: str, with_node: bool, engine_note: str = "", model: str | None = None, *,
+            console: str | None = None) -> str:
     which = f"use {model}" if model else "use a model your Ollama has"
     return f"""
 Infernet is running at {url}   (OpenAPI: {url}/docs)
+
+  Web console, signed in as the dev admin (a one-time link):  {console or url + "/console"}
 
   API key (admin, account "dev"):  {key}
   node agent: {"started; it serves " + engine_note if with_node else "not started (--no-node)"}

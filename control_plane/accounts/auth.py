@@ -84,6 +84,21 @@ class Authenticator:
                 if len(self._cache) > 100_000:
                     self._cache.clear()
                 self._cache[digest] = (now + self._cache_secs, row)
+        return self._principal(row)
+
+    async def authenticate_key_id(self, key_id: str) -> Principal:
+        """The Principal of a key known by id (a console session's key), with the same checks as a bearer key.
+
+        Read fresh each time (no cache): a console session ends as soon as its key is revoked or expires.
+        """
+        row = await self._db.fetchone("get_principal_by_key_id", {"key_id": key_id})
+        if row is None:
+            raise Unauthorized("unknown API key: sign in again")
+        return self._principal(row)
+
+    @staticmethod
+    def _principal(row: dict) -> Principal:
+        """403 for keys that may not be used (revoked, expired, account deactivated); else the caller."""
         if row["revoked_at"] is not None:
             raise Forbidden(f"API key {row['key_id']} ({row['prefix']}...) was revoked; use or create another key")
         if row["expires_at"] is not None and row["expires_at"] <= datetime.now(timezone.utc):

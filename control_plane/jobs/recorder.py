@@ -155,6 +155,8 @@ class OutcomeRecorder:
             self._registry.record_outcome(outcome.node_id, True)
             bound.info("job_completed", completion_tokens=outcome.usage.completion_tokens)
             self._dispatcher.metrics.jobs_finished.labels(status="completed", error="").inc()
+            if outcome.timings.ttft_ms is not None:
+                self._dispatcher.metrics.ttft.observe(outcome.timings.ttft_ms / 1000)
             self._resolve(outcome.job_id, row)
             return row
         # failure

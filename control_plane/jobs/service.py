@@ -129,7 +129,7 @@ class JobService:
         return row
 
     async def list(self, principal: Principal, *, limit: int | None, status: str | None,
-                   since: str | None) -> list[dict]:
+                   since: str | None, model: str | None = None) -> list[dict]:
         limit = 20 if limit is None else limit
         if not 1 <= limit <= 100:
             raise BadRequest("limit must be between 1 and 100", param="limit")
@@ -147,4 +147,5 @@ class JobService:
                 raise BadRequest("since must include a timezone (e.g. 2026-04-30T14:23:41Z)", param="since")
         return await self._db.fetchall("list_jobs", {
             "account_id": principal.account_id, "status": status, "since": since_ts, "limit": limit,
+            "model": model or None,
         })

@@ -24,6 +24,8 @@ class ControlPlaneMetrics:
         self.queue_wait = Histogram("infernet_job_queue_seconds", "Seconds from submit to the accepted assignment",
                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                                              10, 30, 60, 300), registry=r)
+        self.ttft = Histogram("infernet_job_ttft_seconds", "Engine time to first token of completed jobs",
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
         self.queued = Gauge("infernet_jobs_queued", "Pending jobs this replica holds in its queues", registry=r)
         self.nodes_online = Gauge("infernet_nodes_online", "Nodes heard within their offline window", registry=r)
         self.malformed = Counter("infernet_bus_malformed_messages", "Bus messages dropped as malformed, by kind",

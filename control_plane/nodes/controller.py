@@ -1,4 +1,5 @@
-"""`/api/v1/nodes`: the network as any caller may see it, a page at a time, and remote drain for admins."""
+"""`/api/v1/nodes`: the network as any caller may see it, a page at a time, and remote drain (admins, or the
+node's operator)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
-import protocol
 from control_plane.accounts.auth import Principal
-from control_plane.errors import Forbidden, NotFound
 from control_plane.nodes.directory import NodeDirectory
+from control_plane.nodes.service import drain_node
 from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats
 from control_plane.runtime import Runtime
-from protocol import subjects
 
 __all__ = ["DrainAccepted", "NodeEntry", "NodeList", "NodeModel", "NodesController", "OperatorStats"]
 
@@ -40,13 +39,9 @@ class NodesController(Controller):
         return await directory.page(account_id=principal.account_id, limit=limit, cursor=cursor or None, model=model,
                                     state=node_state)
 
-    @post("/{node_id:str}/drain", status_code=202, summary="Drain a node (admin): no new jobs, in-flight ones finish")
+    @post("/{node_id:str}/drain", status_code=202,
+          summary="Drain a node (admin, or its operator): no new jobs, in-flight ones finish")
     async def drain(self, node_id: FromPath[str], principal: NamedDependency[Principal],
                     runtime: NamedDependency[Runtime]) -> DrainAccepted:
-        if not principal.is_admin:
-            raise Forbidden("draining a node needs an admin key")
-        if runtime.registry.get(node_id) is None:
-            raise NotFound(f"node {node_id} is not on the network")
-        runtime.registry.set_draining(node_id)
-        await runtime.bus.publish(subjects.node_drain(node_id), protocol.Drain(node_id, "admin request"))
+        await drain_node(runtime.db, runtime.registry, runtime.bus, principal, node_id)
         return DrainAccepted(node_id=node_id, state="draining")

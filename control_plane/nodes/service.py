@@ -1,4 +1,4 @@
-"""Registers nodes (token shown once) and verifies the tokens nodes put on their advertisements."""
+"""Registers nodes (token shown once), drains them, and verifies the tokens nodes put on their advertisements."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import hmac
 import time
 from dataclasses import dataclass
 
+import protocol
+from control_plane.errors import Forbidden, NotFound
 from control_plane.lib.ids import new_id, new_node_token, secret_hash
+from protocol import subjects
 from control_plane.store import Database
 from control_plane.store.database import jsonb
 from protocol.identity import node_id_from_token
@@ -29,6 +32,19 @@ async def register_node(db: Database, name: str, operator_account_id: str | None
         {"id": node_id, "name": name, "operator_account_id": operator_account_id, "token_hash": secret_hash(token)},
     )
     return RegisteredNode(node_id=node_id, name=name, token=token)
+
+
+async def drain_node(db: Database, registry, bus, principal, node_id: str) -> None:
+    """Drain a node: no new jobs, in-flight ones finish. Admins may drain any node, operators their own."""
+    if not principal.is_admin:
+        row = await db.fetchone("console_node_operator", {"id": node_id}) if node_id.startswith("node_") else None
+        if row is None or row["operator_account_id"] != principal.account_id:
+            raise Forbidden("draining a node needs an admin key, or a key of the account that operates the node")
+    if registry.get(node_id) is None:
+        raise NotFound(f"node {node_id} is not on the network")
+    registry.set_draining(node_id)
+    await bus.publish(subjects.node_drain(node_id), protocol.Drain(node_id, "admin request" if principal.is_admin
+                                                                    else "operator request"))
 
 
 class NodeTokenVerifier:

@@ -111,6 +111,7 @@ FROM jobs j
 WHERE account_id = %(account_id)s
   AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(model)s::text IS NULL OR model = %(model)s)
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
@@ -668,3 +669,89 @@ LEFT JOIN credit_rollups r ON r.account_id = a.id
 LEFT JOIN credit_ledger_folded f ON f.account_id = a.id
 LEFT JOIN (SELECT account_id, sum(amount) AS amount, sum(held) AS held FROM credit_ledger
            WHERE txid < (SELECT horizon FROM credit_rollup_state) GROUP BY account_id) l ON l.account_id = a.id;
+
+-- ==== the web console (control_plane/console) ====
+
+-- name: get_principal_by_key_id
+-- Resolve a key id (a console session's key) to its key and account state, as get_principal_by_key_hash does.
+SELECT k.id AS key_id, k.account_id, k.key_hash, k.prefix, k.is_admin, k.revoked_at, k.expires_at,
+       k.model_pool, k.optimize_mode, k.rate_limit_rpm, k.rate_limit_tpm,
+       a.is_active AS account_active, a.name AS account_name
+FROM api_keys k JOIN accounts a ON a.id = k.account_id
+WHERE k.id = %(key_id)s;
+
+-- name: console_session_create
+-- Open a console session for a key; the cookie's token is stored as its SHA-256 only.
+INSERT INTO console_sessions (token_hash, key_id, csrf_token, expires_at)
+VALUES (%(token_hash)s, %(key_id)s, %(csrf_token)s, now() + make_interval(secs => %(ttl_secs)s))
+RETURNING key_id, csrf_token, expires_at;
+
+-- name: console_session_get
+-- A live console session by its token's hash.
+SELECT s.key_id, s.csrf_token, s.expires_at, a.name AS account_name
+FROM console_sessions s JOIN api_keys k ON k.id = s.key_id JOIN accounts a ON a.id = k.account_id
+WHERE s.token_hash = %(token_hash)s AND s.expires_at > now();
+
+-- name: console_session_delete
+-- Sign out: forget one session.
+DELETE FROM console_sessions WHERE token_hash = %(token_hash)s;
+
+-- name: console_sessions_purge
+-- Forget expired sessions and spent or expired login links.
+WITH s AS (DELETE FROM console_sessions WHERE expires_at <= now() RETURNING 1),
+     l AS (DELETE FROM console_login_links WHERE expires_at <= now() RETURNING 1)
+SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM l) AS purged;
+
+-- name: console_login_link_create
+-- A one-time sign-in link for a key.
+INSERT INTO console_login_links (token_hash, key_id, expires_at)
+VALUES (%(token_hash)s, %(key_id)s, now() + make_interval(secs => %(ttl_secs)s))
+RETURNING key_id, expires_at;
+
+-- name: console_login_link_redeem
+-- Spend a one-time sign-in link: answers its key only the first time, and only before it expires.
+UPDATE console_login_links SET used_at = now()
+WHERE token_hash = %(token_hash)s AND used_at IS NULL AND expires_at > now()
+RETURNING key_id;
+
+-- name: console_replica_stamp
+-- A replica says it is alive, with what it sees of NATS, its node count and its queue.
+INSERT INTO console_replicas (replica_id, started_at, last_seen_at, nats_ok, postgres_ok, nodes_online, queued)
+VALUES (%(replica_id)s, %(started_at)s, now(), %(nats_ok)s, true, %(nodes_online)s, %(queued)s)
+ON CONFLICT (replica_id) DO UPDATE
+SET last_seen_at = now(), nats_ok = EXCLUDED.nats_ok, postgres_ok = true, nodes_online = EXCLUDED.nodes_online,
+    queued = EXCLUDED.queued;
+
+-- name: console_replicas
+-- Replicas heard from in the last hour, freshest first; older ones are forgotten.
+SELECT replica_id, started_at, last_seen_at, nats_ok, postgres_ok, nodes_online, queued,
+       extract(epoch FROM now() - last_seen_at)::float8 AS silent_secs
+FROM console_replicas WHERE last_seen_at > now() - interval '1 hour'
+ORDER BY last_seen_at DESC, replica_id;
+
+-- name: console_pending_by_model
+-- Queue depth of the whole network, per model: jobs waiting for a node.
+SELECT model, count(*)::bigint AS pending FROM jobs WHERE status = 'pending' GROUP BY model ORDER BY model;
+
+-- name: console_operator_earnings_by_day
+-- An operator's payouts per day since a time.
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day, sum(amount)::bigint AS earned, count(*)::bigint AS jobs
+FROM credit_ledger
+WHERE account_id = %(account_id)s AND kind = 'payout' AND created_at >= %(since)s
+GROUP BY day ORDER BY day;
+
+-- name: console_node_failures
+-- Failed jobs per node of an operator since a time.
+SELECT n.id AS node_id, count(j.id)::bigint AS failures
+FROM nodes n LEFT JOIN jobs j ON j.node_id = n.id AND j.status = 'failed' AND j.created_at >= %(since)s
+WHERE n.operator_account_id = %(account_id)s
+GROUP BY n.id;
+
+-- name: console_account_models
+-- The models an account's jobs used, for the jobs filter.
+SELECT DISTINCT model FROM (SELECT model FROM jobs WHERE account_id = %(account_id)s
+                            ORDER BY created_at DESC LIMIT 1000) recent ORDER BY model;
+
+-- name: console_node_operator
+-- Which account operates a node (null: none, or no such node).
+SELECT id, name, operator_account_id FROM nodes WHERE id = %(id)s;

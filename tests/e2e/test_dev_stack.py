@@ -38,6 +38,13 @@ async def test_dev_stack_runs_a_first_job_and_cleans_up_on_sigterm(processes, tm
         job = await wait_job(client, key, r.json()["id"])
     assert job["status"] == "completed" and job["result"]["content"]
 
+    # The banner's console link signs the dev admin in, once.
+    link = re.search(r"(http://127\.0\.0\.1:\d+/console/login/\S+)", dev.log_text()).group(1)
+    async with httpx.AsyncClient(timeout=30) as browser:
+        signed_in = await browser.get(link, follow_redirects=True)
+        assert signed_in.status_code == 200 and "The network at a glance" in signed_in.text
+        assert (await httpx.AsyncClient(timeout=30).get(link)).status_code == 400  # spent
+
     dev.send_signal(signal.SIGTERM)
     assert await dev.wait_exit_async(timeout=60) == 0
     still = [p.pid for p in servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
