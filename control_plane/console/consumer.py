@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
+from control_plane.accounts import policy
 from control_plane.accounts import service as accounts
 from control_plane.accounts.schemas import KeyCreate, KeyUpdate, key_view
 from control_plane.console import views
@@ -118,9 +119,11 @@ class ConsumerController(Controller):
                         "optimize_mode": form.get("optimize_mode") or "balanced",
                         "rate_limit_rpm": optional_int(form, "rate_limit_rpm"),
                         "rate_limit_tpm": optional_int(form, "rate_limit_tpm")}, KeyCreate)
-        created = await accounts.create_key(
-            runtime.db, user.principal.account_id, name=data.name, model_pool=data.model_pool,
-            optimize_mode=data.optimize_mode, rate_limit_rpm=data.rate_limit_rpm, rate_limit_tpm=data.rate_limit_tpm)
+        # The API's rule (accounts.policy): a non-admin key mints keys no wider than itself.
+        bounded = policy.minted_key(user.principal, {"expires_at": None, "rate_limit_rpm": data.rate_limit_rpm,
+                                                     "rate_limit_tpm": data.rate_limit_tpm}, runtime.settings)
+        created = await accounts.create_key(runtime.db, user.principal.account_id, name=data.name,
+                                            model_pool=data.model_pool, optimize_mode=data.optimize_mode, **bounded)
         return await _keys_page(request, user, runtime, created=key_view(created.row, key=created.key), status=201)
 
     @post("/keys/{key_id:str}")
@@ -132,7 +135,10 @@ class ConsumerController(Controller):
                         "optimize_mode": form.get("optimize_mode") or "balanced",
                         "rate_limit_rpm": optional_int(form, "rate_limit_rpm"),
                         "rate_limit_tpm": optional_int(form, "rate_limit_tpm")}, KeyUpdate)
-        await accounts.update_key(runtime.db, user.principal.account_id, key_id, data.changes())
+        changes = data.changes()
+        await accounts.update_key(runtime.db, user.principal.account_id, key_id, changes,
+                                  check=lambda current: policy.check_update(user.principal, current, changes,
+                                                                            runtime.settings))
         await runtime.key_events.invalidate([key_id])
         return redirect(f"/console/keys?saved={key_id}")
 

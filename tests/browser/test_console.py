@@ -71,6 +71,12 @@ async def test_consumer_streams_a_playground_answer_then_finds_the_job_and_its_c
     await expect(page.locator("[data-job-output]")).to_have_text(final)
     await shot(page, "job")
 
+    await nav(page, "Credits").click()
+    credits = (await stack.client.get("/api/v1/credits", headers=stack.auth(key))).json()
+    await expect(page.locator("[data-balance]")).to_have_text(f"{credits['balance']:,}")
+    await expect(page.get_by_role("img", name="Credits per model")).to_contain_text(MODEL)
+    await shot(page, "credits")
+
 
 async def test_a_job_list_updates_by_itself_when_a_job_ends(context, console_stack):
     stack = console_stack
@@ -111,6 +117,15 @@ async def test_consumer_creates_and_revokes_a_key(context, console_stack):
     await expect(page.locator("tr", has_text="ci-pipeline").locator(".status")).to_have_text("revoked")
     refused = await stack.client.get("/api/v1/credits", headers=stack.auth(new_key))
     assert refused.status_code == 403 and "revoked" in refused.json()["error_message"]
+
+    # The API's rule holds here too: a key cannot mint a key wider than itself.
+    create = page.get_by_role("region", name="Create a key")
+    await create.get_by_label("Name", exact=True).fill("too-wide")
+    await create.get_by_label("Requests / min").fill(str(stack.settings.rate_limit_rpm * 10))
+    await create.get_by_role("button", name="Create key").click()
+    await expect(page.get_by_role("alert")).to_contain_text("wider than the creating key's own limit")
+    await expect(page.get_by_text("request id")).to_be_visible()
+    await shot(page, "error")
 
 
 async def test_operator_sees_their_node_go_from_online_to_draining(context, console_stack):
