@@ -69,7 +69,7 @@ def bar_chart(points: Sequence[tuple[str, float]], *, label: str, unit: str = ""
         x = left + i * slot + (slot - bar_w) / 2
         parts.append(f'<rect class="chart-bar" x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" '
                      f'height="{h:.1f}" rx="2"><title>{escape(name)}: {_fmt(value)}{escape(unit)}</title></rect>')
-        if i % every == 0 or i == len(points) - 1:
+        if (len(points) - 1 - i) % every == 0:  # the newest point always has its label
             parts.append(f'<text class="chart-axis" x="{x + bar_w / 2:.1f}" y="{height - 6}" text-anchor="middle">'
                          f"{escape(name)}</text>")
     parts.append("</svg>")

@@ -145,7 +145,7 @@ class JobService:
                 raise BadRequest(f"since must be an ISO 8601 timestamp, got {since!r}", param="since") from None
             if since_ts.tzinfo is None:
                 raise BadRequest("since must include a timezone (e.g. 2026-04-30T14:23:41Z)", param="since")
-        return await self._db.fetchall("list_jobs", {
-            "account_id": principal.account_id, "status": status, "since": since_ts, "limit": limit,
-            "model": model or None,
-        })
+        params = {"account_id": principal.account_id, "status": status, "since": since_ts, "limit": limit}
+        if model:
+            return await self._db.fetchall("list_jobs_of_model", params | {"model": model})
+        return await self._db.fetchall("list_jobs", params)

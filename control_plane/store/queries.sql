@@ -111,7 +111,6 @@ FROM jobs j
 WHERE account_id = %(account_id)s
   AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
-  AND (%(model)s::text IS NULL OR model = %(model)s)
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
@@ -746,6 +745,19 @@ SELECT n.id AS node_id, count(j.id)::bigint AS failures
 FROM nodes n LEFT JOIN jobs j ON j.node_id = n.id AND j.status = 'failed' AND j.created_at >= %(since)s
 WHERE n.operator_account_id = %(account_id)s
 GROUP BY n.id;
+
+-- name: list_jobs_of_model
+-- As list_jobs, for one model only (the console's jobs filter).
+SELECT j.*, CASE WHEN j.request ? 'webhook_url' THEN (
+           SELECT jsonb_build_object('id', d.id, 'status', d.status, 'attempts', d.attempts,
+                                     'next_attempt_at', CASE WHEN d.status = 'pending' THEN d.next_attempt_at END)
+           FROM webhook_deliveries d WHERE d.job_id = j.id) END AS webhook
+FROM jobs j
+WHERE account_id = %(account_id)s AND model = %(model)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
 
 -- name: console_account_models
 -- The models an account's jobs used, for the jobs filter.

@@ -88,6 +88,9 @@ async def test_a_job_list_updates_by_itself_when_a_job_ends(context, console_sta
     job = (await stack.submit(key, model=MODEL)).json()
     row = page.locator(f'tr[data-job-id="{job["id"]}"]')
     await expect(row.locator(".status")).to_have_text("completed", timeout=30_000)  # no reload: SSE
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    await expect(row).to_be_visible()
+    await shot(page, "phone-jobs")
 
 
 async def test_consumer_creates_and_revokes_a_key(context, console_stack):
@@ -113,8 +116,20 @@ async def test_consumer_creates_and_revokes_a_key(context, console_stack):
     await expect(page.locator("[data-secret]")).to_have_count(0)  # shown once: the page never shows it again
     row = page.locator("tr", has_text="ci-pipeline")
     await expect(row).to_contain_text("120 rpm")
+    await row.get_by_text("Edit").click()  # rename, set its model pool, tighten its limit
+    await row.get_by_label("Name").fill("ci-renamed")
+    await row.get_by_label("Model pool").fill(MODEL)
+    await row.get_by_label("Requests / min").fill("60")
+    await row.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("status")).to_contain_text("saved")
+    row = page.locator("tr", has_text="ci-renamed")
+    await expect(row).to_contain_text("60 rpm")
+    await expect(row).to_contain_text(MODEL)
+    api_key = next(k for k in (await stack.client.get("/api/v1/keys", headers=stack.auth(new_key))).json()["keys"]
+                   if k["name"] == "ci-renamed")
+    assert api_key["model_pool"] == [MODEL] and api_key["rate_limit_rpm"] == 60
     await row.get_by_role("button", name="Revoke").click()
-    await expect(page.locator("tr", has_text="ci-pipeline").locator(".status")).to_have_text("revoked")
+    await expect(page.locator("tr", has_text="ci-renamed").locator(".status")).to_have_text("revoked")
     refused = await stack.client.get("/api/v1/credits", headers=stack.auth(new_key))
     assert refused.status_code == 403 and "revoked" in refused.json()["error_message"]
 
