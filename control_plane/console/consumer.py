@@ -47,7 +47,8 @@ async def job_panel(runtime: Runtime, user: ConsoleUser, job_id: str) -> dict:
     request = row.get("request") or {}
     return {"job": job_view(row), "messages": request.get("messages") or [], "params": request.get("params") or {},
             "entries": [transaction_view(e) for e in entries], "request_id_of_job": row.get("request_id"),
-            "partial": (row.get("result") or {}).get("content") if row["status"] in ("failed",) else None}
+            "partial": (row.get("result") or {}).get("content") if row["status"] in ("failed",) else None,
+            "pruned": row.get("content_pruned_at")}
 
 
 class ConsumerController(Controller):
