@@ -75,10 +75,14 @@ async def context(browser, console_stack):
     """A fresh browser profile (no cookies) per test, at a laptop's size."""
     ctx = await browser.new_context(base_url=console_stack.url, viewport={"width": 1366, "height": 900})
     ctx.set_default_timeout(30_000)
+    problems: list[str] = []  # script errors, and anything the Content-Security-Policy blocked
+    ctx.on("weberror", lambda e: problems.append(f"script error: {e.error}"))
+    ctx.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
     try:
         yield ctx
     finally:
         await ctx.close()
+    assert problems == [], problems
 
 
 async def shot(page, name: str) -> Path:
