@@ -62,7 +62,9 @@ async def console_stack(nats_server, pg_server):
         stack.double = double
         try:
             await stack.add_node(double.url, name="gpu-shared")
-            stack.operator_node = await stack.add_node(double.url, name="opco-gpu-1", operator="opco")
+            # Heard every 3 s: once drained and stopped it stays "draining" for 9 s before it counts as offline,
+            # time enough for a loaded machine to render the page that shows it.
+            stack.operator_node = await stack.add_node(double.url, name="opco-gpu-1", operator="opco", interval=3.0)
             await stack.wait_nodes_serving(MODEL, 2)
             yield stack
         finally:
