@@ -75,14 +75,14 @@ class NodeTokenVerifier:
 
     def cached(self, node_id: str, token: str) -> bool | None:
         """The answer from memory: True or False, or None when only the database can tell."""
+        accepted = self._accepted.get(node_id)
+        if accepted is not None and token.isascii() and hmac.compare_digest(accepted, token):
+            return True  # the token this node proved last time: no parsing or hashing per advertisement
         if node_id_from_token(token) != node_id:
             return False
         entry = self._known.get(node_id)
         if entry is None:
             return False if self._unknown_until.get(node_id, 0.0) > self._clock() else None
-        accepted = self._accepted.get(node_id)
-        if accepted is not None and token.isascii() and hmac.compare_digest(accepted, token):
-            return True  # the token this node proved last time: no hash per advertisement
         if not hmac.compare_digest(entry[0], secret_hash(token)):
             return False
         self._accepted[node_id] = token
