@@ -21,7 +21,7 @@ from tests.harness import Stack
 CHROMIUM = os.environ.get("INFERNET_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-#: The model the stack's nodes serve; its tokens come 40 ms apart so a page can see them arrive.
+#: The model the stack's nodes serve; its 30 tokens come 50 ms apart so a page can see them arrive.
 MODEL = "qwen2.5:7b"
 #: Where screenshots go: test artifacts under $TMPDIR; INFERNET_CONSOLE_SHOTS overrides (docs/img/console).
 SHOTS = Path(os.environ.get("INFERNET_CONSOLE_SHOTS") or Path(tempfile.gettempdir()) / "infernet-console-screenshots")
@@ -57,7 +57,7 @@ async def console_stack(nats_server, pg_server):
     name = f"t_{uuid.uuid4().hex}"
     url = pg_server.create_database(name)
     nats_url = await fresh_nats(nats_server)
-    async with OllamaDouble(models=[MODEL], delay_ms=40, token_count=24) as double:
+    async with OllamaDouble(models=[MODEL], delay_ms=50, token_count=30) as double:
         stack = await Stack(nats_url, url).start()
         stack.double = double
         try:

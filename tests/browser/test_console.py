@@ -37,10 +37,12 @@ async def test_consumer_streams_a_playground_answer_then_finds_the_job_and_its_c
     await page.get_by_label("Message").fill("Tell me about the network")
     await page.get_by_label("Message").press("Control+Enter")
     output = page.locator("#pg-output")
-    # Tokens arrive one after another: some text is shown while the answer is still streaming ...
-    await expect(output).to_have_attribute("data-state", "streaming")
-    partial = await output.text_content()
-    assert partial
+    # Tokens arrive one after another: some text is shown while the answer is still streaming (read in the
+    # page at the moment it is so) ...
+    partial = await (await page.wait_for_function(
+        """() => { const o = document.getElementById("pg-output");
+                   return o.dataset.state === "streaming" && o.textContent.length > 0 ? o.textContent : null; }""",
+    )).json_value()
     # ... and more follows until the job is done.
     await expect(output).to_have_attribute("data-state", "done", timeout=30_000)
     final = await output.text_content()
