@@ -100,6 +100,9 @@ def chat_request(body: dict[str, Any], *, stream_default: bool = True) -> oa.Cha
 
 def generate_request(body: dict[str, Any]) -> oa.ChatCompletionRequest:
     """An Ollama /api/generate body as a chat request: `system`, then the prompt (with its images) as a user turn."""
+    if body.get("raw"):
+        raise BadRequest("raw prompts are not supported: the prompt runs through the model's chat template",
+                         param="raw")
     for name in ("suffix", "context", "template"):
         if body.get(name):
             raise BadRequest(f"{name} is not supported on this network", param=name)

@@ -70,6 +70,12 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     #: Token id -> bias (-100..100), passed to engines that have it.
     logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    #: OpenAI features no engine here has: a 400 naming the field when set (modalities other than ["text"] too).
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    web_search_options: dict[str, Any] | None = None
     # Infernet extensions: the gateway fields of POST /api/v1/jobs (validated as there).
     node_id: str | None = None
     max_wallclock_secs: float | None = None

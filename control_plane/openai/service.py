@@ -100,6 +100,11 @@ def chat_job(body: oa.ChatCompletionRequest, images: dict[str, str] | None = Non
         raise BadRequest(f"n={body.n}: a job makes one choice (OpenAIService.chat runs n > 1 as n jobs)", param="n")
     if body.stream_options is not None and not body.stream:
         raise BadRequest("stream_options is only allowed with stream: true", param="stream_options")
+    for name in ("audio", "prediction", "reasoning_effort", "web_search_options"):
+        if getattr(body, name) is not None:
+            raise BadRequest(f"{name} is not supported by the engines of this network", param=name)
+    if body.modalities is not None and body.modalities != ["text"]:
+        raise BadRequest('modalities: only ["text"] is supported', param="modalities")
     messages = content.job_messages(body.messages, images or {}, max_image_bytes=max_image_bytes)
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
     temperature = 1.0 if body.temperature is None else body.temperature

@@ -203,3 +203,20 @@ async def test_auto_routing_with_tools_chooses_among_tool_capable_models(stack):
                 await oa.chat.completions.create(model="auto", messages=ASK, tools=[WEATHER],
                                                  extra_body={"routing": {"model_pool": ["qwen2.5:7b"]}})
             assert err.value.code == "capability_unavailable"
+
+
+async def test_openai_features_no_engine_has_are_a_400_naming_them(stack):
+    async with OllamaDouble(models=[MODEL]) as d:
+        key = await _ready(stack, d.url)
+        async with client(stack, key) as oa:
+            for extra, param in (({"reasoning_effort": "high"}, "reasoning_effort"),
+                                 ({"modalities": ["text", "audio"]}, "modalities"),
+                                 ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+                                 ({"top_logprobs": 2}, "top_logprobs"),
+                                 ({"logit_bias": {"abc": 1}}, "logit_bias")):
+                with pytest.raises(openai.BadRequestError) as err:
+                    await oa.chat.completions.create(model=MODEL, messages=ASK, **extra)
+                assert err.value.param == param
+            ok = await oa.chat.completions.create(model=MODEL, messages=ASK, modalities=["text"])
+            assert ok.choices[0].message.content
+        assert len(d.requests_to("/api/chat")) == 1
