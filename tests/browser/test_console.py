@@ -254,3 +254,17 @@ async def test_a_write_without_the_csrf_token_is_refused(context, console_stack)
     async with httpx.AsyncClient(base_url=stack.url) as anon:
         r = await anon.post("/console/keys", data={"name": "forged"})
         assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+
+
+async def test_revoking_the_key_ends_its_console_session(context, console_stack):
+    stack = console_stack
+    key = await stack.key("heidi")
+    page = await context.new_page()
+    await sign_in(page, key)
+    await nav(page, "Jobs").click()
+    key_id = next(k["id"] for k in (await stack.client.get("/api/v1/keys", headers=stack.auth(key))).json()["keys"])
+    assert (await stack.client.delete(f"/api/v1/keys/{key_id}", headers=stack.auth(key))).status_code == 200
+    # The live view notices within seconds and goes to the sign-in page; so does any next request.
+    await expect(page).to_have_url(re.compile(r"/console/login\?expired=1$"), timeout=30_000)
+    await expect(page.get_by_role("status")).to_contain_text("Your session ended")
+    assert (await page.request.get("/console/keys", max_redirects=0)).status == 303
