@@ -94,12 +94,14 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
 
 #: What the caller reads when an error's own text is not for them (a database driver's message, say).
 HIDDEN_MESSAGE = "something went wrong on our side; retry, and quote the x-request-id if it persists"
+UNAVAILABLE_MESSAGE = ("a service this request needs (the database) is unreachable right now; retry shortly, and "
+                       "quote the x-request-id if it persists")
 
 
 def handle_infernet_error(request: Request, exc: InfernetError) -> Response[Any]:
     if exc.status >= 500 or not exc.public:
         log.error("request_failed", error=exc.code, detail=exc.message, path=request.url.path)
-    message = exc.message if exc.public else HIDDEN_MESSAGE
+    message = exc.message if exc.public else (UNAVAILABLE_MESSAGE if exc.status == 503 else HIDDEN_MESSAGE)
     return error_response(request, exc.status, exc.code, message, param=exc.param, headers=exc.headers)
 
 

@@ -25,7 +25,10 @@ class StoreError(InfernetError):
 
 
 class StoreUnavailable(StoreError):
-    """PostgreSQL could not be reached or the pool is exhausted."""
+    """PostgreSQL could not be reached or the pool is exhausted: the caller may retry (503)."""
+
+    code = "service_unavailable"
+    status = 503
 
 
 _json_encode = msgspec.json.Encoder().encode

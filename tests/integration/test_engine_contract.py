@@ -102,14 +102,32 @@ TARGETS = [
 ]
 
 
-@pytest.fixture(params=TARGETS)
-async def target(request, tmp_path) -> AsyncIterator[Target]:
+async def _make(name: str, tmp_path: Path) -> AsyncIterator[Target]:
     makers = {"ollama-double": _ollama_target, "openai-double": _openai_double_target,
               "llamacpp": _llamacpp_target, "openai-llama-server": lambda: _llama_server_target(tmp_path)}
-    gen = makers[request.param]()
+    gen = makers[name]()
     yield await anext(gen)
     with contextlib.suppress(StopAsyncIteration):
         await anext(gen)
+
+
+@pytest.fixture(params=TARGETS)
+async def target(request, tmp_path) -> AsyncIterator[Target]:
+    async for t in _make(request.param, tmp_path):
+        yield t
+
+
+#: The targets on which a stopped generation can be observed. Not llama-cpp-python's server: it has no endpoint
+#: or counter that shows whether a generation still runs after its client left, so the contract cannot be
+#: checked there (rather than a test that always skips on it).
+STOPPABLE = [p for p in TARGETS if p.values[0] != "openai-llama-server"]
+
+
+@pytest.fixture(params=STOPPABLE)
+async def stoppable_target(request, tmp_path) -> AsyncIterator[Target]:
+    async for t in _make(request.param, tmp_path):
+        assert t.stopped is not None
+        yield t
 
 
 async def chat(target: Target, model: str | None = None, **params) -> tuple[list[str], Completion]:
@@ -165,9 +183,8 @@ async def test_usage_comes_from_the_engine(target: Target):
     assert tps is None or tps > 0, "unknown is None, never 0"
 
 
-async def test_closing_the_stream_stops_generation(target: Target):
-    if target.stopped is None:
-        pytest.skip("this backend gives no way to observe a stopped generation")
+async def test_closing_the_stream_stops_generation(stoppable_target: Target):
+    target = stoppable_target
     target.set_long(True)
     stream = target.engine.chat(target.model, PROMPT, GenerationParams(max_tokens=2000, temperature=0.8))
     async with contextlib.aclosing(stream) as items:

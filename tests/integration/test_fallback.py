@@ -84,5 +84,20 @@ async def test_configured_chains_and_auto_pools_fall_back(nats_url, database_url
             r = await s.submit(key, model="huge:405b")
             assert fallback_headers(r) == (SMALL, "huge:405b", "2")
             assert (await s.wait_job(key, r.json()["id"]))["status"] == "completed"
+
+            # model "auto": the routing decision picks the best model of the pool (quality: the 72b); its only
+            # node fails before any token, so the next-best model of the same decision serves the job.
+            async with OllamaDouble(models=[BIG], stall_after=0) as big:
+                big_node = await s.add_node(big.url, name="big")
+                await s.wait_nodes_serving(BIG)
+                r = await s.submit(key, model="auto", routing={"model_pool": [BIG, SMALL], "optimize": "quality"})
+                assert r.status_code == 200, r.text
+                assert fallback_headers(r)[0] == BIG, r.headers  # chosen first, no fallback yet
+                await big.wait_active(1)
+                await s.stop_node(big_node)
+                job = await s.wait_job(key, r.json()["id"])
+            assert job["status"] == "completed", job
+            assert (job["model"], job["fallback_from"], job["fallback_depth"]) == (SMALL, BIG, 1)
+            assert small.requests_to("/api/chat")[-1].body["model"] == SMALL
     finally:
         await s.stop()

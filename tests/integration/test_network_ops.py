@@ -96,16 +96,24 @@ async def test_model_health(stack):
 async def test_admin_drain_over_the_api(stack, double):
     admin = await stack.key("ops", admin=True)
     user = await stack.key("alice")
-    node = await stack.add_node(double.url)
+    # Advertising every 3 s, the stopped node stays live (draining) for 9 s: time enough to see the 503.
+    node = await stack.add_node(double.url, interval=3.0)
     await stack.wait_nodes_serving("qwen2.5:7b")
     r = await stack.client.post(f"/api/v1/nodes/{node.node_id}/drain", headers=stack.auth(user))
     assert (r.status_code, r.json()["error"]) == (403, "forbidden")
     r = await stack.client.post(f"/api/v1/nodes/{node.node_id}/drain", headers=stack.auth(admin))
     assert r.status_code == 202 and r.json() == {"node_id": node.node_id, "state": "draining"}
-    # An idle node that drains finishes at once and stops; then nothing serves the model.
-    await wait_until(lambda: node.task.done(), timeout=30, message="drained node never stopped")
+    # While the node is alive but draining, the model exists and nobody takes it: 503 no_capacity.
+    assert stack.runtime.registry.get(node.node_id).state == "draining"
+    assert not stack.runtime.registry.accepting("qwen2.5:7b") and stack.runtime.registry.has_model("qwen2.5:7b")
     r = await stack.submit(user, model="qwen2.5:7b")
-    assert r.status_code in (404, 503), r.text
+    assert (r.status_code, r.json()["error"]) == (503, "no_capacity"), r.text
+    # An idle node that drains finishes at once and stops; once it is offline nothing serves the model: 404.
+    await wait_until(lambda: node.task.done(), timeout=30, message="drained node never stopped")
+    await wait_until(lambda: not stack.runtime.registry.has_model("qwen2.5:7b"), timeout=30,
+                     message="the stopped node never went offline")
+    r = await stack.submit(user, model="qwen2.5:7b")
+    assert (r.status_code, r.json()["error"]) == (404, "model_not_found"), r.text
 
 
 async def test_engine_going_away_withdraws_its_models_and_they_return(stack):
