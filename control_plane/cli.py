@@ -204,6 +204,32 @@ async def _register_node(url: str, name: str, operator: str | None) -> str:
         await db.close()
 
 
+@nodes.command("clear-quarantine")
+@click.argument("node_id")
+@click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
+def nodes_clear_quarantine(node_id: str, database_url: str | None) -> None:
+    """Lift NODE_ID's quarantine and forget the evidence behind it (it starts on probation again); every
+    replica applies it within a second (same as POST /api/v1/nodes/{id}/clear-quarantine)."""
+    url = _need_db(_settings(database_url=database_url))
+    click.echo(asyncio.run(_clear_quarantine(url, node_id)))
+
+
+async def _clear_quarantine(url: str, node_id: str) -> str:
+    import time
+
+    from control_plane.store import Database
+
+    db = await Database.open(url, min_size=1, max_size=2)
+    try:
+        if await db.fetchone("get_node_token_hash", {"id": node_id}) is None:
+            click.echo(f"error: no node {node_id} is registered", err=True)
+            sys.exit(1)
+        row = await db.fetchone("trust_clear", {"node_id": node_id, "now": time.time()})
+        return f"{node_id}: cleared, on probation" if row else f"{node_id}: no trust record; nothing to clear"
+    finally:
+        await db.close()
+
+
 @main.command()
 @click.option("--data-dir", default=".infernet", show_default=True, help="Where the embedded servers keep data")
 @click.option("--port", "http_port", type=int, default=None, help="HTTP port (default 8080)")

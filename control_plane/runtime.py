@@ -27,6 +27,7 @@ from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database
 from control_plane.store.migrate import apply_migrations
+from control_plane.trust.service import TrustService
 from control_plane.openai.service import OpenAIService
 from control_plane.streaming import TokenRelay
 from control_plane.webhooks.worker import WebhookWorker
@@ -61,6 +62,8 @@ class Runtime:
     webhooks: WebhookWorker | None = None
     #: Pages of the nodes list (API and console).
     directory: NodeDirectory | None = None
+    #: Node standing: checked usage, measured speed, reputation, quarantine (control_plane/trust).
+    trust: TrustService | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -79,15 +82,22 @@ class Runtime:
             await db.close()
             raise
         registry = NodeRegistry()
-        dispatcher = Dispatcher(db, bus, registry, settings, metrics=ControlPlaneMetrics())
+        trust = TrustService(db, registry, sync_s=settings.trust_sync_s, policy=settings.trust_policy())
+        try:
+            await trust.start()
+        except Exception:
+            await bus.close()
+            await db.close()
+            raise
+        dispatcher = Dispatcher(db, bus, registry, settings, metrics=ControlPlaneMetrics(), trust=trust)
         sweeper = Sweeper(db, registry, dispatcher, settings)
-        recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings)
+        recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings, trust=trust)
         heartbeats = HeartbeatHandler(db, bus, registry, NodeTokenVerifier(db), dispatcher, sweeper)
         sweeper.reports = heartbeats.reports
         rt = cls(settings=settings, db=db, bus=bus, registry=registry, dispatcher=dispatcher, recorder=recorder,
                  sweeper=sweeper, heartbeats=heartbeats, auth=Authenticator(db, cache_secs=settings.auth_cache_secs),
                  jobs=JobService(db, registry, dispatcher, sweeper, settings),
-                 directory=NodeDirectory(db, registry))
+                 directory=NodeDirectory(db, registry, trust=trust), trust=trust)
         await heartbeats.start()
         await recorder.observe()
         rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)
@@ -104,7 +114,8 @@ class Runtime:
                            ("sweeper", sweeper.run()), ("node-persist", heartbeats.persist_loop()),
                            ("credits-rollup", LedgerRollup(db, settings).run()),
                            ("gateway-upkeep", rt.gateway.run()), ("idempotency-upkeep", rt.idempotency.run()),
-                           ("webhooks", rt.webhooks.run()), ("retention", Retention(db, settings).run())):
+                           ("webhooks", rt.webhooks.run()), ("retention", Retention(db, settings).run()),
+                           ("trust-sync", trust.run())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
         if settings.metrics_port:
             rt.tasks.append(asyncio.create_task(serve_metrics(
@@ -126,6 +137,11 @@ class Runtime:
             await self.relay.stop()
         await self.dispatcher.close()
         await self.heartbeats.flush()
+        if self.trust is not None:
+            try:
+                await self.trust.flush()
+            except Exception as exc:  # StoreError: the evidence of the last second is lost, nothing else
+                log.warning("trust_flush_failed", error=str(exc))
         await self.bus.close()
         await self.db.close()
         log.info("control_plane_stopped", replica_id=self.settings.replica_id)

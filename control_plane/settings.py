@@ -115,6 +115,22 @@ class Settings:
     #: Seconds to fetch an http(s) image_url (same address rules as webhooks: INFERNET_WEBHOOK_ALLOW_PRIVATE).
     image_fetch_timeout_s: float = 10.0
 
+    # -- trust in nodes (control_plane/trust, docs/trust.md) --
+    #: Seconds between writes of node evidence to PostgreSQL (and reads of other replicas' evidence).
+    trust_sync_s: float = 1.0
+    #: Reputation below which a node is quarantined (no user jobs), and at which it is released again.
+    trust_quarantine_below: float = 0.3
+    trust_release_at: float = 0.6
+    #: Seconds in which evidence about a node loses half its weight (INFERNET_TRUST_HALF_LIFE_S).
+    trust_half_life_s: float = 7 * 86400.0
+
+    def trust_policy(self):
+        """The reputation rule's knobs from these settings."""
+        from control_plane.trust.reputation import Policy
+
+        return Policy(quarantine_below=self.trust_quarantine_below, release_at=self.trust_release_at,
+                      half_life_s=self.trust_half_life_s)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read INFERNET_<FIELD> variables; keyword overrides (from CLI flags) win when not None."""

@@ -141,14 +141,22 @@ async def _serve(settings: NodeSettings, node_id: str) -> None:
 @main.command()
 @_settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON")
-def status(config_path: Path | None, as_json: bool, **flags: Any) -> None:
-    """What the node advertises right now (from the running agent, else by probing the engine)."""
+@click.option("--api-url", envvar="INFERNET_API_URL", default=None,
+              help="The control plane, to show the node's reputation [env INFERNET_API_URL]")
+@click.option("--api-key", envvar="INFERNET_API_KEY", default=None,
+              help="The operator's API key, to show the node's reputation [env INFERNET_API_KEY]")
+def status(config_path: Path | None, as_json: bool, api_url: str | None, api_key: str | None, **flags: Any) -> None:
+    """What the node advertises right now (from the running agent, else by probing the engine), and its
+    reputation on the control plane when --api-url and --api-key (the operator's) are given."""
     from node_agent import status as node_status
     from node_agent.logs import configure_logging
 
     settings = _resolve(config_path, flags)
     configure_logging("console", "warning")
     report = asyncio.run(node_status.fetch_running(settings)) or asyncio.run(node_status.probe(settings))
+    report["trust"] = None
+    if api_url and api_key and report.get("node_id"):
+        report["trust"] = asyncio.run(node_status.fetch_trust(api_url, api_key, report["node_id"]))
     click.echo(json.dumps(report, indent=2) if as_json else node_status.render(report))
 
 

@@ -69,6 +69,33 @@ async def probe(settings: NodeSettings, *, gpu_probe: GpuProbe | None = None) ->
     }
 
 
+async def fetch_trust(api_url: str, api_key: str, node_id: str, timeout: float = 5.0) -> dict[str, Any] | str:
+    """The node's reputation as the control plane judges it (the operator's API key), or why it is unknown."""
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(f"{api_url.rstrip('/')}/api/v1/nodes/{node_id}/trust",
+                                        headers={"Authorization": f"Bearer {api_key}"})
+    except httpx.HTTPError as exc:
+        return f"control plane at {api_url} unreachable: {exc}"
+    if response.status_code != 200:
+        return f"control plane answered {response.status_code} (is INFERNET_API_KEY the operator's key?)"
+    body = response.json()
+    return body if isinstance(body, dict) else "unexpected answer from the control plane"
+
+
+def _trust_line(trust: dict[str, Any] | str | None) -> str:
+    if trust is None:
+        return "trust     set INFERNET_API_URL and INFERNET_API_KEY (the operator's key) to see the reputation"
+    if isinstance(trust, str):
+        return f"trust     unknown: {trust}"
+    flags = ", QUARANTINED (no user jobs until it recovers or an admin clears it)" if trust.get("quarantined") else ""
+    flags += ", on probation" if trust.get("probation") else ""
+    return (f"trust     reputation {trust.get('reputation')}{flags}; checks {trust.get('checks_passed')} passed / "
+            f"{trust.get('checks_failed')} failed, probes {trust.get('probes_passed')} / {trust.get('probes_failed')}, "
+            f"usage capped {trust.get('usage_capped')}, errors {trust.get('errors')}, "
+            f"unanswered {trust.get('unanswered')}")
+
+
 def _size(n: int | None) -> str:
     if not n:
         return "-"
@@ -118,5 +145,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"{'gpus' if i == 0 else '':<10}{g['name']}  {'  '.join(f for f in facts if f)}".rstrip())
     labels = status.get("labels") or {}
     lines.append("labels    " + (" ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"))
+    if "trust" in status:
+        lines.append(_trust_line(status["trust"]))
     lines.append("earnings  reported by the control plane (see docs/api.md)")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from control_plane.scheduler import placement
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
+from control_plane.trust.service import TrustService
 
 log = structlog.get_logger("control_plane.dispatcher")
 
@@ -86,7 +87,7 @@ class Dispatcher:
     """Owns this replica's pending queues and the job -> node reservations it made."""
 
     def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, settings: Settings, *, clock=time.time,
-                 metrics: ControlPlaneMetrics | None = None) -> None:
+                 metrics: ControlPlaneMetrics | None = None, trust: TrustService | None = None) -> None:
         #: The replica's metrics; every job component reaches them through its dispatcher.
         self.metrics = metrics or ControlPlaneMetrics()
         self._db = db
@@ -94,6 +95,7 @@ class Dispatcher:
         self._registry = registry
         self._settings = settings
         self._clock = clock
+        self._trust = trust  # unanswered offers count against a node's reputation
         self._queues: dict[tuple[str, str | None], deque[QueuedJob]] = {}
         self._held: dict[str, QueuedJob] = {}  # job id -> queued or being offered
         self._wake = asyncio.Event()
@@ -231,6 +233,8 @@ class Dispatcher:
         self._registry.release(node_id, job.id, job.attempt)
         if reply is None:
             bound.warning("assignment_unanswered", detail="node did not answer in time; trying the next node")
+            if self._trust is not None:
+                self._trust.unanswered(node_id)
             await self._bus_quiet_cancel(node_id, job)
         else:
             bound.info("assignment_rejected", reason=reply.reason, detail=reply.detail)

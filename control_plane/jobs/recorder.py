@@ -16,6 +16,7 @@ from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
 from control_plane.store.database import jsonb
+from control_plane.trust.service import TrustService
 from protocol import subjects
 
 log = structlog.get_logger("control_plane.recorder")
@@ -27,8 +28,10 @@ RETRYABLE_BEFORE_TOKENS = {"engine_unavailable", "engine_busy", "model_unavailab
 class OutcomeRecorder:
     """Consumes results and failures; idempotent by (job, attempt, lease, node)."""
 
-    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings,
+                 *, trust: TrustService | None = None) -> None:
         self._db = db
+        self._trust = trust  # judges what the node returned (usage, speed, spot checks)
         self._bus = bus
         self._registry = registry
         self._dispatcher = dispatcher
@@ -153,6 +156,8 @@ class OutcomeRecorder:
                 bound.info("stale_result_ignored", detail="job is not processing this attempt/lease on this node")
                 return None
             self._registry.record_outcome(outcome.node_id, True)
+            if self._trust is not None:
+                self._trust.completed(outcome, row)
             bound.info("job_completed", completion_tokens=outcome.usage.completion_tokens)
             self._dispatcher.metrics.jobs_finished.labels(status="completed", error="").inc()
             if outcome.timings.ttft_ms is not None:
@@ -167,6 +172,8 @@ class OutcomeRecorder:
             })
             if row is not None:
                 self._registry.record_outcome(outcome.node_id, False)
+                if self._trust is not None:
+                    self._trust.failed(outcome.node_id, outcome.error)
                 bound.warning("attempt_failed_requeued", error=outcome.error, detail=outcome.message)
                 job = QueuedJob.from_row(row, attempt=outcome.attempt + 1)
                 job.tried.add(outcome.node_id)
@@ -185,6 +192,8 @@ class OutcomeRecorder:
             bound.info("stale_failure_ignored")
             return None
         self._registry.record_outcome(outcome.node_id, False)
+        if self._trust is not None:
+            self._trust.failed(outcome.node_id, outcome.error)
         bound.warning("job_failed", error=outcome.error, detail=outcome.message)
         self._dispatcher.metrics.jobs_finished.labels(status="failed", error=outcome.error).inc()
         self._resolve(outcome.job_id, row)

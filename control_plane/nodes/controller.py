@@ -14,6 +14,8 @@ from control_plane.nodes.directory import NodeDirectory
 from control_plane.nodes.service import drain_node
 from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats
 from control_plane.runtime import Runtime
+from control_plane.errors import Forbidden, NotFound
+from control_plane.trust.service import TrustView
 
 __all__ = ["DrainAccepted", "NodeEntry", "NodeList", "NodeModel", "NodesController", "OperatorStats"]
 
@@ -34,10 +36,11 @@ class NodesController(Controller):
         cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
         model: Annotated[str | None, QueryParameter(description="only nodes serving this model now")] = None,
         node_state: Annotated[str | None, QueryParameter(name="state",
-                                                          description="online, draining or offline")] = None,
+                                                          description="online, draining, offline or quarantined")]
+        = None,
     ) -> NodeList:
         return await directory.page(account_id=principal.account_id, limit=limit, cursor=cursor or None, model=model,
-                                    state=node_state)
+                                    state=node_state, is_admin=principal.is_admin)
 
     @post("/{node_id:str}/drain", status_code=202,
           summary="Drain a node (admin, or its operator): no new jobs, in-flight ones finish")
@@ -45,3 +48,21 @@ class NodesController(Controller):
                     runtime: NamedDependency[Runtime]) -> DrainAccepted:
         await drain_node(runtime.db, runtime.registry, runtime.bus, principal, node_id)
         return DrainAccepted(node_id=node_id, state="draining")
+
+    @get("/{node_id:str}/trust", summary="A node's reputation and the evidence behind it (admins, its operator)")
+    async def trust(self, node_id: FromPath[str], principal: NamedDependency[Principal],
+                    runtime: NamedDependency[Runtime]) -> TrustView:
+        row = await runtime.db.fetchone("node_operator", {"id": node_id})
+        if row is None or not (principal.is_admin or row["operator_account_id"] == principal.account_id):
+            raise NotFound(f"node {node_id} is not one of your nodes")
+        return runtime.trust.view(node_id)
+
+    @post("/{node_id:str}/clear-quarantine", status_code=200,
+          summary="Clear a node's trust record (admin): quarantine lifted, evidence forgotten, probation again")
+    async def clear_quarantine(self, node_id: FromPath[str], principal: NamedDependency[Principal],
+                               runtime: NamedDependency[Runtime]) -> TrustView:
+        if not principal.is_admin:
+            raise Forbidden("clearing a node's quarantine needs an admin key")
+        if not await runtime.db.fetchone("get_node_token_hash", {"id": node_id}):
+            raise NotFound(f"node {node_id} is not registered")
+        return await runtime.trust.clear(node_id)

@@ -19,9 +19,10 @@ from control_plane.nodes.schemas import NodeEntry, NodeList, NodeModel, Operator
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.store import Database
 from control_plane.store.database import jsonb
+from control_plane.trust.service import TrustService
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
-STATES = ("online", "draining", "offline")
+STATES = ("online", "draining", "offline", "quarantined")
 #: Ids examined per page at most, as a multiple of `limit`: a filter that matches few nodes returns a short
 #: (even empty) page with a cursor rather than walking the whole network in one request.
 SCAN_FACTOR = 4
@@ -30,15 +31,18 @@ SCAN_FACTOR = 4
 class NodeDirectory:
     """Reads pages of the nodes list for the API and the console."""
 
-    def __init__(self, db: Database, registry: NodeRegistry, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, db: Database, registry: NodeRegistry, *, clock: Callable[[], float] = time.monotonic,
+                 trust: TrustService | None = None) -> None:
         self._db = db
         self._registry = registry
+        self._trust = trust
         self._clock = clock  # the registry's clock (its last_seen stamps)
 
     async def page(self, *, account_id: str | None, limit: int | None = None, cursor: str | None = None,
-                   model: str | None = None, state: str | None = None) -> NodeList:
+                   model: str | None = None, state: str | None = None, is_admin: bool = False) -> NodeList:
         """Nodes with ids after `cursor`, in id order, at most `limit`; `model`: nodes serving it now
-        (online or draining); `state`: online, draining or offline."""
+        (online or draining); `state`: online, draining, offline or quarantined. Reputation is shown to
+        admins, and to an operator for its own nodes."""
         limit = DEFAULT_LIMIT if limit is None else limit
         if not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", param="limit")
@@ -48,7 +52,7 @@ class NodeDirectory:
             raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
         # Without a state filter every candidate is taken, so one id past the page is enough to know there are more.
         scan = limit * SCAN_FACTOR if state is not None else limit + 1
-        live_only = model is not None or state in ("online", "draining")
+        live_only = model is not None or state in ("online", "draining", "quarantined")
         sources = [self._registry.page_ids(cursor, scan, model)]
         rows: dict[str, dict] = {}
         if not live_only:  # registered nodes this replica has not heard are offline
@@ -61,7 +65,7 @@ class NodeDirectory:
         picked, stopped = [], None
         for i, node_id in enumerate(candidates):
             view = self._registry.get(node_id)  # a snapshot per candidate: at most `scan` of them
-            if state is None or (view.state if view is not None else "offline") == state:
+            if state is None or self._state(node_id, view) == state:
                 picked.append((node_id, view))
                 if len(picked) == limit:
                     stopped = i
@@ -79,7 +83,22 @@ class NodeDirectory:
                 == account_id]
         if mine:  # the caller operates some of these nodes: their figures, in a second query
             await self._add_operator_stats(account_id, mine)
+        if self._trust is not None:
+            picked_views = dict(picked)
+            for entry in entries:
+                entry.state = self._state(entry.id, picked_views[entry.id])
+            for entry in entries if is_admin else mine:
+                entry.trust = self._trust.view(entry.id)
+                entry.reputation = entry.trust.reputation
         return NodeList(nodes=entries, next_cursor=next_cursor)
+
+    def _state(self, node_id: str, view) -> str:
+        """online, draining or offline as the registry sees it; quarantined for a live node trust keeps out."""
+        if view is None:
+            return "offline"
+        if view.state != "offline" and self._trust is not None and self._trust.quarantined(node_id):
+            return "quarantined"
+        return view.state
 
     @staticmethod
     def _entry(node_id: str, view, row: dict | None, now_wall: datetime, now_mono: float) -> NodeEntry:

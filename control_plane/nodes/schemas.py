@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from msgspec import Struct
 
+from control_plane.trust.service import TrustView
+
 
 class NodeModel(Struct):
     id: str
@@ -37,6 +39,9 @@ class NodeEntry(Struct, omit_defaults=True):
     last_seen: str | None
     labels: dict[str, str]
     operator: OperatorStats | None = None
+    #: 0..1, shown to admins and to the node's own operator (docs/trust.md); with the evidence behind it.
+    reputation: float | None = None
+    trust: TrustView | None = None
 
 
 class NodeList(Struct):

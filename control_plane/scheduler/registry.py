@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, NamedTuple
 
+import msgspec
+
 from control_plane.scheduler.aggregates import NOTHING, Contribution, RegistryAggregates
 from control_plane.scheduler import capabilities
 from control_plane.scheduler.placement import (
@@ -30,6 +32,8 @@ OFFLINE_AFTER_INTERVALS = 3
 RETENTION_S = 600.0
 SUCCESS_ALPHA = 0.2  # weight of the newest outcome in the success-rate moving average
 _DEFAULT_INTERVAL_S, _MIN_INTERVAL_S, _MAX_INTERVAL_S = 5.0, 0.1, 3600.0
+#: Speed bands one trust tier down costs a node in placement (1.1 ** 8: it must be about 2.1x faster to win).
+TIER_BANDS = 8
 _OFFLINE_CHECK, _FORGET_CHECK = 0, 1
 
 _Bucket = dict[str, None]  # node ids with one same score, in the order they got it (ties go to the first)
@@ -186,6 +190,8 @@ class NodeRegistry:
         self._timers: list[tuple[float, int, str]] = []
         self._agg = RegistryAggregates()
         self._gone: list[str] = []  # marked offline since the last expire() call
+        self._trust: dict[str, tuple[int, bool]] = {}  # node id -> (trust tier, quarantined), from control_plane.trust
+        self._measured: dict[str, dict[str, float]] = {}  # node id -> model -> tokens/sec the control plane measured
 
     # -- feeding ---------------------------------------------------------------------------------
     def observe(self, ad: Advertisement) -> Change:
@@ -193,7 +199,7 @@ class NodeRegistry:
         now = self._now()
         interval = ad.interval_s if math.isfinite(ad.interval_s) and ad.interval_s > 0 else _DEFAULT_INTERVAL_S
         interval = min(max(interval, _MIN_INTERVAL_S), _MAX_INTERVAL_S)
-        served = {m.name: m for m in ad.models} if ad.engine_ok else {}
+        served = self._served(ad)
         node = self._nodes.get(ad.node_id)
         change = Change.NONE
         if node is None:
@@ -371,6 +377,36 @@ class NodeRegistry:
             node.success_rate += SUCCESS_ALPHA * ((1.0 if success else 0.0) - node.success_rate)
             self._rerank(node)
 
+    def set_trust(self, node_id: str, tier: int, quarantined: bool) -> None:
+        """The node's standing from control_plane.trust: a tier down costs TIER_BANDS speed bands; a
+        quarantined node is left out of placement (a job pinned to it waits)."""
+        if self._trust.get(node_id, (0, False)) == (tier, quarantined):
+            return
+        self._trust[node_id] = (tier, quarantined)
+        node = self._nodes.get(node_id)
+        if node is not None:
+            self._rerank(node)
+
+    def set_measured_tps(self, node_id: str, model: str, tps: float) -> None:
+        """Tokens/sec the control plane measured on the node's finished jobs: placement uses it instead of
+        the advertised figure (which is only a prior until the node has served the model)."""
+        self._measured.setdefault(node_id, {})[model] = tps
+        node = self._nodes.get(node_id)
+        if node is not None and not node.offline and model in node.indexed:
+            self._set_served(node, self._served(node.ad))
+            self._rerank(node)
+            self._account(node)
+
+    def _served(self, ad: Advertisement) -> dict[str, ModelInfo]:
+        """The models placement sees for an advertisement: measured speeds replace the advertised ones."""
+        if not ad.engine_ok:
+            return {}
+        measured = self._measured.get(ad.node_id)
+        if not measured:
+            return {m.name: m for m in ad.models}
+        return {m.name: m if (tps := measured.get(m.name)) is None else msgspec.structs.replace(m, tokens_per_second=tps)
+                for m in ad.models}
+
     # -- reading ---------------------------------------------------------------------------------
     def get(self, node_id: str) -> NodeView | None:
         node = self._nodes.get(node_id)
@@ -482,9 +518,13 @@ class NodeRegistry:
         node = self._nodes.get(node_id)
         if node is None or not node.accepting(self._now()) or model not in node.indexed:
             return None
+        tier, quarantined = self._trust.get(node_id, (0, False))
+        if quarantined:
+            return None
         info = node.indexed[model]
         tps = known_tps(info.tokens_per_second) or self.tps_prior(model)
-        return Score(0 if info.loaded else 1, load_band(node.est_active, node.slots) - tps_band(tps),
+        return Score(0 if info.loaded else 1,
+                     load_band(node.est_active, node.slots) - tps_band(tps) + tier * TIER_BANDS,
                      reliability_rank(node.success_rate), node.est_active)
 
     def ranked(self, model: str, limit: int, exclude: Collection[str] = (),
@@ -559,10 +599,11 @@ class NodeRegistry:
     def _rerank(self, node: _Node) -> None:
         """Move the node to the buckets matching its current score if what placement sees of it changed."""
         slots, active = node.slots, node.est_active
+        tier, quarantined = self._trust.get(node.node_id, (0, False))
         placeable = (not node.offline and node.ad.engine_ok and not node.draining and not node.full
-                     and active < slots and bool(node.indexed))
-        sig = (load_band(active, slots), reliability_rank(node.success_rate), active, node.models_sig) \
-            if placeable else None
+                     and active < slots and bool(node.indexed) and not quarantined)
+        sig = (load_band(active, slots) + tier * TIER_BANDS, reliability_rank(node.success_rate), active,
+               node.models_sig) if placeable else None
         if sig == node.sig:
             return
         self._unplace(node)

@@ -767,3 +767,53 @@ SELECT DISTINCT model FROM (SELECT model FROM jobs WHERE account_id = %(account_
 -- name: console_node_operator
 -- Which account operates a node (null: none, or no such node).
 SELECT id, name, operator_account_id FROM nodes WHERE id = %(id)s;
+
+-- ==== trust: node standing (control_plane/trust) ====
+
+-- name: trust_ensure
+-- Make sure the nodes about to get evidence have a row (so the next statement can lock every one of them).
+INSERT INTO node_trust (node_id, decayed_at) SELECT unnest(%(ids)s::text[]), %(now)s
+ON CONFLICT (node_id) DO NOTHING;
+
+-- name: trust_lock
+-- The standing of some nodes, locked until the transaction writes their new standing.
+SELECT * FROM node_trust WHERE node_id = ANY(%(ids)s) ORDER BY node_id FOR UPDATE;
+
+-- name: trust_write
+-- New standings (computed from the locked rows plus new evidence); counters and measured speeds add up.
+UPDATE node_trust AS t
+SET good = v.good, bad = v.bad, decayed_at = v.decayed_at, quarantined = v.quarantined,
+    checks_passed = t.checks_passed + v.checks_passed, checks_failed = t.checks_failed + v.checks_failed,
+    probes_passed = t.probes_passed + v.probes_passed, probes_failed = t.probes_failed + v.probes_failed,
+    usage_capped = t.usage_capped + v.usage_capped, errors = t.errors + v.errors,
+    unanswered = t.unanswered + v.unanswered, served = t.served + v.served,
+    measured_tps = t.measured_tps || v.measured_tps, updated_at = now()
+FROM (
+    SELECT unnest(%(ids)s::text[]) AS node_id, unnest(%(good)s::float8[]) AS good, unnest(%(bad)s::float8[]) AS bad,
+           unnest(%(decayed_at)s::float8[]) AS decayed_at, unnest(%(quarantined)s::boolean[]) AS quarantined,
+           unnest(%(checks_passed)s::bigint[]) AS checks_passed, unnest(%(checks_failed)s::bigint[]) AS checks_failed,
+           unnest(%(probes_passed)s::bigint[]) AS probes_passed, unnest(%(probes_failed)s::bigint[]) AS probes_failed,
+           unnest(%(usage_capped)s::bigint[]) AS usage_capped, unnest(%(errors)s::bigint[]) AS errors,
+           unnest(%(unanswered)s::bigint[]) AS unanswered, unnest(%(served)s::bigint[]) AS served,
+           unnest(%(measured_tps)s::jsonb[]) AS measured_tps
+) AS v
+WHERE t.node_id = v.node_id
+RETURNING t.*;
+
+-- name: trust_changed_since
+-- Standings written since a moment (another replica's evidence, an admin's clear); all of them when null.
+SELECT * FROM node_trust WHERE %(since)s::timestamptz IS NULL OR updated_at > %(since)s;
+
+-- name: trust_clear
+-- An admin's clear: evidence forgotten, quarantine lifted, the node back on probation (counters kept).
+UPDATE node_trust SET good = 0, bad = 0, decayed_at = %(now)s, quarantined = false, updated_at = now()
+WHERE node_id = %(node_id)s
+RETURNING *;
+
+-- name: node_operator
+-- Who operates a node (its reputation is shown to them and to admins).
+SELECT id, operator_account_id FROM nodes WHERE id = %(id)s;
+
+-- name: trust_now
+-- The database clock (standings written since are read from here on).
+SELECT now() AS now;

@@ -28,6 +28,9 @@ line; a chat whose last message is a tool result answers with text. A model with
 answers 400 "... does not support tools" (or images). Generated text is `default_tokens(prompt, token_count)` unless `tokens` is set;
 `options.num_predict` caps it (done_reason "length"), `options.stop` cuts it. Counters are synthetic
 and deterministic: eval_duration = eval_count * eval_ns_per_token, whatever the real delay.
+
+Cheating nodes, for the trust tests: `dishonest` answers random words whatever the prompt (it never
+ran the model); `usage_factor` multiplies the token counts it reports.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import secrets
 import signal
 import socket
 import sys
@@ -63,7 +67,7 @@ _VOCAB = (
 ).split()
 _SETTABLE = frozenset(
     "tokens token_count delay_ms error_after error_message status status_message stall_after max_active "
-    "embed_dim eval_ns_per_token counters load_on_use version tool_calls_per_reply".split()
+    "embed_dim eval_ns_per_token counters load_on_use version tool_calls_per_reply dishonest usage_factor".split()
 )
 _JSON = [(b"content-type", b"application/json; charset=utf-8")]
 _NDJSON = [(b"content-type", b"application/x-ndjson")]
@@ -229,6 +233,8 @@ class OllamaDouble:
         load_on_use: bool = True,
         version: str = "0.13.0",
         tool_calls_per_reply: int = 1,
+        dishonest: bool = False,
+        usage_factor: int = 1,
         host: str = "127.0.0.1",
         port: int = 0,
         record_limit: int = 10_000,
@@ -257,6 +263,10 @@ class OllamaDouble:
         self.version = version
         #: How many of the offered tools a tool-calling reply calls (the first ones).
         self.tool_calls_per_reply = tool_calls_per_reply
+        #: A cheating engine: random words whatever the prompt (it never ran the model).
+        self.dishonest = dishonest
+        #: A cheating node: prompt_eval_count and eval_count multiplied by this (claims more tokens than it made).
+        self.usage_factor = usage_factor
         self.host = host
         self.models: dict[str, DoubleModel] = {}
         self.loaded: set[str] = set()
@@ -619,6 +629,8 @@ class OllamaDouble:
     def _plan(self, prompt: str, options: dict, fmt: Any) -> tuple[list[str], str]:
         if self.tokens is not None:
             pieces = list(self.tokens)
+        elif self.dishonest:
+            pieces = list(default_tokens(secrets.token_hex(8), self.token_count))
         else:
             pieces = list(default_tokens(prompt, self.token_count))
             if fmt:  # structured output: a JSON document, still streamed piece by piece
@@ -639,8 +651,8 @@ class OllamaDouble:
             prompt_count = max(1, len(prompt.split()))
             load, prompt_ns, eval_ns = 1_000_000, prompt_count * 100_000, count * self.eval_ns_per_token
             final.update(total_duration=load + prompt_ns + eval_ns, load_duration=load,
-                         prompt_eval_count=prompt_count, prompt_eval_duration=prompt_ns,
-                         eval_count=count, eval_duration=eval_ns)
+                         prompt_eval_count=prompt_count * self.usage_factor, prompt_eval_duration=prompt_ns,
+                         eval_count=count * self.usage_factor, eval_duration=eval_ns)
         return final
 
     async def _stream(self, send: Callable, st: _Stream, name: str, pieces: list[str], reason: str,
@@ -848,6 +860,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-ns-per-token", type=int, default=10_000_000)
     p.add_argument("--no-counters", action="store_true", help="omit eval_count/eval_duration and friends")
     p.add_argument("--version", default="0.13.0", help="what /api/version reports")
+    p.add_argument("--dishonest", action="store_true", help="answer random words whatever the prompt")
+    p.add_argument("--usage-factor", type=int, default=1, help="multiply the token counts it reports")
     p.add_argument("--record-limit", type=int, default=10_000, help="requests kept for /_double/requests")
     return p.parse_args(argv)
 
@@ -873,6 +887,8 @@ async def _serve(args: argparse.Namespace) -> None:
         eval_ns_per_token=args.eval_ns_per_token,
         counters=not args.no_counters,
         version=args.version,
+        dishonest=args.dishonest,
+        usage_factor=args.usage_factor,
         host=args.host,
         port=args.port,
         record_limit=args.record_limit,
