@@ -33,7 +33,7 @@ class Evidence(Enum):
 WEIGHTS: dict[Evidence, tuple[float, bool]] = {
     Evidence.CHECK_PASSED: (2.0, True), Evidence.PROBE_PASSED: (2.0, True), Evidence.SERVED: (0.05, True),
     Evidence.CHECK_FAILED: (3.0, False), Evidence.PROBE_FAILED: (3.0, False), Evidence.USAGE_CAPPED: (1.0, False),
-    Evidence.ERROR: (0.3, False), Evidence.UNANSWERED: (0.3, False),
+    Evidence.ERROR: (0.1, False), Evidence.UNANSWERED: (0.1, False),
 }
 
 
