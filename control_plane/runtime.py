@@ -82,7 +82,7 @@ class Runtime:
             await db.close()
             raise
         registry = NodeRegistry()
-        trust = TrustService(db, registry, sync_s=settings.trust_sync_s, policy=settings.trust_policy())
+        trust = TrustService(db, registry, settings)
         try:
             await trust.start()
         except Exception:
@@ -138,6 +138,7 @@ class Runtime:
         await self.dispatcher.close()
         await self.heartbeats.flush()
         if self.trust is not None:
+            await self.trust.verifier.close()
             try:
                 await self.trust.flush()
             except Exception as exc:  # StoreError: the evidence of the last second is lost, nothing else

@@ -124,6 +124,13 @@ class Settings:
     #: Seconds in which evidence about a node loses half its weight (INFERNET_TRUST_HALF_LIFE_S).
     trust_half_life_s: float = 7 * 86400.0
 
+    #: Share of finished deterministic jobs re-run on another operator's node (INFERNET_VERIFY_RATE, 0..1).
+    verify_rate: float = 0.03
+    #: The account spot checks are jobs of (created when missing): their cost shows in its /api/v1/usage.
+    verify_account: str = "network"
+    #: Words at the start of two answers that must agree (control_plane/trust/compare.py, docs/trust.md).
+    verify_words: int = 8
+
     def trust_policy(self):
         """The reputation rule's knobs from these settings."""
         from control_plane.trust.reputation import Policy

@@ -814,6 +814,28 @@ RETURNING *;
 -- Who operates a node (its reputation is shown to them and to admins).
 SELECT id, operator_account_id FROM nodes WHERE id = %(id)s;
 
+-- name: node_operators
+-- The operator accounts of some nodes (a spot check goes to another operator's node).
+SELECT id, operator_account_id FROM nodes WHERE id = ANY(%(ids)s);
+
+-- name: reverse_payout
+-- Take back what an operator earned from a job whose answer failed verification (once per job).
+INSERT INTO credit_ledger (account_id, kind, amount, job_id, node_id, note)
+SELECT account_id, 'payout', -sum(amount), job_id, min(node_id), %(note)s FROM credit_ledger
+WHERE job_id = %(job_id)s AND kind = 'payout' AND amount > 0
+GROUP BY account_id, job_id
+ON CONFLICT DO NOTHING
+RETURNING id, account_id, amount;
+
+-- name: return_charge
+-- Give the user back what a job whose answer failed verification cost them (once per job).
+INSERT INTO credit_ledger (account_id, kind, amount, job_id, api_key_id, note)
+SELECT account_id, 'deposit', -sum(amount), job_id, min(api_key_id), %(note)s FROM credit_ledger
+WHERE job_id = %(job_id)s AND kind = 'charge'
+GROUP BY account_id, job_id HAVING sum(amount) < 0
+ON CONFLICT DO NOTHING
+RETURNING id, account_id, amount;
+
 -- name: trust_now
 -- The database clock (standings written since are read from here on).
 SELECT now() AS now;

@@ -21,10 +21,12 @@ import structlog
 
 import protocol
 from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
 from control_plane.store.database import jsonb
 from control_plane.trust import reputation as rep
-from control_plane.trust.reputation import Evidence, Policy, Standing
+from control_plane.trust.reputation import Evidence, Standing
+from control_plane.trust.verify import Verifier
 
 log = structlog.get_logger("control_plane.trust")
 
@@ -84,13 +86,15 @@ class _Pending:
 class TrustService:
     """Holds every node's standing on this replica and keeps it in step with PostgreSQL and the registry."""
 
-    def __init__(self, db: Database, registry: NodeRegistry, *, sync_s: float = 1.0, policy: Policy = Policy(),
+    def __init__(self, db: Database, registry: NodeRegistry, settings: Settings | None = None, *,
                  clock=time.time) -> None:
+        settings = settings or Settings()
         self._db = db
         self._registry = registry
-        self._sync_s = sync_s
-        self.policy = policy
+        self._sync_s = settings.trust_sync_s
+        self.policy = settings.trust_policy()
         self._clock = clock
+        self.verifier = Verifier(db, registry, settings, self.add)
         self._nodes: dict[str, _Node] = {}
         self._pending: dict[str, _Pending] = defaultdict(_Pending)
         self._since: datetime | None = None
@@ -111,6 +115,7 @@ class TrustService:
         tps = measured_tps(row)
         if tps is not None and outcome.embeddings is None:
             self.measure(node_id, row["model"], tps)
+        self.verifier.completed(row)
 
     def failed(self, node_id: str, error: str) -> None:
         if error in NODE_FAULTS:
@@ -167,6 +172,7 @@ class TrustService:
     # -- persistence ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Load every standing and give placement the tiers, quarantines and measured speeds."""
+        await self.verifier.start()
         self._since = (await self._db.fetchone("trust_now"))["now"]
         for row in await self._db.fetchall("trust_changed_since", {"since": None}):
             self._load_row(row)

@@ -63,3 +63,8 @@ CREATE TABLE node_trust (
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX node_trust_updated ON node_trust (updated_at);
+
+-- Spot checks that settle against a node take back its operator's payout for the job and return the user's
+-- charge: once per job (a negative payout, a deposit carrying the job id).
+CREATE UNIQUE INDEX credit_ledger_one_reversal ON credit_ledger (job_id) WHERE kind = 'payout' AND amount < 0;
+CREATE UNIQUE INDEX credit_ledger_one_return ON credit_ledger (job_id) WHERE kind = 'deposit' AND job_id IS NOT NULL;

@@ -1,0 +1,200 @@
+"""Spot-check verification: re-run a sample of finished jobs on another operator's node, compare, settle.
+
+A check is an ordinary job row of the network account (`INFERNET_VERIFY_ACCOUNT`), pinned to the checking
+node, with the original request (so its assignment has exactly the shape of a user job; what makes it a
+check lives only in the stored request's `trust` key, which never goes on the bus). It is placed like any
+orphaned pending job (the sweeper adopts it within a sweep), charged to the network account at the normal
+price (so the checking operator earns its share and the cost shows in that account's /api/v1/usage), and
+never charged to the user.
+
+Round 1 compares the check with the original answer. Agreement is evidence for both nodes. A disagreement
+goes to a third node of yet another operator when there is one (round 2): the side it agrees with passes,
+the other fails; a failed original has its operator's payout reversed and the user's charge returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import structlog
+
+from control_plane.errors import PaymentRequired
+from control_plane.lib.ids import new_id
+from control_plane.scheduler import placement
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.settings import Settings
+from control_plane.store import Database, StoreError
+from control_plane.store.database import jsonb
+from control_plane.trust.compare import agree
+from control_plane.trust.reputation import Evidence
+
+log = structlog.get_logger("control_plane.trust.verify")
+
+#: Request keys a check never copies (they are the user's, not the job's).
+_PRIVATE_KEYS = ("webhook_url", "trust")
+
+
+def deterministic(request: dict[str, Any]) -> bool:
+    """A job whose answer another honest node reproduces: temperature 0, plain text (no tools, no images)."""
+    params = request.get("params") or {}
+    if params.get("temperature") not in (0, 0.0) or params.get("tools"):
+        return False
+    return not any(m.get("images") for m in request.get("messages") or ())
+
+
+class Verifier:
+    """Schedules checks of finished jobs and settles them when they finish."""
+
+    def __init__(self, db: Database, registry: NodeRegistry, settings: Settings, evidence, *,
+                 rng: random.Random | None = None) -> None:
+        self._db = db
+        self._registry = registry
+        self._settings = settings
+        self._evidence = evidence  # callable(node_id, Evidence)
+        self._rng = rng or random.Random()
+        self._tasks: set[asyncio.Task] = set()
+        self._account_id: str | None = None
+
+    async def start(self) -> None:
+        if self._settings.verify_rate > 0:
+            from control_plane.accounts.service import ensure_account
+
+            self._account_id = (await ensure_account(self._db, self._settings.verify_account))["id"]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def completed(self, row: dict[str, Any]) -> None:
+        """A job completed: settle it if it is a check, else maybe check it."""
+        request = row.get("request") or {}
+        meta = request.get("trust")
+        if meta is not None:
+            self._spawn(self._settle(row, meta))
+        elif (self._account_id is not None and row.get("kind") == "chat" and deterministic(request)
+              and self._rng.random() < self._settings.verify_rate):
+            self._spawn(self._check(row, round_=1, suspect=row["node_id"], avoid=[row["node_id"]]))
+
+    # -- scheduling ----------------------------------------------------------------------------
+    async def _check(self, original: dict[str, Any], *, round_: int, suspect: str, avoid: list[str],
+                     first_check: str | None = None) -> str | None:
+        checker = await self._pick_checker(original["model"], avoid)
+        if checker is None:
+            log.info("check_skipped", job_id=original["id"], round=round_,
+                     detail="no online node of another operator serves the model")
+            return None
+        request = {k: v for k, v in (original.get("request") or {}).items() if k not in _PRIVATE_KEYS}
+        request["trust"] = {"check_of": original["id"], "suspect": suspect, "round": round_,
+                            "first_check": first_check}
+        job_id = new_id("job")
+        from control_plane.credits import ledger
+
+        try:
+            async with self._db.transaction() as tx:
+                await tx.fetchone("insert_job", {
+                    "id": job_id, "account_id": self._account_id, "api_key_id": None, "kind": "chat",
+                    "model": original["model"], "request": jsonb(request), "pinned_node_id": checker,
+                    "claimed_by": None, "claim_secs": 0, "wallclock_secs": self._settings.default_max_wallclock_secs,
+                    "request_id": None,
+                })
+                await ledger.reserve(tx, self._settings, account_id=self._account_id, api_key_id=None,
+                                     job_id=job_id, model=original["model"], payload=request)
+        except PaymentRequired as exc:
+            log.warning("check_not_affordable", job_id=original["id"], account=self._settings.verify_account,
+                        detail=str(exc), action="top up the network account to keep verifying")
+            return None
+        log.info("check_scheduled", job_id=original["id"], check_id=job_id, round=round_, suspect=suspect,
+                 checker=checker)
+        return job_id
+
+    async def _pick_checker(self, model: str, avoid: list[str]) -> str | None:
+        """A node serving the model now whose operator runs none of the nodes in `avoid`: a free one if
+        possible, else a busy one (the check waits for its slot)."""
+        found = [c.node_id for c in placement.candidates(self._registry, model, exclude=avoid, limit=50)]
+        if not found:  # every candidate busy: any live, accepting, unquarantined node serving the model
+            found = [n for n in self._registry.page_ids(None, 200, model)
+                     if n not in avoid and self._registry.score_of(n, model) is not None]
+        if not found:
+            return None
+        rows = {r["id"]: r["operator_account_id"]
+                for r in await self._db.fetchall("node_operators", {"ids": found + list(avoid)})}
+        taken = {rows.get(n) for n in avoid}
+        # Nodes without an operator account are the network's own (the self-hoster's): one operator.
+        return next((n for n in found if rows.get(n) not in taken), None)
+
+    # -- settling ------------------------------------------------------------------------------
+    async def _settle(self, check: dict[str, Any], meta: dict[str, Any]) -> None:
+        original = await self._db.fetchone("get_job_any", {"id": meta["check_of"]})
+        if original is None or original.get("status") != "completed":
+            return
+        suspect, checker = meta["suspect"], check["node_id"]
+        answer, checked = _content(original), _content(check)
+        words = self._settings.verify_words
+        if meta.get("round") == 1:
+            if agree(answer, checked, words):
+                self._evidence(suspect, Evidence.CHECK_PASSED)
+                self._evidence(checker, Evidence.CHECK_PASSED)
+                log.info("check_passed", job_id=original["id"], node_id=suspect, checker=checker)
+                return
+            log.warning("check_disagreed", job_id=original["id"], node_id=suspect, checker=checker,
+                        detail="asking a third node")
+            third = await self._check(original, round_=2, suspect=suspect, avoid=[suspect, checker],
+                                      first_check=check["id"])
+            if third is None:
+                log.warning("check_inconclusive", job_id=original["id"], node_id=suspect, checker=checker,
+                            detail="no third operator's node to settle it; no evidence recorded")
+            return
+        first = await self._db.fetchone("get_job_any", {"id": meta.get("first_check")})
+        if first is None:
+            return
+        first_checker = first["node_id"]
+        with_original, with_first = agree(answer, checked, words), agree(_content(first), checked, words)
+        if with_original and not with_first:
+            self._evidence(suspect, Evidence.CHECK_PASSED)
+            self._evidence(checker, Evidence.CHECK_PASSED)
+            self._evidence(first_checker, Evidence.CHECK_FAILED)
+            log.warning("check_settled", job_id=original["id"], failed=first_checker, passed=[suspect, checker])
+        elif with_first and not with_original:
+            self._evidence(suspect, Evidence.CHECK_FAILED)
+            self._evidence(checker, Evidence.CHECK_PASSED)
+            self._evidence(first_checker, Evidence.CHECK_PASSED)
+            log.warning("check_settled", job_id=original["id"], failed=suspect, passed=[checker, first_checker])
+            await self._reverse(original, check["id"])
+        else:
+            log.warning("check_inconclusive", job_id=original["id"], node_id=suspect,
+                        checkers=[first_checker, checker], detail="the third node agreed with both or neither")
+
+    async def _reverse(self, original: dict[str, Any], check_id: str) -> None:
+        """Take back the operator's payout for a job whose answer failed verification; return the user's charge."""
+        note = f"reversed: the answer of job {original['id']} failed verification (check {check_id})"
+        try:
+            async with self._db.transaction() as tx:
+                await tx.fetchall("reverse_payout", {"job_id": original["id"], "note": note})
+                await tx.fetchall("return_charge", {"job_id": original["id"], "note": note})
+        except StoreError as exc:
+            log.error("reversal_failed", job_id=original["id"], error=str(exc),
+                      action="the check stays recorded; reverse the payout by hand")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guard(coro) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            log.warning("verification_step_failed", error=str(exc), detail="this check is dropped")
+        except Exception:
+            log.exception("verification_error")
+
+
+def _content(row: dict[str, Any]) -> str:
+    return str((row.get("result") or {}).get("content") or "")
