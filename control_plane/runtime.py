@@ -115,7 +115,7 @@ class Runtime:
                            ("credits-rollup", LedgerRollup(db, settings).run()),
                            ("gateway-upkeep", rt.gateway.run()), ("idempotency-upkeep", rt.idempotency.run()),
                            ("webhooks", rt.webhooks.run()), ("retention", Retention(db, settings).run()),
-                           ("trust-sync", trust.run())):
+                           ("trust-sync", trust.run()), ("trust-probes", trust.verifier.probe_loop())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
         if settings.metrics_port:
             rt.tasks.append(asyncio.create_task(serve_metrics(

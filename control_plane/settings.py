@@ -131,6 +131,11 @@ class Settings:
     #: Words at the start of two answers that must agree (control_plane/trust/compare.py, docs/trust.md).
     verify_words: int = 8
 
+    #: Nodes the self-hoster trusts to produce known answers for probes, comma-separated node ids
+    #: (INFERNET_TRUST_PROBE_NODES), and seconds between probes (0 = no probes).
+    trust_probe_nodes: str = ""
+    trust_probe_interval_s: float = 30.0
+
     def trust_policy(self):
         """The reputation rule's knobs from these settings."""
         from control_plane.trust.reputation import Policy

@@ -52,6 +52,11 @@ class QueuedJob:
         """Capabilities the job's model must have on the node (tools, vision, logprobs ...)."""
         return tuple(self.request.get("needs") or ())
 
+    @property
+    def probe(self) -> bool:
+        """A known-answer probe (control_plane/trust): the only job a quarantined node may get."""
+        return bool((self.request.get("trust") or {}).get("probe"))
+
     def assignment(self, lease: str) -> protocol.Assignment:
         req = self.request
         params = req.get("params") or {}
@@ -181,12 +186,13 @@ class Dispatcher:
             if view is None or view.free_slots <= 0:
                 return None
         found = placement.candidates(
-            self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1, needs=job.needs
+            self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1, needs=job.needs,
+            probe=job.probe,
         )
         if not found and job.tried:
             # Nodes already tried are a last resort, not excluded: a lone node that restarted must get its job back.
             found = placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, limit=1,
-                                         needs=job.needs)
+                                         needs=job.needs, probe=job.probe)
             if found:
                 job.tried.clear()
         if not found:
@@ -268,7 +274,7 @@ class Dispatcher:
 
     def _pick_possible(self, job: QueuedJob) -> bool:
         return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1,
-                                         needs=job.needs))
+                                         needs=job.needs, probe=job.probe))
 
     async def _bus_quiet_cancel(self, node_id: str, job: QueuedJob) -> None:
         await self.cancel_on_node(node_id, job.id, job.attempt, reason="unanswered")

@@ -80,7 +80,7 @@ def score(*, loaded: bool, active: int, slots: int, tokens_per_second: float | N
 
 
 def candidates(registry: NodeRegistry, model: str, *, pinned: str | None = None, exclude: Collection[str] = (),
-               limit: int = 3, needs: Collection[str] = ()) -> list[Candidate]:
+               limit: int = 3, needs: Collection[str] = (), probe: bool = False) -> list[Candidate]:
     """Nodes that can take a job for `model` now, best first (at most `limit`).
 
     Candidates are online, not draining, engine up, advertise the model (with every capability in
@@ -96,7 +96,7 @@ def candidates(registry: NodeRegistry, model: str, *, pinned: str | None = None,
     if pinned is not None:
         if pinned in exclude:
             return []
-        found = registry.score_of(pinned, model)
+        found = registry.score_of(pinned, model, probe=probe)  # a quarantined node takes probes only
         if found is not None and needs:
             view = registry.get(pinned)
             if view is None or model not in view.models or not capabilities.has(view.models[model], needs):

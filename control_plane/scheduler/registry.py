@@ -513,13 +513,14 @@ class NodeRegistry:
         return idx.tps_milli / idx.tps_n / 1000
 
     # -- placement support (see placement.candidates) --------------------------------------------
-    def score_of(self, node_id: str, model: str) -> Score | None:
-        """The node's score for the model if it is alive, accepting and serves it (free slot not required)."""
+    def score_of(self, node_id: str, model: str, *, probe: bool = False) -> Score | None:
+        """The node's score for the model if it is alive, accepting and serves it (free slot not required);
+        a quarantined node has none, except for a probe."""
         node = self._nodes.get(node_id)
         if node is None or not node.accepting(self._now()) or model not in node.indexed:
             return None
         tier, quarantined = self._trust.get(node_id, (0, False))
-        if quarantined:
+        if quarantined and not probe:
             return None
         info = node.indexed[model]
         tps = known_tps(info.tokens_per_second) or self.tps_prior(model)

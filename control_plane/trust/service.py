@@ -94,7 +94,7 @@ class TrustService:
         self._sync_s = settings.trust_sync_s
         self.policy = settings.trust_policy()
         self._clock = clock
-        self.verifier = Verifier(db, registry, settings, self.add)
+        self.verifier = Verifier(db, registry, settings, self.add, standing=self.view)
         self._nodes: dict[str, _Node] = {}
         self._pending: dict[str, _Pending] = defaultdict(_Pending)
         self._since: datetime | None = None

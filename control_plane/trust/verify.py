@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import structlog
@@ -32,6 +33,8 @@ from control_plane.trust.reputation import Evidence
 
 log = structlog.get_logger("control_plane.trust.verify")
 
+#: Seconds after which a probe that never finished (failed, expired) no longer blocks the node's next probe.
+PROBE_TIMEOUT_S = 60.0
 #: Request keys a check never copies (they are the user's, not the job's).
 _PRIVATE_KEYS = ("webhook_url", "trust")
 
@@ -48,7 +51,7 @@ class Verifier:
     """Schedules checks of finished jobs and settles them when they finish."""
 
     def __init__(self, db: Database, registry: NodeRegistry, settings: Settings, evidence, *,
-                 rng: random.Random | None = None) -> None:
+                 standing=None, rng: random.Random | None = None) -> None:
         self._db = db
         self._registry = registry
         self._settings = settings
@@ -56,9 +59,12 @@ class Verifier:
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
         self._account_id: str | None = None
+        self._probing: dict[str, tuple[str, float]] = {}  # node id -> (probe or reference job in flight, since)
+        #: The standing of a node: set by the trust service (node id -> object with quarantined/probation).
+        self._standing = standing or (lambda node_id: None)
 
     async def start(self) -> None:
-        if self._settings.verify_rate > 0:
+        if self._settings.verify_rate > 0 or self._settings.trust_probe_nodes:
             from control_plane.accounts.service import ensure_account
 
             self._account_id = (await ensure_account(self._db, self._settings.verify_account))["id"]
@@ -74,7 +80,12 @@ class Verifier:
         request = row.get("request") or {}
         meta = request.get("trust")
         if meta is not None:
-            self._spawn(self._settle(row, meta))
+            if meta.get("probe_ref"):
+                self._spawn(self._probe(row, meta))
+            elif meta.get("probe_of"):
+                self._settle_probe(row, meta)
+            else:
+                self._spawn(self._settle(row, meta))
         elif (self._account_id is not None and row.get("kind") == "chat" and deterministic(request)
               and self._rng.random() < self._settings.verify_rate):
             self._spawn(self._check(row, round_=1, suspect=row["node_id"], avoid=[row["node_id"]]))
@@ -90,26 +101,78 @@ class Verifier:
         request = {k: v for k, v in (original.get("request") or {}).items() if k not in _PRIVATE_KEYS}
         request["trust"] = {"check_of": original["id"], "suspect": suspect, "round": round_,
                             "first_check": first_check}
-        job_id = new_id("job")
+        job_id = await self._insert(original["model"], request, checker)
+        if job_id is not None:
+            log.info("check_scheduled", job_id=original["id"], check_id=job_id, round=round_, suspect=suspect,
+                     checker=checker)
+        return job_id
+
+    async def _insert(self, model: str, request: dict[str, Any], node_id: str) -> str | None:
+        """A job of the network account pinned to `node_id`, left for any replica's sweeper to place."""
         from control_plane.credits import ledger
 
+        job_id = new_id("job")
         try:
             async with self._db.transaction() as tx:
                 await tx.fetchone("insert_job", {
                     "id": job_id, "account_id": self._account_id, "api_key_id": None, "kind": "chat",
-                    "model": original["model"], "request": jsonb(request), "pinned_node_id": checker,
+                    "model": model, "request": jsonb(request), "pinned_node_id": node_id,
                     "claimed_by": None, "claim_secs": 0, "wallclock_secs": self._settings.default_max_wallclock_secs,
                     "request_id": None,
                 })
                 await ledger.reserve(tx, self._settings, account_id=self._account_id, api_key_id=None,
-                                     job_id=job_id, model=original["model"], payload=request)
+                                     job_id=job_id, model=model, payload=request)
         except PaymentRequired as exc:
-            log.warning("check_not_affordable", job_id=original["id"], account=self._settings.verify_account,
-                        detail=str(exc), action="top up the network account to keep verifying")
+            log.warning("check_not_affordable", account=self._settings.verify_account, detail=str(exc),
+                        action="top up the network account to keep verifying")
             return None
-        log.info("check_scheduled", job_id=original["id"], check_id=job_id, round=round_, suspect=suspect,
-                 checker=checker)
         return job_id
+
+    # -- known-answer probes -------------------------------------------------------------------
+    async def probe_loop(self) -> None:
+        """Every `trust_probe_interval_s`, probe the nodes that most need it with a known answer."""
+        trusted = [n.strip() for n in self._settings.trust_probe_nodes.split(",") if n.strip()]
+        if self._settings.trust_probe_interval_s <= 0 or not trusted or self._account_id is None:
+            return
+        while True:
+            await asyncio.sleep(self._settings.trust_probe_interval_s)
+            try:
+                await self.probe_once(trusted)
+            except asyncio.CancelledError:
+                raise
+            except StoreError as exc:
+                log.warning("probe_failed", error=str(exc), action="retrying next interval")
+            except Exception:
+                log.exception("probe_error")
+
+    async def probe_once(self, trusted: list[str]) -> None:
+        """One probe: the quarantined or least-proven live node that a trusted node can answer for."""
+        targets = []
+        for view in self._registry.nodes():
+            if view.node_id in trusted or view.state == "offline" or self._busy_probing(view.node_id):
+                continue
+            standing = self._standing(view.node_id)
+            targets.append((not standing.quarantined, not standing.probation, self._rng.random(), view))
+        for *_, view in sorted(targets, key=lambda t: t[:3]):
+            for model in view.models:
+                ref = next((t for t in trusted if self._registry.score_of(t, model) is not None), None)
+                if ref is None or view.models[model].embeddings:
+                    continue
+                words = " ".join(self._rng.choice(_PROBE_WORDS) for _ in range(3))
+                request = {"messages": [{"role": "user", "content": f"Write one short sentence about {words}."}],
+                           "params": {"max_tokens": 16, "temperature": 0.0, "top_p": 1.0,
+                                      "seed": self._rng.randrange(1 << 31)},
+                           "stream": True, "trust": {"probe_ref": True, "target": view.node_id}}
+                job_id = await self._insert(model, request, ref)
+                if job_id is not None:
+                    self._probing[view.node_id] = (job_id, time.monotonic())
+                    log.info("probe_reference_scheduled", node_id=view.node_id, reference_node=ref, job_id=job_id)
+                return
+
+    def _busy_probing(self, node_id: str) -> bool:
+        """A probe for the node is in flight (one that failed or never ran is forgotten after PROBE_TIMEOUT_S)."""
+        found = self._probing.get(node_id)
+        return found is not None and time.monotonic() - found[1] < PROBE_TIMEOUT_S
 
     async def _pick_checker(self, model: str, avoid: list[str]) -> str | None:
         """A node serving the model now whose operator runs none of the nodes in `avoid`: a free one if
@@ -125,6 +188,38 @@ class Verifier:
         taken = {rows.get(n) for n in avoid}
         # Nodes without an operator account are the network's own (the self-hoster's): one operator.
         return next((n for n in found if rows.get(n) not in taken), None)
+
+    async def _probe(self, reference: dict[str, Any], meta: dict[str, Any]) -> None:
+        """The trusted node answered: send the same job to the node being probed."""
+        target = meta["target"]
+        request = {k: v for k, v in (reference.get("request") or {}).items() if k not in _PRIVATE_KEYS}
+        request["trust"] = {"probe_of": reference["id"], "target": target, "probe": True}
+        job_id = await self._insert(reference["model"], request, target)
+        if job_id is None:
+            self._probing.pop(target, None)
+        else:
+            self._probing[target] = (job_id, time.monotonic())
+            log.info("probe_scheduled", node_id=target, job_id=job_id)
+
+    def _settle_probe(self, row: dict[str, Any], meta: dict[str, Any]) -> None:
+        self._spawn(self._settle_probe_async(row, meta))
+
+    async def _settle_probe_async(self, row: dict[str, Any], meta: dict[str, Any]) -> None:
+        target = meta["target"]
+        try:
+            reference = await self._db.fetchone("get_job_any", {"id": meta["probe_of"]})
+            if reference is None:
+                return
+            passed = agree(_content(reference), _content(row), self._settings.verify_words)
+            self._evidence(target, Evidence.PROBE_PASSED if passed else Evidence.PROBE_FAILED)
+            if passed:
+                log.info("probe_passed", node_id=target, job_id=row["id"])
+            else:
+                log.warning("probe_failed", node_id=target, job_id=row["id"],
+                            detail="its answer differs from a trusted node's to the same deterministic job")
+        finally:
+            if self._probing.get(target, (None,))[0] == row["id"]:
+                del self._probing[target]
 
     # -- settling ------------------------------------------------------------------------------
     async def _settle(self, check: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -194,6 +289,11 @@ class Verifier:
             log.warning("verification_step_failed", error=str(exc), detail="this check is dropped")
         except Exception:
             log.exception("verification_error")
+
+
+_PROBE_WORDS = ("river", "mountain", "bread", "winter", "a lighthouse", "music", "a garden", "the moon", "coffee",
+                "a library", "snow", "a bicycle", "friendship", "the desert", "a clock", "honey", "stars",
+                "the wind", "a train", "the sea", "a cat", "trees", "rain", "a city", "the sun")
 
 
 def _content(row: dict[str, Any]) -> str:

