@@ -136,6 +136,10 @@ class Settings:
     trust_probe_nodes: str = ""
     trust_probe_interval_s: float = 30.0
 
+    #: Seconds an operator's payout stays held (reserved, not spendable) before it settles; a failed spot check
+    #: inside the window reverses it before it was ever available (INFERNET_PAYOUT_HOLDBACK_S; 0 = at once).
+    payout_holdback_s: float = 86_400.0
+
     def trust_policy(self):
         """The reputation rule's knobs from these settings."""
         from control_plane.trust.reputation import Policy

@@ -52,7 +52,8 @@ class Stack:
     async def start(self) -> Stack:
         base = dict(database_url=self.database_url, nats_url=self.nats_url, http_port=free_port(),
                     log_format="console", log_level="warning", sweep_interval_s=0.2, claim_secs=3.0,
-                    warmup_s=0.0, assign_timeout_s=2.0, default_max_wallclock_secs=60.0)
+                    warmup_s=0.0, assign_timeout_s=2.0, default_max_wallclock_secs=60.0,
+                    verify_rate=0.0)  # spot checks add jobs: only the tests about them turn them on
         base.update(self.overrides)
         self.settings = Settings(**base)
         self.runtime = await Runtime.start(self.settings)

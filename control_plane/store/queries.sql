@@ -819,13 +819,31 @@ SELECT id, operator_account_id FROM nodes WHERE id = %(id)s;
 SELECT id, operator_account_id FROM nodes WHERE id = ANY(%(ids)s);
 
 -- name: reverse_payout
--- Take back what an operator earned from a job whose answer failed verification (once per job).
-INSERT INTO credit_ledger (account_id, kind, amount, job_id, node_id, note)
-SELECT account_id, 'payout', -sum(amount), job_id, min(node_id), %(note)s FROM credit_ledger
-WHERE job_id = %(job_id)s AND kind = 'payout' AND amount > 0
-GROUP BY account_id, job_id
+-- Take back what an operator earned from a job whose answer failed verification (once per job); a payout still
+-- held back is taken back with its hold, so it was never spendable.
+INSERT INTO credit_ledger (account_id, kind, amount, held, job_id, node_id, note)
+SELECT account_id, 'payout', -sum(amount), -sum(held), job_id, min(node_id), %(note)s FROM credit_ledger
+WHERE job_id = %(job_id)s AND kind = 'payout'
+GROUP BY account_id, job_id HAVING sum(amount) > 0
 ON CONFLICT DO NOTHING
 RETURNING id, account_id, amount;
+
+-- name: set_payout_holdback
+-- The holdback window new payouts are held for (this replica's INFERNET_PAYOUT_HOLDBACK_S).
+UPDATE payout_holdback SET secs = %(secs)s;
+
+-- name: release_payouts
+-- Release payouts whose holdback window ended (and that no failed check reversed meanwhile), a batch at a time.
+INSERT INTO credit_ledger (account_id, kind, amount, held, job_id, node_id, note)
+SELECT p.account_id, 'payout', 0, -sum(p.held), p.job_id, min(p.node_id), 'holdback ended'
+FROM credit_ledger p
+WHERE p.kind = 'payout' AND p.job_id IN (
+    SELECT job_id FROM credit_ledger
+    WHERE kind = 'payout' AND held > 0 AND created_at < now() - make_interval(secs => %(secs)s)
+    ORDER BY created_at LIMIT %(limit)s)
+GROUP BY p.account_id, p.job_id HAVING sum(p.held) > 0
+ON CONFLICT DO NOTHING
+RETURNING id;
 
 -- name: return_charge
 -- Give the user back what a job whose answer failed verification cost them (once per job).

@@ -92,6 +92,7 @@ class TrustService:
         self._db = db
         self._registry = registry
         self._sync_s = settings.trust_sync_s
+        self._holdback_s = settings.payout_holdback_s
         self.policy = settings.trust_policy()
         self._clock = clock
         self.verifier = Verifier(db, registry, settings, self.add, standing=self.view)
@@ -173,6 +174,7 @@ class TrustService:
     async def start(self) -> None:
         """Load every standing and give placement the tiers, quarantines and measured speeds."""
         await self.verifier.start()
+        await self._db.execute("set_payout_holdback", {"secs": self._holdback_s})
         self._since = (await self._db.fetchone("trust_now"))["now"]
         for row in await self._db.fetchall("trust_changed_since", {"since": None}):
             self._load_row(row)
@@ -190,8 +192,12 @@ class TrustService:
                 log.exception("trust_sync_error")
 
     async def sync(self) -> None:
-        """Write queued evidence, then read what other replicas (or an admin) wrote."""
+        """Write queued evidence, then read what other replicas (or an admin) wrote; release ended holdbacks."""
         await self.flush()
+        if self._holdback_s > 0:
+            released = await self._db.fetchall("release_payouts", {"secs": self._holdback_s, "limit": 1000})
+            if released:
+                log.info("payouts_released", entries=len(released))
         now = (await self._db.fetchone("trust_now"))["now"]
         since = None if self._since is None else self._since - SYNC_OVERLAP
         mine = set(self._pending)

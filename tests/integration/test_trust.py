@@ -10,6 +10,7 @@ from control_plane.trust.service import TrustService
 from tests.doubles.ollama_double import OllamaDouble
 from tests.e2e.test_node_cli import run_cli
 from tests.fixtures.waiting import wait_until
+from tests.harness import Stack
 
 MODEL = "qwen2.5:7b"
 ANSWER = ["Hello", " big", " world"]
@@ -135,3 +136,34 @@ async def test_a_node_advertising_99999_tokens_per_second_but_serving_slowly_los
         assert later == [fair.node_id] * 4
         # The advertisement still says ~100,000 tokens/s; placement no longer believes it.
         assert registry.get(liar.node_id).models[MODEL].tokens_per_second > 90_000
+
+
+async def test_an_operators_payout_is_held_for_the_holdback_window_then_released(nats_url, database_url):
+    stack = await Stack(nats_url, database_url, overrides={"payout_holdback_s": 1.0}).start()
+    try:
+        async with OllamaDouble(models=[MODEL], token_count=200) as engine:  # enough tokens for a payout >= 1
+            await stack.add_node(engine.url, operator="op")
+            await stack.wait_nodes_serving(MODEL)
+            user, operator = await stack.key("user"), await stack.key("op")
+            job = await run_job(stack, user)
+            payout = pricing.payout(job["credits_charged"], stack.settings.operator_share_bps)
+            assert payout > 0
+
+            async def credits():
+                return (await stack.client.get("/api/v1/credits", headers=stack.auth(operator))).json()
+            held = await credits()
+            grant = stack.settings.signup_credits
+            released = {"balance": grant + payout, "reserved": 0, "available": grant + payout}
+            # Either still held (reserved, not available) or already released: nothing in between.
+            assert held in ({"balance": grant + payout, "reserved": payout, "available": grant}, released)
+            await wait_until(lambda: _equal(credits, released), timeout=30, message="the payout was never released")
+            notes = [t["note"] for t in (await stack.client.get(
+                "/api/v1/credits/transactions", headers=stack.auth(operator), params={"kind": "payout"})).json()[
+                "transactions"]]
+            assert "holdback ended" in notes
+    finally:
+        await stack.stop()
+
+
+async def _equal(read, expected) -> bool:
+    return await read() == expected

@@ -26,7 +26,7 @@ WORDS = 8
 
 @pytest.fixture
 async def stack(nats_url, database_url):
-    s = await Stack(nats_url, database_url, overrides={"verify_rate": 1.0}).start()
+    s = await Stack(nats_url, database_url, overrides={"verify_rate": 1.0, "payout_holdback_s": 3600.0}).start()
     try:
         yield s
     finally:
@@ -108,6 +108,14 @@ async def test_a_node_answering_random_words_is_caught_quarantined_and_its_earni
             key = await stack.key(op)
             entries = await get_all(stack, key, "/api/v1/credits/transactions", "transactions", kind="payout")
             assert entries and all(e["amount"] > 0 for e in entries)
+            # Inside the holdback window the honest earnings are held: counted, not yet spendable.
+            credits = (await stack.client.get("/api/v1/credits", headers=stack.auth(key))).json()
+            assert credits["reserved"] == sum(e["amount"] for e in entries) > 0
+            assert credits["available"] == stack.settings.signup_credits
+        # The cheat's reversed earnings were never spendable; what is left of its earnings is still held.
+        credits = (await stack.client.get("/api/v1/credits", headers=stack.auth(op3))).json()
+        assert credits["available"] == stack.settings.signup_credits
+        assert credits["reserved"] == sum(p["amount"] for p in payouts)
 
         # The user paid for its own jobs only; the checks are the network account's, in its usage.
         usage = await get_all(stack, user, "/api/v1/usage", "usage")

@@ -68,3 +68,26 @@ CREATE INDEX node_trust_updated ON node_trust (updated_at);
 -- charge: once per job (a negative payout, a deposit carrying the job id).
 CREATE UNIQUE INDEX credit_ledger_one_reversal ON credit_ledger (job_id) WHERE kind = 'payout' AND amount < 0;
 CREATE UNIQUE INDEX credit_ledger_one_return ON credit_ledger (job_id) WHERE kind = 'deposit' AND job_id IS NOT NULL;
+
+-- Payout holdback: an operator's payout is held (counted as reserved, so not yet available) for the window
+-- the control plane sets here at start (INFERNET_PAYOUT_HOLDBACK_S), then released by a zero-amount payout
+-- entry that frees the hold; a failed spot check inside the window reverses it before it was ever spendable.
+CREATE TABLE payout_holdback (
+    id    boolean PRIMARY KEY DEFAULT true CHECK (id),
+    secs  double precision NOT NULL DEFAULT 0
+);
+INSERT INTO payout_holdback (secs) VALUES (0);
+
+CREATE FUNCTION infernet_hold_payout() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.amount > 0 AND NEW.held = 0 AND (SELECT secs FROM payout_holdback) > 0 THEN
+        NEW.held := NEW.amount;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER credit_ledger_hold_payout BEFORE INSERT ON credit_ledger FOR EACH ROW
+    WHEN (NEW.kind = 'payout') EXECUTE FUNCTION infernet_hold_payout();
+-- Held payouts waiting for their release (the release loop reads only these).
+CREATE INDEX credit_ledger_held_payouts ON credit_ledger (created_at) WHERE kind = 'payout' AND held > 0;
+CREATE UNIQUE INDEX credit_ledger_one_payout_release ON credit_ledger (job_id)
+    WHERE kind = 'payout' AND amount = 0 AND held < 0;
