@@ -631,8 +631,11 @@ class NodeRegistry:
         """Bring the node's share of the aggregates in line with its state (after any change to it)."""
         live = not node.offline  # after _settle, a node past its deadline is always marked offline
         accepting = live and node.ad.engine_ok and not node.draining
+        indexed = node.indexed
+        # Summaries show what nodes advertise; only placement swaps in the control plane's measurements.
+        advertised = {m.name: m.tokens_per_second for m in node.ad.models if m.name in indexed} if indexed else {}
         models = tuple((name, _milli(tps) if tps is not None and tps > 0 and math.isfinite(tps) else None)
-                       for name, tps in ((n, m.tokens_per_second) for n, m in node.indexed.items()))
+                       for name, tps in advertised.items())
         contrib = Contribution(live, accepting, models)
         if contrib != node.contrib:
             self._agg.apply(node.node_id, node.contrib, contrib)
