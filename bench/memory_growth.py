@@ -1,11 +1,12 @@
-"""Where memory grows per job: tracemalloc over a control plane and a node agent running many jobs in one process.
+"""Where memory grows per job: a control plane and a node agent running many jobs in one process, measured.
 
-Run:  .venv/bin/python -m bench.memory_growth [--warm 1000] [--jobs 5000] [--concurrency 8]
+Run:  .venv/bin/python -m bench.memory_growth [--warm 1000] [--jobs 3000] [--concurrency 4]
 
 Embedded NATS and PostgreSQL and the Ollama double run as their own processes; the control plane (with its HTTP
-server) and one node agent run here under tracemalloc. After `--warm` jobs a snapshot is taken, then after
-`--jobs` more another; the growth between them is attributed to the first Infernet frame (control_plane/,
-node_agent/, protocol/) of each allocation's traceback, and printed as bytes per job.
+server) and one node agent run here. After `--warm` jobs: RSS, the interpreter's allocated blocks and a count
+of live objects per type; then tracemalloc (one frame) traces the next `--jobs` jobs. At the end the same
+figures again: what grew, per job, and the allocation sites of the traced memory still alive, grouped by file
+and line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
-
-OURS = ("control_plane/", "node_agent/", "protocol/")
-
 
 async def run(args: argparse.Namespace) -> None:
     import httpx
@@ -49,7 +47,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         wait_for_port(dport, proc=double)
         port = free_port()
-        settings = Settings(database_url=db_url, nats_url=nats_url, http_port=port, log_level="warning",
+        settings = Settings(database_url=db_url, nats_url=nats_url, http_port=port, log_level="warning", log_format="json",
                             warmup_s=0, rate_limit_rpm=0, rate_limit_tpm=0)
         runtime = await Runtime.start(settings)
         server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime=runtime), host="127.0.0.1", port=port,
@@ -78,13 +76,14 @@ async def run(args: argparse.Namespace) -> None:
 
             await jobs(args.warm)
             await asyncio.sleep(3)
-            gc.collect()
-            first = tracemalloc.take_snapshot()
+            before = figures()
+            tracemalloc.start(1)
             await jobs(args.jobs)
             await asyncio.sleep(3)
-            gc.collect()
-            second = tracemalloc.take_snapshot()
-        report(first, second, args.jobs)
+            after = figures()
+            traced = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+        report(before, after, traced, args.jobs)
     finally:
         if agent_task is not None:
             agent.stop()
@@ -102,32 +101,44 @@ async def run(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def report(first: tracemalloc.Snapshot, second: tracemalloc.Snapshot, jobs: int) -> None:
-    by_owner: dict[str, int] = {}
-    total = 0
-    for stat in second.compare_to(first, "traceback"):
-        if stat.size_diff == 0:
-            continue
-        total += stat.size_diff
-        owner = next((f"{f.filename.split('/site-packages/')[-1].split('/wt/scale/')[-1]}:{f.lineno}"
-                      for f in reversed(stat.traceback) if any(o in f.filename for o in OURS)), None)
-        if owner is None:
-            top = stat.traceback[-1]
-            owner = f"(library) {top.filename.split('/site-packages/')[-1]}:{top.lineno}"
-        by_owner[owner] = by_owner.get(owner, 0) + stat.size_diff
-    print(f"traced memory growth over {jobs:,} jobs: {total:,} bytes = {total / jobs:.1f} bytes/job")
-    for owner, size in sorted(by_owner.items(), key=lambda kv: -abs(kv[1]))[:25]:
-        print(f"  {size / jobs:+8.1f} B/job  {size:+10,} B  {owner}")
+def figures() -> dict:
+    import collections
+    import sys
+
+    import psutil
+
+    gc.collect()
+    return {"rss": psutil.Process().memory_info().rss, "blocks": sys.getallocatedblocks(),
+            "types": collections.Counter(type(o).__name__ for o in gc.get_objects())}
+
+
+def report(before: dict, after: dict, traced: tracemalloc.Snapshot, jobs: int) -> None:
+    print(f"over {jobs:,} jobs after warm-up: RSS {after['rss'] - before['rss']:+,} B "
+          f"({(after['rss'] - before['rss']) / jobs:+.1f} B/job); allocated blocks "
+          f"{after['blocks'] - before['blocks']:+,} ({(after['blocks'] - before['blocks']) / jobs:+.2f}/job)")
+    grown = {t: after["types"][t] - before["types"].get(t, 0) for t in after["types"]}
+    print("live objects per type that grew by more than 10:")
+    for name, n in sorted(grown.items(), key=lambda kv: -kv[1])[:15]:
+        if n > 10:
+            print(f"  {n:+8,}  {name}")
+    sites: dict[str, int] = {}
+    for stat in traced.statistics("lineno"):
+        frame = stat.traceback[0]
+        where = f"{frame.filename.split('/site-packages/')[-1].split('/wt/scale/')[-1]}:{frame.lineno}"
+        sites[where] = sites.get(where, 0) + stat.size
+    total = sum(sites.values())
+    print(f"traced memory allocated during the jobs and still alive: {total:,} B ({total / jobs:.1f} B/job); "
+          f"largest sites:")
+    for where, size in sorted(sites.items(), key=lambda kv: -kv[1])[:20]:
+        print(f"  {size / jobs:8.1f} B/job  {size:10,} B  {where}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=int, default=1000)
-    parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
-    tracemalloc.start(12)
-    asyncio.run(run(args))
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    asyncio.run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

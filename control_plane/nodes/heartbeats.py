@@ -102,11 +102,13 @@ class HeartbeatHandler:
                 log.warning("advertisement_unverified", nodes=len(ads), error=str(exc),
                             detail="dropped; the nodes advertise again in one interval")
                 continue
-            for ad, ok in zip(ads, answers):
+            for i, (ad, ok) in enumerate(zip(ads, answers), 1):
                 if ok:
                     await self.observe(ad)
                 else:
                     self._rejected(ad.node_id)
+                if i % 100 == 0:
+                    await asyncio.sleep(0)  # a burst after a start: let requests and other messages in between
 
     def _rejected(self, node_id: str) -> None:
         now = time.monotonic()
