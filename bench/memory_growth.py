@@ -1,6 +1,6 @@
 """Where memory grows per job: a control plane and a node agent running many jobs in one process, measured.
 
-Run:  .venv/bin/python -m bench.memory_growth [--warm 1000] [--jobs 3000] [--concurrency 4]
+Run:  .venv/bin/python -m bench.memory_growth [--warm 1000] [--jobs 3000] [--concurrency 4] [--no-trace]
 
 Embedded NATS and PostgreSQL and the Ollama double run as their own processes; the control plane (with its HTTP
 server) and one node agent run here. After `--warm` jobs: RSS, the interpreter's allocated blocks and a count
@@ -77,12 +77,17 @@ async def run(args: argparse.Namespace) -> None:
             await jobs(args.warm)
             await asyncio.sleep(3)
             before = figures()
-            tracemalloc.start(1)
-            await jobs(args.jobs)
+            if args.trace:
+                tracemalloc.start(1)
+            rss = []
+            for _ in range(args.checkpoints):  # RSS along the way: growth that levels off is bounded
+                await jobs(args.jobs // args.checkpoints)
+                rss.append(figures()["rss"])
             await asyncio.sleep(3)
             after = figures()
-            traced = tracemalloc.take_snapshot()
+            traced = tracemalloc.take_snapshot() if args.trace else None
             tracemalloc.stop()
+            print("RSS after each checkpoint (MB):", " ".join(f"{r / 1e6:.2f}" for r in rss))
         report(before, after, traced, args.jobs)
     finally:
         if agent_task is not None:
@@ -112,7 +117,7 @@ def figures() -> dict:
             "types": collections.Counter(type(o).__name__ for o in gc.get_objects())}
 
 
-def report(before: dict, after: dict, traced: tracemalloc.Snapshot, jobs: int) -> None:
+def report(before: dict, after: dict, traced: tracemalloc.Snapshot | None, jobs: int) -> None:
     print(f"over {jobs:,} jobs after warm-up: RSS {after['rss'] - before['rss']:+,} B "
           f"({(after['rss'] - before['rss']) / jobs:+.1f} B/job); allocated blocks "
           f"{after['blocks'] - before['blocks']:+,} ({(after['blocks'] - before['blocks']) / jobs:+.2f}/job)")
@@ -121,6 +126,8 @@ def report(before: dict, after: dict, traced: tracemalloc.Snapshot, jobs: int) -
     for name, n in sorted(grown.items(), key=lambda kv: -kv[1])[:15]:
         if n > 10:
             print(f"  {n:+8,}  {name}")
+    if traced is None:
+        return
     sites: dict[str, int] = {}
     for stat in traced.statistics("lineno"):
         frame = stat.traceback[0]
@@ -138,6 +145,9 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--checkpoints", type=int, default=6)
+    parser.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
+                        help="tracemalloc the measured jobs (its own tables then count in RSS: use --no-trace for RSS)")
     asyncio.run(run(parser.parse_args()))
 
 
