@@ -854,6 +854,10 @@ GROUP BY account_id, job_id HAVING sum(amount) < 0
 ON CONFLICT DO NOTHING
 RETURNING id, account_id, amount;
 
+-- name: trust_claim_settlement
+-- Claim the settlement of a pair of check runs (no row: another replica settled it).
+INSERT INTO trust_settlements (key) VALUES (%(key)s) ON CONFLICT DO NOTHING RETURNING key;
+
 -- name: trust_now
 -- The database clock (standings written since are read from here on).
 SELECT now() AS now;

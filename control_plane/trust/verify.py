@@ -7,7 +7,10 @@ orphaned pending job (the sweeper adopts it within a sweep), charged to the netw
 price (so the checking operator earns its share and the cost shows in that account's /api/v1/usage), and
 never charged to the user.
 
-Round 1 compares the check with the original answer. Agreement is evidence for both nodes. A disagreement
+A job that sampled (temperature > 0) is re-run as a pair at temperature 0 with one seed: once on its own
+node (a replay, as indistinguishable as any job) and once on another operator's; the two are compared.
+
+Round 1 compares the check with the original answer (or the replay). Agreement is evidence for both nodes. A disagreement
 goes to a third node of yet another operator when there is one (round 2): the side it agrees with passes,
 the other fails; a failed original has its operator's payout reversed and the user's charge returned.
 """
@@ -39,12 +42,17 @@ PROBE_TIMEOUT_S = 60.0
 _PRIVATE_KEYS = ("webhook_url", "trust")
 
 
-def deterministic(request: dict[str, Any]) -> bool:
-    """A job whose answer another honest node reproduces: temperature 0, plain text (no tools, no images)."""
+def comparable(request: dict[str, Any]) -> bool:
+    """A plain text job (no tools, no images, no logprobs): two runs at temperature 0 can be compared."""
     params = request.get("params") or {}
-    if params.get("temperature") not in (0, 0.0) or params.get("tools"):
+    if params.get("tools") or params.get("logprobs"):
         return False
     return not any(m.get("images") for m in request.get("messages") or ())
+
+
+def deterministic(request: dict[str, Any]) -> bool:
+    """A comparable job whose own answer another honest node reproduces: it ran at temperature 0."""
+    return comparable(request) and (request.get("params") or {}).get("temperature") in (0, 0.0)
 
 
 class Verifier:
@@ -84,34 +92,91 @@ class Verifier:
                 self._spawn(self._probe(row, meta))
             elif meta.get("probe_of"):
                 self._settle_probe(row, meta)
+            elif meta.get("pair"):
+                self._spawn(self._settle_pair(row, meta))
             else:
                 self._spawn(self._settle(row, meta))
-        elif (self._account_id is not None and row.get("kind") == "chat" and deterministic(request)
+        elif (self._account_id is not None and row.get("kind") == "chat" and comparable(request)
               and self._rng.random() < self._settings.verify_rate):
-            self._spawn(self._check(row, round_=1, suspect=row["node_id"], avoid=[row["node_id"]]))
+            if deterministic(request):
+                self._spawn(self._check(row, round_=1, suspect=row["node_id"], avoid=[row["node_id"]]))
+            else:
+                self._spawn(self._pair(row))
 
     # -- scheduling ----------------------------------------------------------------------------
     async def _check(self, original: dict[str, Any], *, round_: int, suspect: str, avoid: list[str],
-                     first_check: str | None = None) -> str | None:
+                     first_check: str | None = None, request: dict[str, Any] | None = None,
+                     replay: str | None = None) -> str | None:
         checker = await self._pick_checker(original["model"], avoid)
         if checker is None:
             log.info("check_skipped", job_id=original["id"], round=round_,
                      detail="no online node of another operator serves the model")
             return None
-        request = {k: v for k, v in (original.get("request") or {}).items() if k not in _PRIVATE_KEYS}
+        request = {k: v for k, v in (request or original.get("request") or {}).items() if k not in _PRIVATE_KEYS}
         request["trust"] = {"check_of": original["id"], "suspect": suspect, "round": round_,
-                            "first_check": first_check}
+                            "first_check": first_check, "replay": replay}
         job_id = await self._insert(original["model"], request, checker)
         if job_id is not None:
             log.info("check_scheduled", job_id=original["id"], check_id=job_id, round=round_, suspect=suspect,
                      checker=checker)
         return job_id
 
-    async def _insert(self, model: str, request: dict[str, Any], node_id: str) -> str | None:
+    async def _pair(self, original: dict[str, Any]) -> None:
+        """A job that sampled (temperature > 0) cannot be compared with a re-run; instead the same job at
+        temperature 0 with one seed runs again on its own node (a replay) and on another operator's, and those
+        two answers are compared."""
+        suspect, model = original["node_id"], original["model"]
+        if self._registry.score_of(suspect, model) is None:
+            return  # gone or quarantined meanwhile
+        checker = await self._pick_checker(model, [suspect])
+        if checker is None:
+            log.info("check_skipped", job_id=original["id"], detail="no online node of another operator serves the model")
+            return
+        request = {k: v for k, v in (original.get("request") or {}).items() if k not in _PRIVATE_KEYS}
+        params = dict(request.get("params") or {})
+        params["temperature"] = 0.0
+        if params.get("seed") is None:
+            params["seed"] = self._rng.randrange(1 << 31)
+        request["params"] = params
+        replay_id, check_id = new_id("job"), new_id("job")
+        meta = {"check_of": original["id"], "suspect": suspect, "round": 1, "pair": [replay_id, check_id]}
+        if await self._insert(model, request | {"trust": meta | {"role": "replay"}}, suspect, job_id=replay_id):
+            await self._insert(model, request | {"trust": meta | {"role": "check"}}, checker, job_id=check_id)
+            log.info("check_scheduled", job_id=original["id"], replay_id=replay_id, check_id=check_id,
+                     suspect=suspect, checker=checker)
+
+    async def _settle_pair(self, row: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Both runs of a pair finished (settled once, by whichever finished last)."""
+        partner_id = next(j for j in meta["pair"] if j != row["id"])
+        partner = await self._db.fetchone("get_job_any", {"id": partner_id})
+        if partner is None or partner.get("status") != "completed":
+            return  # the partner settles it when it finishes
+        if await self._db.fetchone("trust_claim_settlement", {"key": ",".join(meta["pair"])}) is None:
+            return  # the partner's replica settled it already
+        original = await self._db.fetchone("get_job_any", {"id": meta["check_of"]})
+        if original is None:
+            return
+        replay, check = (row, partner) if meta.get("role") == "replay" else (partner, row)
+        suspect, checker = meta["suspect"], check["node_id"]
+        if agree(_content(replay), _content(check), self._settings.verify_words):
+            self._evidence(suspect, Evidence.CHECK_PASSED)
+            self._evidence(checker, Evidence.CHECK_PASSED)
+            log.info("check_passed", job_id=original["id"], node_id=suspect, checker=checker, replay=replay["id"])
+            return
+        log.warning("check_disagreed", job_id=original["id"], node_id=suspect, checker=checker, replay=replay["id"],
+                    detail="asking a third node")
+        third = await self._check(original, round_=2, suspect=suspect, avoid=[suspect, checker],
+                                  first_check=check["id"], request=check.get("request"), replay=replay["id"])
+        if third is None:
+            log.warning("check_inconclusive", job_id=original["id"], node_id=suspect, checker=checker,
+                        detail="no third operator's node to settle it; no evidence recorded")
+
+    async def _insert(self, model: str, request: dict[str, Any], node_id: str, *,
+                      job_id: str | None = None) -> str | None:
         """A job of the network account pinned to `node_id`, left for any replica's sweeper to place."""
         from control_plane.credits import ledger
 
-        job_id = new_id("job")
+        job_id = job_id or new_id("job")
         try:
             async with self._db.transaction() as tx:
                 await tx.fetchone("insert_job", {
@@ -228,6 +293,11 @@ class Verifier:
             return
         suspect, checker = meta["suspect"], check["node_id"]
         answer, checked = _content(original), _content(check)
+        if meta.get("replay"):  # a sampled job: the suspect's answer is its replay at temperature 0
+            replay = await self._db.fetchone("get_job_any", {"id": meta["replay"]})
+            if replay is None:
+                return
+            answer = _content(replay)
         words = self._settings.verify_words
         if meta.get("round") == 1:
             if agree(answer, checked, words):

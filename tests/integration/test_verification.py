@@ -49,7 +49,10 @@ async def get_all(stack, key, path, field, **params):
             return items
 
 
-async def test_a_node_answering_random_words_is_caught_quarantined_and_its_earnings_reversed(stack):
+@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["deterministic", "sampled"])
+async def test_a_node_answering_random_words_is_caught_quarantined_and_its_earnings_reversed(stack, temperature):
+    # deterministic: each check re-runs the job elsewhere and compares with the answer the user got;
+    # sampled: the job is replayed at temperature 0 on its own node and run on another, and those are compared.
     async with OllamaDouble(models=[MODEL], token_count=WORDS) as e1, \
             OllamaDouble(models=[MODEL], token_count=WORDS) as e2, \
             OllamaDouble(models=[MODEL], token_count=WORDS, dishonest=True) as e3:
@@ -66,7 +69,8 @@ async def test_a_node_answering_random_words_is_caught_quarantined_and_its_earni
         while not trust.quarantined(cheat.node_id):
             assert i < 60, f"not quarantined after {i} jobs: {trust.view(cheat.node_id)}"
             prompt = f"question {i}"
-            r = await stack.submit(user, model=MODEL, temperature=0, max_tokens=WORDS, node_id=nodes[i % 3].node_id,
+            r = await stack.submit(user, model=MODEL, temperature=temperature, max_tokens=WORDS,
+                                   node_id=nodes[i % 3].node_id,
                                    messages=[{"role": "user", "content": prompt}])
             assert r.status_code == 200, r.text
             jobs[r.json()["id"]] = await stack.wait_job(user, r.json()["id"])
@@ -83,7 +87,7 @@ async def test_a_node_answering_random_words_is_caught_quarantined_and_its_earni
         for j in range(6):
             prompt = f"after {j}"
             job = await stack.wait_job(user, (await stack.submit(
-                user, model=MODEL, temperature=0, max_tokens=WORDS,
+                user, model=MODEL, temperature=temperature, max_tokens=WORDS,
                 messages=[{"role": "user", "content": prompt}])).json()["id"])
             later.add(job["id"])
             assert job["status"] == "completed" and job["node_id"] != cheat.node_id
