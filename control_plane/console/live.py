@@ -44,6 +44,8 @@ def _live(request: Request, console: ConsoleState, runtime: Runtime, template: s
                 except LoginRequired:
                     yield ServerSentEventMessage(event="signed-out", data="signed out")
                     return
+                except InfernetError:  # PostgreSQL hiccup: check again next time rather than drop the stream
+                    pass
             try:
                 ctx = await context()
                 html = fragment(request, template, **ctx)

@@ -17,6 +17,22 @@
     });
     source.addEventListener("end", () => source.close());
     source.addEventListener("signed-out", () => { source.close(); window.location.assign("/console/login?expired=1"); });
+    // A stream the server refused (e.g. 401 after the key was revoked while the stream was reconnecting) is not
+    // retried by the browser: find out why, and say so.
+    source.addEventListener("error", async () => {
+      if (source.readyState !== EventSource.CLOSED) return;  // the browser reconnects by itself
+      try {
+        const probe = await fetch(el.dataset.live, { headers: { "X-Console-Fetch": "1" }, credentials: "same-origin" });
+        if (probe.status === 401) { window.location.assign("/console/login?expired=1"); return; }
+        if (probe.body) probe.body.cancel();
+      } catch (err) { /* the control plane is unreachable */ }
+      el.dataset.liveError = "1";
+      const note = document.createElement("p");
+      note.className = "alert alert-error";
+      note.setAttribute("role", "alert");
+      note.textContent = "Live updates stopped (the control plane did not answer). Reload the page to resume.";
+      el.prepend(note);
+    });
     window.addEventListener("pagehide", () => source.close());
   }
 
