@@ -2,13 +2,15 @@
 
     InfernetError               root; code "internal_error", 500
     ├── BadRequest              400 bad_request
-    │   └── CapabilityUnavailable  400 capability_unavailable
+    │   ├── CapabilityUnavailable  400 capability_unavailable
+    │   └── ContextLengthExceeded  400 context_length_exceeded
     ├── Unauthorized            401 unauthorized
     ├── PaymentRequired         402 insufficient_credits
     ├── Forbidden               403 forbidden
     ├── NotFound                404 not_found
     │   └── ModelNotFound       404 model_not_found
     ├── Conflict                409 conflict
+    ├── PayloadTooLarge         413 payload_too_large
     ├── RateLimited             429 rate_limited
     ├── NoCapacity              503 no_capacity
     └── ServiceUnavailable      503 service_unavailable
@@ -43,6 +45,12 @@ class CapabilityUnavailable(BadRequest):
     """The request needs something (tools, images, logprobs ...) no online node's copy of the model can do."""
 
     code = "capability_unavailable"
+
+
+class ContextLengthExceeded(BadRequest):
+    """The prompt cannot fit the context window of any online node's copy of the model."""
+
+    code = "context_length_exceeded"
 
 
 class Unauthorized(InfernetError):
@@ -84,6 +92,13 @@ class Conflict(InfernetError):
 
     code = "conflict"
     status = 409
+
+
+class PayloadTooLarge(InfernetError):
+    """The job is bigger than the bus can carry to a node."""
+
+    code = "payload_too_large"
+    status = 413
 
 
 class RateLimited(InfernetError):

@@ -73,6 +73,11 @@ class Bus:
     def connected(self) -> bool:
         return self.nc.is_connected
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the NATS server takes (its `max_payload`, 1 MiB by default)."""
+        return self.nc.max_payload or 1024 * 1024
+
     async def ensure_streams(self) -> None:
         """Create (or update) the results stream and the token replay stream."""
         await self._ensure_stream(StreamConfig(
@@ -85,6 +90,7 @@ class Bus:
             retention=RetentionPolicy.LIMITS, storage=StorageType.MEMORY,
             max_age=self._token_replay_secs, max_bytes=512 * 1024 * 1024,
             allow_direct=True,  # replay reads a job's chunks with one batched direct get (streaming/replay.py)
+            num_replicas=self._replicas,
         ))
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
@@ -95,11 +101,21 @@ class Bus:
                     await self.js.update_stream(config)
                 except NotFoundError:
                     await self.js.add_stream(config)
+                await self._wait_for_leader(config.name)
                 return
             except Exception as exc:  # JetStream may still be electing a leader after a (re)start
                 if attempt == 19:
                     raise BusError(f"cannot create JetStream stream {config.name}: {exc}") from exc
                 await asyncio.sleep(0.25 * (attempt + 1))
+
+    async def _wait_for_leader(self, name: str) -> None:
+        """A replicated stream takes no publish until its raft group has elected a leader (NoStreamResponse)."""
+        for _ in range(100):
+            info = await self.js.stream_info(name)
+            if info.cluster is None or info.cluster.leader:
+                return
+            await asyncio.sleep(0.1)
+        raise BusError(f"JetStream stream {name} has no leader yet")
 
     async def assign(self, node_id: str, assignment: protocol.Assignment, timeout: float) -> protocol.AssignmentReply | None:
         """Offer a job to a node; None when it did not answer in time (or is not listening)."""

@@ -49,8 +49,9 @@ class QueuedJob:
 
     @property
     def needs(self) -> tuple[str, ...]:
-        """Capabilities the job's model must have on the node (tools, vision, logprobs ...)."""
-        return tuple(self.request.get("needs") or ())
+        """Capabilities the job's model must have on the node (tools, vision, logprobs ...; embeddings for embed jobs)."""
+        needs = tuple(self.request.get("needs") or ())
+        return ("embeddings", *needs) if self.kind == "embed" else needs
 
     @property
     def probe(self) -> bool:
@@ -118,6 +119,12 @@ class Dispatcher:
         self._held[job.id] = job
         if wake:
             self._wake.set()
+
+    def oversize(self, job: QueuedJob) -> tuple[int, int] | None:
+        """(size, limit) when the job's assignment would not fit in one bus message, else None."""
+        limit = self._bus.max_payload
+        size = len(protocol.encode(job.assignment("0" * 16)))
+        return (size, limit) if size > limit else None
 
     def wake(self) -> None:
         """Something changed (a slot freed, a node appeared): try the queues again."""
@@ -202,7 +209,15 @@ class Dispatcher:
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("placement_task_failed", error=f"{type(exc).__name__}: {exc}",
+                      detail="the job stays pending; the sweeper re-adopts it when its claim expires",
+                      exc_info=exc)
 
     # -- offering --------------------------------------------------------------------------------
     async def _offer(self, job: QueuedJob, node_id: str) -> None:

@@ -6,7 +6,8 @@ from datetime import datetime
 
 from control_plane.accounts.auth import Principal
 from control_plane.credits import ledger
-from control_plane.errors import BadRequest, CapabilityUnavailable, Conflict, ModelNotFound, NoCapacity, NotFound
+from control_plane.errors import (BadRequest, CapabilityUnavailable, Conflict, ContextLengthExceeded, ModelNotFound,
+                                  NoCapacity, NotFound, PayloadTooLarge)
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.jobs.schemas import JobCreate, request_payload
 from control_plane.jobs.sweeper import Sweeper
@@ -18,6 +19,10 @@ from control_plane.store import Database
 from control_plane.store.database import jsonb
 
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+#: UTF-8 bytes per token the submit-time context check assumes. Real text averages 3-5 bytes per token, so
+#: only a prompt far too long is refused here; the node's engine counts exactly and refuses the rest with the
+#: same error (400 context_length_exceeded).
+BYTES_PER_TOKEN_AT_MOST = 8
 #: The request field a capability is needed for (the `param` of a capability_unavailable error).
 NEED_PARAMS = {"tools": "tools", "vision": "messages", "logprobs": "logprobs", "logit_bias": "logit_bias",
                "embeddings": "model", "chat": "model"}
@@ -76,6 +81,31 @@ class JobService:
                                     "GET /api/v1/nodes shows each model's capabilities",
                                     param=NEED_PARAMS.get(missing[0]))
 
+    def check_context(self, model: str, payload: dict) -> None:
+        """Refuse at once (400 context_length_exceeded) a prompt clearly longer than every online node's context."""
+        texts = [m["content"] for m in payload.get("messages", ()) if isinstance(m.get("content"), str)]
+        if sum(map(len, texts)) * 4 <= 2048 * BYTES_PER_TOKEN_AT_MOST:  # a character is at most 4 UTF-8 bytes
+            return  # fits any context worth serving; skips the registry walk on the hot path
+        estimate = sum(len(t.encode()) for t in texts) // BYTES_PER_TOKEN_AT_MOST
+        largest = self._registry.largest_context_below(model, estimate)
+        if largest is not None:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {largest} tokens; the messages are at least {estimate} "
+                f"tokens long. Shorten the messages.", param="messages")
+
+    def check_size(self, model: str, kind: str, payload: dict, pinned: str | None) -> None:
+        """Refuse at once (413 payload_too_large) a job whose assignment cannot travel to a node in one message."""
+        texts = [m.get("content") for m in payload.get("messages", ())] + list(payload.get("inputs", ()))
+        if sum(len(t) for t in texts if isinstance(t, str)) * 6 < 64 * 1024 and len(texts) < 1000:
+            return  # far below any bus limit (JSON escaping at most sextuples a character): skip encoding it
+        job = QueuedJob(id="job_" + "0" * 16, model=model, kind=kind, request=payload, deadline=0.0,
+                        pinned_node_id=pinned)
+        found = self._dispatcher.oversize(job)
+        if found is not None:
+            size, limit = found
+            raise PayloadTooLarge(f"the job is {size:,} bytes once encoded for a node; the bus carries at most "
+                                  f"{limit:,} bytes per message (NATS max_payload): send fewer or shorter messages")
+
     async def submit(self, principal: Principal, body: JobCreate, *, request_id: str | None = None,
                      payload: dict | None = None, kind: str = "chat") -> dict:
         payload = payload if payload is not None else request_payload(body)
@@ -86,8 +116,12 @@ class JobService:
         if self.gateway is not None:  # rate limit, model "auto", fallback, typed output, webhook: jobs/gateway.py
             model = await self.gateway.prepare(principal, body, payload, kind=kind)
         self.check_routable(model, body.node_id)
-        if payload.get("needs"):
-            self.check_capable(model, payload["needs"], body.node_id)
+        self.check_size(model, kind, payload, body.node_id)
+        if kind == "chat":
+            self.check_context(model, payload)
+        # What the job kind needs comes first, so the refusal names it: "no online node serves X with embeddings".
+        self.check_capable(model, ["embeddings" if kind == "embed" else "chat", *(payload.get("needs") or ())],
+                           body.node_id)
         wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
         job_id = new_id("job")
         # The job row and its credit reservation commit together; without enough credit (402) neither exists.

@@ -40,7 +40,7 @@ DEFAULT_MAX_TOKENS = 512
 DEADLINE_GRACE_S = DEADLINE_GRACE_SECS + 5.0
 #: HTTP status of a request whose job failed with this error code (others: 502, the node or engine failed).
 _FAILURE_STATUS = {"no_capacity": 503, "model_unavailable": 503, "timeout": 504, "cancelled": 409,
-                   "not_found": 404}
+                   "not_found": 404, "context_length_exceeded": 400}
 _enc = msgspec.json.encode
 #: Fields of POST /api/v1/jobs a /v1 request may carry too.
 _EXTENSIONS = ("node_id", "max_wallclock_secs", "routing", "fallback_models", "webhook_url")

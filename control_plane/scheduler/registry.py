@@ -473,6 +473,21 @@ class NodeRegistry:
                     break
         return found
 
+    def largest_context_below(self, model: str, tokens: int) -> int | None:
+        """None when some accepting node's copy of the model may take `tokens` of prompt (context unknown or large
+        enough); else the largest context any of them advertises. Stops at the first node that fits."""
+        idx = self._index.get(model)
+        if idx is None:
+            return None
+        now, nodes, largest = self._now(), self._nodes, None
+        for n in idx.nodes:
+            if nodes[n].accepting(now):
+                context = nodes[n].indexed[model].context_length
+                if context is None or context <= 0 or context >= tokens:
+                    return None
+                largest = context if largest is None else max(largest, context)
+        return largest
+
     def capabilities_of(self, model: str) -> frozenset[str]:
         """Every capability some accepting node has for the model (empty when none serves it)."""
         idx = self._index.get(model)

@@ -52,6 +52,12 @@ class GenerationFailed(EngineError):
     code = "engine_error"
 
 
+class ContextLengthExceeded(EngineError):
+    """The prompt does not fit the model's context window (the caller's request, not the node, is at fault)."""
+
+    code = "context_length_exceeded"
+
+
 @dataclass(frozen=True, slots=True)
 class EngineModel:
     """A model the engine can serve; `loaded` means resident in memory right now."""

@@ -21,7 +21,8 @@ Error mapping::
 
     model file missing / llama-cpp-python absent / load failure  -> EngineUnavailable
     a model name other than the one served                        -> ModelUnavailable
-    prompt longer than the context window, errors while sampling  -> GenerationFailed
+    prompt longer than the context window                         -> ContextLengthExceeded
+    errors while sampling                                         -> GenerationFailed
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from typing import Any
 
 from node_agent.engines.base import (
     Completion,
+    ContextLengthExceeded,
     Delta,
+    EngineError,
     EngineHealth,
     EngineModel,
     EngineUnavailable,
@@ -232,7 +235,7 @@ class LlamaCppEngine:
         except _Stopped:
             self.stopped_generations += 1
         except Exception as exc:  # llama.cpp or template errors: a failed job, not a dead agent
-            if not isinstance(exc, GenerationFailed):
+            if not isinstance(exc, EngineError):
                 exc = GenerationFailed(f"llama.cpp: {type(exc).__name__}: {exc}", produced_tokens=progress[0] > 0)
             with suppress(_Stopped):
                 emit(exc)
@@ -248,7 +251,8 @@ class LlamaCppEngine:
                                 special=True)
         room = llama.n_ctx() - len(prompt)
         if room <= 0:
-            raise GenerationFailed(f"prompt of {len(prompt)} tokens does not fit the {llama.n_ctx()}-token context")
+            raise ContextLengthExceeded(f"This model's maximum context length is {llama.n_ctx()} tokens; the prompt "
+                                        f"has {len(prompt)} tokens")
         budget = min(params.max_tokens, room)
         # No seed: fresh randomness per job (llama.cpp would otherwise reuse the context's one seed every time).
         llama.set_seed(params.seed if params.seed is not None else secrets.randbits(31))

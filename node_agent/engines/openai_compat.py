@@ -14,6 +14,7 @@ Error mapping (driver error -> EngineError, chained)::
     httpx.TransportError, ConnectionError       -> EngineUnavailable   refused, reset, timed out
     HTTP 429 / 503                              -> EngineBusy          the server's queue is full
     HTTP 404, or a model /v1/models does not list -> ModelUnavailable
+    HTTP 400 about the context length            -> ContextLengthExceeded
     other HTTP errors, `error` events mid-stream,
     malformed JSON                               -> GenerationFailed    produced_tokens says if text went out
 """
@@ -21,6 +22,7 @@ Error mapping (driver error -> EngineError, chained)::
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -29,6 +31,7 @@ import httpx
 
 from node_agent.engines.base import (
     Completion,
+    ContextLengthExceeded,
     Delta,
     EngineBusy,
     EngineError,
@@ -62,12 +65,19 @@ def _error_text(body: Any) -> str:
     return str(body)
 
 
+#: How servers word a prompt that does not fit the context ("maximum context length", "context length exceeded",
+#: llama.cpp's "exceeds the available context size").
+_CONTEXT_WORDS = re.compile(r"context[ _-]?(length|window|size)", re.IGNORECASE)
+
+
 def _status_error(status: int, body: Any, *, produced: bool = False) -> EngineError:
     message = f"openai-compatible server answered {status}: {_error_text(body)}"
     if status in _BUSY:
         return EngineBusy(message, produced_tokens=produced)
     if status == 404:
         return ModelUnavailable(message, produced_tokens=produced)
+    if status == 400 and _CONTEXT_WORDS.search(message):  # vLLM, llama.cpp server, OpenAI all say it this way
+        return ContextLengthExceeded(message, produced_tokens=produced)
     return GenerationFailed(message, produced_tokens=produced)
 
 

@@ -149,6 +149,12 @@ async def test_a_three_node_cluster_stream_survives_a_killed_member(nats_cluster
         quick = nc.jsm(timeout=1)  # polls must not sit out a 5 s timeout while a member is down
         await wait_until(lambda: js.add_stream(name="FIXTURE_R3", subjects=["fixture.r3"], num_replicas=3),
                          timeout=30, ignore=NATS_ERRORS, message="replicated stream never created")
+
+        async def has_leader():
+            # add_stream returns before the stream's raft group elects a leader; until then a publish gets
+            # no response (NoStreamResponseError).
+            return (await quick.stream_info("FIXTURE_R3")).cluster.leader
+        await wait_until(has_leader, timeout=30, ignore=NATS_ERRORS, message="replicated stream never got a leader")
         for i in range(5):
             await js.publish("fixture.r3", f"m{i}".encode())
         info = await js.stream_info("FIXTURE_R3")
