@@ -48,8 +48,9 @@ class Settings:
     #: PostgreSQL pool bounds.
     db_pool_min: int = 2
     db_pool_max: int = 16
-    #: Seconds after start during which unknown models are queued, not refused: nodes may not have advertised yet.
-    warmup_s: float = 15.0
+    #: Seconds after start during which unknown models are queued, not refused: the control plane asks every node
+    #: to advertise at start, so this only has to cover one round trip (and the first token checks).
+    warmup_s: float = 2.0
     #: Seconds an authenticated key stays cached in memory (revocations are also broadcast to every replica
     #: at once; this bounds how long a missed broadcast could keep a revoked key working).
     auth_cache_secs: float = 2.0

@@ -47,6 +47,9 @@ def model_allowed(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> b
 
 __all__ = ["NodeAgent", "RunningJob", "model_allowed", "reconnect_backoff"]
 
+#: Nodes answer a control plane's request to advertise within this many seconds (spread so 10,000 do not at once).
+ADVERTISEMENT_REQUEST_JITTER_S = 0.25
+
 
 def reconnect_backoff(servers, server_info) -> tuple:
     """nats-py's reconnect hook: the server tried least, after an exponential, jittered wait (0.25 s .. 10 s)."""
@@ -86,6 +89,7 @@ class NodeAgent:
         self.assignments = Assignments(node_id, self.slots, self.runner, self.publisher, self.metrics,
                                        draining=lambda: self.state == "draining", serves=self.serves)
         self._stop = asyncio.Event()
+        self._answers: set[asyncio.Task] = set()
         self._engine_warned = False
         self._nats_errors_logged: dict[str, float] = {}
         self._log = log.bind(node_id=node_id)
@@ -114,6 +118,7 @@ class NodeAgent:
         await self.nc.subscribe(subjects.node_assign(self.node_id), cb=self.assignments.on_assign)
         await self.nc.subscribe(subjects.node_cancel(self.node_id), cb=self.assignments.on_cancel)
         await self.nc.subscribe(subjects.node_drain(self.node_id), cb=self._on_drain)
+        await self.nc.subscribe(subjects.advertisement_requests(), cb=self._on_advertisement_request)
         await self.nc.flush()
         self._log.info("node_started", nats=self.settings.nats_url, engine=self.settings.engine,
                        engine_url=self.engine_location, slots=self.settings.max_concurrency)
@@ -201,6 +206,15 @@ class NodeAgent:
 
     async def _on_drain(self, msg) -> None:
         asyncio.create_task(self.drain())
+
+    async def _on_advertisement_request(self, msg) -> None:
+        """A control plane started and asks every node to advertise now; a short random delay spreads the answers."""
+        async def answer() -> None:
+            await asyncio.sleep(random.uniform(0, ADVERTISEMENT_REQUEST_JITTER_S))
+            await self.advertise()
+        task = asyncio.create_task(answer())
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
 
     async def _shutdown(self) -> None:
         self.slots.stop_all("node_shutdown")

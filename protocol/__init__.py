@@ -4,6 +4,7 @@ from protocol.codec import DecodeError, decode, encode
 from protocol.messages import (
     CAPABILITIES,
     Advertisement,
+    AdvertisementRequest,
     Assignment,
     AssignmentReply,
     Cancel,
@@ -32,6 +33,7 @@ __all__ = [
     "CAPABILITIES",
     "PROTOCOL_VERSION",
     "Advertisement",
+    "AdvertisementRequest",
     "Assignment",
     "AssignmentReply",
     "Cancel",

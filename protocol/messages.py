@@ -228,6 +228,13 @@ class Cancel(_Wire, tag="cancel"):
     lease: str = ""
 
 
+class AdvertisementRequest(_Wire, tag="advertisement_request"):
+    """A control plane asks every node to advertise now (broadcast on subjects.advertisement_requests())."""
+
+    replica_id: str = ""
+    sent_at: float = 0.0
+
+
 class NodeVerify(_Wire, tag="node_verify"):
     """Request/reply: does the control plane accept this node's token (used by `infernet-node doctor`)."""
 

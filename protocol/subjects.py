@@ -31,6 +31,11 @@ def advertisements() -> str:
     return f"{PREFIX}.nodes.advertise"
 
 
+def advertisement_requests() -> str:
+    """A control plane asks every node to advertise now (after its start), so its registry fills in one round trip."""
+    return f"{PREFIX}.nodes.solicit"
+
+
 def node_verify() -> str:
     """Request/reply: a node asks whether the control plane accepts its token (any one replica answers)."""
     return f"{PREFIX}.nodes.verify"

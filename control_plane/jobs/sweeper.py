@@ -36,6 +36,10 @@ class Sweeper:
         self.reports = None
 
     @property
+    def replica_id(self) -> str:
+        return self._settings.replica_id
+
+    @property
     def warm(self) -> bool:
         """True once a full offline window has passed since start, so the registry has heard every live node."""
         return self._clock() - self._started >= self._settings.warmup_s

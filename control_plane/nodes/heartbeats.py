@@ -51,6 +51,17 @@ class HeartbeatHandler:
     async def start(self) -> None:
         await self._bus.subscribe(subjects.advertisements(), self._on_message)
         await self._bus.subscribe(subjects.node_verify(), self._on_verify, queue="control-plane-verify")
+        await self.solicit()
+
+    async def solicit(self) -> None:
+        """Ask every node to advertise now, so a fresh registry fills in one round trip, not one interval."""
+        try:
+            await self._bus.publish(subjects.advertisement_requests(),
+                                    protocol.AdvertisementRequest(replica_id=self._sweeper.replica_id,
+                                                                  sent_at=time.time()))
+        except Exception as exc:  # NATS down right now: advertisements arrive on their interval anyway
+            log.warning("advertisement_request_failed", error=str(exc) or type(exc).__name__,
+                        detail="the registry fills as nodes advertise on their interval")
 
     async def _on_verify(self, msg) -> None:
         """Answer a node's "is my token accepted?" (infernet-node doctor), with this replica's clock."""

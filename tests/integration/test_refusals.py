@@ -83,3 +83,29 @@ async def test_the_engine_counts_exactly_a_prompt_the_estimate_let_through(stack
                                              messages=[{"role": "user", "content": prompt}])
     assert caught.value.body["code"] == "context_length_exceeded", caught.value.body
     assert "4096" in caught.value.body["message"]
+
+
+async def test_a_starting_control_plane_asks_nodes_to_advertise_and_then_refuses_unknown_models(stack):
+    """The node advertises every 60 s, so a second replica can only see it this soon because it asked."""
+    from tests.fixtures.waiting import wait_until
+    from tests.harness import Stack
+
+    async with OllamaDouble(models=[CHAT]) as d:
+        node = await stack.add_node(d.url, interval=60.0)
+        await stack.wait_nodes_serving(CHAT)
+        second = await Stack(stack.nats_url, stack.database_url, overrides={"warmup_s": 2.0}).start()
+        try:
+            await wait_until(lambda: second.runtime.registry.get(node.node_id) is not None, timeout=20,
+                             message="the new replica never heard the node (it should have asked it to advertise)")
+            key = await second.key()
+
+            async def warm():
+                return (await second.client.get("/readyz")).json().get("registry") == "warm"
+            await wait_until(warm, timeout=30, message="the new replica never finished warming up")
+            r = await second.submit(key, model="no-such-model:1b")
+            assert (r.status_code, r.json()["error"]) == (404, "model_not_found"), r.text  # refused, not queued
+            ok = await second.submit(key, model=CHAT)
+            assert ok.status_code == 200, ok.text
+            assert (await second.wait_job(key, ok.json()["id"]))["status"] == "completed"
+        finally:
+            await second.stop()
