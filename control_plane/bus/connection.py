@@ -27,6 +27,10 @@ class BusError(InfernetError):
     status = 503
 
 
+class NoResponders(BusError):
+    """Nothing listens on the node's subject: its agent is not connected (dead, or cut off)."""
+
+
 class Bus:
     """NATS for the control plane; every subject comes from protocol.subjects."""
 
@@ -118,10 +122,12 @@ class Bus:
         raise BusError(f"JetStream stream {name} has no leader yet")
 
     async def assign(self, node_id: str, assignment: protocol.Assignment, timeout: float) -> protocol.AssignmentReply | None:
-        """Offer a job to a node; None when it did not answer in time (or is not listening)."""
+        """Offer a job to a node; None when it did not answer in time; NoResponders when nothing listens there."""
         try:
             msg = await self.nc.request(subjects.node_assign(node_id), protocol.encode(assignment), timeout=timeout)
-        except (NatsTimeout, NoRespondersError, asyncio.TimeoutError):
+        except NoRespondersError as exc:
+            raise NoResponders(f"node {node_id} is not connected to NATS") from exc
+        except (NatsTimeout, asyncio.TimeoutError):
             return None
         except ConnectionClosedError as exc:
             raise BusError("NATS connection closed") from exc

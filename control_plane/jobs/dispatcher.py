@@ -14,7 +14,7 @@ import structlog
 
 import protocol
 from protocol import subjects
-from control_plane.bus import Bus, BusError
+from control_plane.bus import Bus, BusError, NoResponders
 from control_plane.lib.metrics import ControlPlaneMetrics
 from control_plane.scheduler import placement
 from control_plane.scheduler.registry import NodeRegistry
@@ -104,6 +104,7 @@ class Dispatcher:
         self._trust = trust  # unanswered offers count against a node's reputation
         self._queues: dict[tuple[str, str | None], deque[QueuedJob]] = {}
         self._held: dict[str, QueuedJob] = {}  # job id -> queued or being offered
+        self._offering: set[str] = set()  # job ids with an offer in flight from this replica
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         #: Set by the runtime: moves a job that its model cannot serve to the next model of its fallback chain.
@@ -132,6 +133,15 @@ class Dispatcher:
 
     def held_ids(self) -> list[str]:
         return list(self._held)
+
+    def offering(self, job_id: str) -> bool:
+        """This replica is offering the job to a node right now (its reply or timeout decides what happens)."""
+        return job_id in self._offering
+
+    def _let_go(self, job: QueuedJob) -> None:
+        """Stop holding this copy of the job (a newer copy of it, e.g. re-placed by the sweeper, stays held)."""
+        if self._held.get(job.id) is job:
+            del self._held[job.id]
 
     def queued_count(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -221,6 +231,13 @@ class Dispatcher:
 
     # -- offering --------------------------------------------------------------------------------
     async def _offer(self, job: QueuedJob, node_id: str) -> None:
+        self._offering.add(job.id)
+        try:
+            await self._offer_once(job, node_id)
+        finally:
+            self._offering.discard(job.id)
+
+    async def _offer_once(self, job: QueuedJob, node_id: str) -> None:
         lease = secrets.token_hex(8)
         bound = log.bind(job_id=job.id, node_id=node_id, attempt=job.attempt)
         try:
@@ -235,36 +252,47 @@ class Dispatcher:
         if not started:
             # Cancelled or finished meanwhile: nothing to place.
             self._registry.release(node_id, job.id, job.attempt)
-            self._held.pop(job.id, None)
+            self._let_go(job)
             return
+        unreachable = False
         try:
             reply = await self._bus.assign(node_id, job.assignment(lease), self._settings.assign_timeout_s)
+        except NoResponders:
+            reply, unreachable = None, True
         except BusError:
             reply = None
         self.metrics.offers.labels(answer="accepted" if reply is not None and reply.accepted
-                                   else (reply.reason or "rejected") if reply is not None else "unanswered").inc()
+                                   else (reply.reason or "rejected") if reply is not None
+                                   else "unreachable" if unreachable else "unanswered").inc()
         if reply is not None and reply.accepted:
             # The slot stays reserved in the registry until the job is seen ending (which may already have
             # happened: a short job's outcome can arrive before this reply is processed) or an advertisement
             # built after its admission no longer lists it.
             self._registry.accepted(node_id, job.id, job.attempt, reply.admitted)
-            self._held.pop(job.id, None)
+            self._let_go(job)
             bound.info("job_assigned")
             return
         self._registry.release(node_id, job.id, job.attempt)
-        if reply is None:
+        if unreachable:
+            # Nobody received the offer (the agent is not connected): no attempt was used, and the node gets no
+            # more offers until it advertises again.
+            self._registry.mark_unreachable(node_id)
+            bound.warning("node_unreachable", detail="no agent listening for its assignments; no offers to it until "
+                                                     "it advertises again")
+        elif reply is None:
             bound.warning("assignment_unanswered", detail="node did not answer in time; trying the next node")
             if self._trust is not None:
                 self._trust.unanswered(node_id)
-            await self._bus_quiet_cancel(node_id, job)
+            await self._bus_quiet_cancel(node_id, job, lease)
         else:
             bound.info("assignment_rejected", reason=reply.reason, detail=reply.detail)
             if reply.reason == "at_capacity":
                 self._registry.mark_full(node_id)
         job.tried.add(node_id)
-        if reply is None:
+        if reply is None and not unreachable:
             # The silent node may have started it anyway: the next offer is a new attempt number, so stream
-            # clients never see its chunks mixed with the next node's (chunks carry the attempt).
+            # clients never see its chunks mixed with the next node's (chunks carry the attempt). Refusals and
+            # offers nobody received use no attempt: the number counts runs (that may have happened).
             job.attempt += 1
         try:
             reverted = await self._db.execute(
@@ -278,7 +306,7 @@ class Dispatcher:
         if not reverted:
             # The row is no longer this offer's (cancelled, lost and re-placed by the sweeper, or the revert
             # failed): this copy is stale, so queueing it would place the job twice.
-            self._held.pop(job.id, None)
+            self._let_go(job)
             return
         if self._pick_possible(job):
             self.enqueue(job, front=True)
@@ -291,18 +319,19 @@ class Dispatcher:
         return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1,
                                          needs=job.needs, probe=job.probe))
 
-    async def _bus_quiet_cancel(self, node_id: str, job: QueuedJob) -> None:
-        await self.cancel_on_node(node_id, job.id, job.attempt, reason="unanswered")
+    async def _bus_quiet_cancel(self, node_id: str, job: QueuedJob, lease: str) -> None:
+        await self.cancel_on_node(node_id, job.id, job.attempt, reason="unanswered", lease=lease)
 
-    async def cancel_on_node(self, node_id: str, job_id: str, attempt: int, *, reason: str = "cancelled") -> None:
+    async def cancel_on_node(self, node_id: str, job_id: str, attempt: int, *, reason: str = "cancelled",
+                             lease: str = "") -> None:
         """Tell a node to stop one attempt of a job (best effort: a gone node has nothing to stop)."""
         try:
-            await self._bus.publish(subjects.node_cancel(node_id), protocol.Cancel(job_id, attempt, reason))
+            await self._bus.publish(subjects.node_cancel(node_id), protocol.Cancel(job_id, attempt, reason, lease))
         except Exception as exc:
             log.warning("cancel_not_sent", job_id=job_id, node_id=node_id, error=str(exc))
 
     async def _expire(self, job: QueuedJob) -> None:
-        self._held.pop(job.id, None)
+        self._let_go(job)
         try:
             await self._db.execute(
                 "fail_pending",

@@ -80,6 +80,8 @@ class JobView(Struct, omit_defaults=True):
     created_at: str
     node_id: str | None = None
     attempt: int | None = None
+    #: How many times the job was offered to a node (accepted or not); `attempt` counts runs only.
+    offers: int | None = None
     result: JobResultView | None = None
     error: str | None = None
     error_message: str | None = None
@@ -137,7 +139,7 @@ def job_view(row: dict[str, Any]) -> JobView:
         ttft = max(int((row["first_token_at"] - row["created_at"]).total_seconds() * 1000), 0)
     return JobView(
         id=row["id"], status=row["status"], model=row["model"], created_at=iso(row["created_at"]),
-        node_id=row.get("node_id"), attempt=row.get("attempt") or None, result=result,
+        node_id=row.get("node_id"), attempt=row.get("attempt") or None, offers=row.get("offers") or None, result=result,
         error=row.get("error"), error_message=row.get("error_message"),
         started_at=iso(row.get("started_at")), completed_at=iso(row.get("completed_at")), latency_ms=latency,
         time_to_first_token_ms=ttft, credits_charged=row.get("credits_charged"), **_gateway_fields(row),

@@ -116,6 +116,8 @@ class Sweeper:
         for row in rows:
             if started_before is not None and row.get("started_at") and row["started_at"] >= started_before:
                 continue
+            if self._dispatcher.offering(row["id"]):
+                continue  # its offer is still in flight here: the reply or its timeout decides (never both)
             await self.lose_attempt(row, "lost")
 
     async def lose_attempt(self, row: dict, how: str) -> None:

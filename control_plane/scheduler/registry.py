@@ -96,6 +96,7 @@ class _Node:
     offline_since: float = 0.0
     drain_requested: bool = False
     full: bool = False
+    unreachable: bool = False  # an offer found no agent listening: no offers until the next advertisement
     # Slot accounting by job id, exact whatever order reservations, ends and advertisements arrive in:
     # busy = (advertised jobs not seen ending) + (this replica's reservations the advertisement does not list).
     held: frozenset[str] = frozenset()  # the jobs the last advertisement listed (`running`)
@@ -127,7 +128,7 @@ class _Node:
 
     @property
     def free(self) -> int:
-        return 0 if self.full else max(self.slots - self.est_active, 0)
+        return 0 if self.full or self.unreachable else max(self.slots - self.est_active, 0)
 
     @property
     def draining(self) -> bool:
@@ -217,7 +218,7 @@ class NodeRegistry:
         node.ad, node.interval_s, node.last_seen = ad, interval, now
         node.deadline = now + OFFLINE_AFTER_INTERVALS * interval
         self._count_advertised(node, ad)
-        node.full = False
+        node.full = node.unreachable = False
         if ad.state == "draining":
             node.drain_requested = False  # acknowledged: from now on the advertisement says
         self._set_served(node, served)
@@ -354,6 +355,13 @@ class NodeRegistry:
             node.ended &= node.held
         node.held_live = len(node.held) - len(node.ended)
         node.extra = sum(1 for job_id in node.mine if job_id not in node.held)
+
+    def mark_unreachable(self, node_id: str) -> None:
+        """No agent listens for the node's assignments (no responders): no offers to it until it advertises again."""
+        node = self._nodes.get(node_id)
+        if node is not None and not node.unreachable:
+            node.unreachable = True
+            self._rerank(node)
 
     def mark_full(self, node_id: str) -> None:
         """The node refused a job at_capacity: give it no more until its next advertisement or a release."""
@@ -617,7 +625,7 @@ class NodeRegistry:
         slots, active = node.slots, node.est_active
         tier, quarantined = self._trust.get(node.node_id, (0, False))
         placeable = (not node.offline and node.ad.engine_ok and not node.draining and not node.full
-                     and active < slots and bool(node.indexed) and not quarantined)
+                     and not node.unreachable and active < slots and bool(node.indexed) and not quarantined)
         sig = (load_band(active, slots) + tier * TIER_BANDS, reliability_rank(node.success_rate), active,
                node.models_sig) if placeable else None
         if sig == node.sig:

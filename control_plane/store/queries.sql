@@ -115,9 +115,10 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: start_attempt
--- Record that an attempt was accepted by a node: the job is processing there under a new lease.
+-- Record an offer of the job to a node before it is sent: processing there under a new lease (reverted if the
+-- node does not take it); every offer is counted, accepted or not.
 UPDATE jobs
-SET status = 'processing', attempt = %(attempt)s, lease = %(lease)s, node_id = %(node_id)s,
+SET status = 'processing', attempt = %(attempt)s, lease = %(lease)s, node_id = %(node_id)s, offers = offers + 1,
     started_at = COALESCE(started_at, now()), assigned_at = now(), claimed_by = NULL, claim_expires_at = NULL
 WHERE id = %(id)s AND status = 'pending'
 RETURNING id;

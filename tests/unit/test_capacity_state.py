@@ -1,4 +1,4 @@
-"""Slot accounting over shuffled event orders: the dispatcher and registry, and the node's slot table, together.
+"""Slot and attempt accounting over shuffled event orders: dispatcher, sweeper, registry and the node's slot table.
 
 Every message between the control plane and the node (offer, reply, cancel, outcome, advertisement) is held
 in flight and delivered when hypothesis says, in any order a real network allows (advertisements from one
@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import protocol
-from control_plane.bus import BusError
+from control_plane.bus import BusError, NoResponders
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
+from control_plane.jobs.sweeper import Sweeper
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from node_agent.assignments import Assignments
@@ -32,10 +33,28 @@ PICK = st.integers(min_value=0, max_value=1_000)
 
 
 class JobTable:
-    """The job rows, honouring the named queries the dispatcher runs (pending/processing/ended, attempt, lease)."""
+    """The job rows, honouring the named queries the dispatcher and sweeper run (status, attempt, lease, node)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict] = {}
+        self.highest_attempt: dict[str, int] = {}
+
+    async def fetchall(self, name: str, params: dict) -> list[dict]:
+        assert name == "processing_on_nodes"
+        return [{"id": job_id, "attempt": r["attempt"], "node_id": r["node_id"], "first_token_at": None,
+                 "started_at": None} for job_id, r in self.rows.items()
+                if r["status"] == "processing" and r["node_id"] in params["node_ids"]]
+
+    async def fetchone(self, name: str, params: dict) -> dict | None:
+        assert name == "requeue_attempt"
+        row = self.rows.get(params["id"])
+        if row is None or row["status"] != "processing" or row["attempt"] != params["attempt"]:
+            return None
+        if params["lease"] is not None and row["lease"] != params["lease"]:
+            return None
+        row.update(status="pending", lease=None, node_id=None)
+        return {"id": params["id"], "model": MODEL, "attempt": row["attempt"], "pinned_node_id": None, "kind": "chat",
+                "request": {"messages": []}, "deadline": 1e12}
 
     async def execute(self, name: str, params: dict) -> int:
         row = self.rows.get(params["id"])
@@ -43,6 +62,10 @@ class JobTable:
             return 0
         if name == "start_attempt" and row["status"] == "pending":
             row.update(status="processing", attempt=params["attempt"], lease=params["lease"], node_id=params["node_id"])
+            self.highest_attempt[params["id"]] = max(self.highest_attempt.get(params["id"], 0), params["attempt"])
+            return 1
+        if name == "fail_processing" and row["status"] == "processing" and row["attempt"] == params["attempt"]:
+            row.update(status="failed")
             return 1
         if name == "revert_attempt" and row["status"] == "processing" and row["lease"] == params["lease"]:
             row.update(status="pending", lease=None, node_id=None)
@@ -64,7 +87,7 @@ class HeldBus:
         self.m.offers.append(Offer(assignment, fut))
         return await fut
 
-    async def publish(self, subject: str, message: object) -> None:
+    async def publish(self, subject: str, message: object) -> None:  # cancels only
         assert subject == subjects.node_cancel(NODE)
         self.m.cancels.append(message)
 
@@ -135,8 +158,14 @@ class CapacityMachine(RuleBasedStateMachine):
         self.releases: dict[tuple[str, int, str], int] = {}
         self.db = JobTable()
         self.registry = NodeRegistry(now=lambda: 0.0)
+        settings = Settings(assign_timeout_s=1.0, replica_id="r1", max_attempts=3)
         self.dispatcher = Dispatcher(self.db, HeldBus(self), self.registry,  # type: ignore[arg-type]
-                                     Settings(assign_timeout_s=1.0, replica_id="r1"), clock=lambda: 0.0)
+                                     settings, clock=lambda: 0.0)
+        self.sweeper = Sweeper(self.db, self.registry, self.dispatcher, settings, clock=lambda: 0.0)  # type: ignore[arg-type]
+        #: Per job, the events that may raise its attempt number: an offer the node did not answer in time (it may
+        #: have run it) and a lost attempt sent back to the queue. Refusals and offers nobody received never do.
+        self.may_raise: dict[str, int] = {}
+        self.declared_lost: set[str] = set()
         self.last_delivered_ad: frozenset[str] = frozenset()
         self.lost_outcomes = False
         self.lost: dict[str, int] = {}
@@ -223,16 +252,38 @@ class CapacityMachine(RuleBasedStateMachine):
             offer.fut.set_result(offer.reply)
             self.step()
 
-    @rule(pick=PICK, error=st.booleans())
-    def offer_times_out(self, pick: int, error: bool) -> None:
+    @rule(pick=PICK, how=st.sampled_from(["timeout", "bus_error", "no_responders"]))
+    def offer_fails(self, pick: int, how: str) -> None:
         pending = [o for o in self.offers if not o.fut.done()]
         if pending:
             offer = pending[pick % len(pending)]
-            if error:
-                offer.fut.set_exception(BusError("connection closed"))
+            job_id = offer.assignment.job_id
+            if how == "no_responders":
+                offer.fut.set_exception(NoResponders("no agent listening"))
             else:
-                offer.fut.set_result(None)
+                self.may_raise[job_id] = self.may_raise.get(job_id, 0) + 1
+                if how == "bus_error":
+                    offer.fut.set_exception(BusError("connection closed"))
+                else:
+                    offer.fut.set_result(None)
             self.step()
+            if how == "no_responders":
+                self.advertise()  # the agent is connected again (in this test it always was): it advertises
+                self.deliver_all_ads()
+
+    @rule()
+    def node_lost(self) -> None:
+        """The sweeper re-places the node's processing jobs (silent node, or a restart), offers in flight or not."""
+        before = {j: r["status"] for j, r in self.db.rows.items()}
+        self.step(self.sweeper.nodes_lost([NODE]))
+        for job_id, was in before.items():
+            if was == "processing" and self.db.rows[job_id]["status"] in ("pending", "failed"):
+                self.may_raise[job_id] = self.may_raise.get(job_id, 0) + 1
+                self.declared_lost.add(job_id)  # the registry stops counting it, even if this node still runs it
+
+    def deliver_all_ads(self) -> None:
+        while self.ads:
+            self.deliver_ad()
 
     @rule(pick=PICK)
     def cancel_arrives(self, pick: int) -> None:
@@ -306,13 +357,21 @@ class CapacityMachine(RuleBasedStateMachine):
         accepted = {o.assignment.job_id for o in self.offers
                     if o.fut.done() and not o.fut.cancelled() and o.fut.exception() is None
                     and o.fut.result() is not None and o.fut.result().accepted}
-        known = set(self.slots.running) & (accepted | self.last_delivered_ad)
+        known = (set(self.slots.running) & (accepted | self.last_delivered_ad)) - self.declared_lost
         assert view.estimated_active >= len(known), (view, known)
 
     @invariant()
-    def a_job_is_queued_at_most_once(self) -> None:
+    def a_job_is_queued_at_most_once_and_never_while_offered(self) -> None:
         queued = [j.id for q in self.dispatcher._queues.values() for j in q]
         assert len(queued) == len(set(queued))
+        assert not [j for j in queued if self.dispatcher.offering(j)]
+        for job_id in queued:  # the queued copy is the one held (claims are renewed for it)
+            assert self.dispatcher._held.get(job_id) is not None
+
+    @invariant()
+    def attempts_never_inflate(self) -> None:
+        for job_id, highest in self.db.highest_attempt.items():
+            assert highest <= 1 + self.may_raise.get(job_id, 0), (job_id, highest, self.may_raise)
 
     @rule()
     def everything_settles(self) -> None:
@@ -406,4 +465,48 @@ def test_an_outcome_lost_on_core_nats_frees_the_slot_at_the_next_advertisement()
     m.advertise()
     m.deliver_ad()
     assert m.registry.get(NODE).free_slots == 1
+    m.teardown()
+
+
+def test_an_outcome_seen_before_the_offers_reply_frees_the_slot() -> None:
+    m = CapacityMachine()
+    m.start_node(slots=1)
+    m.submit()
+    m.dispatch()
+    m.node_receives_offer(0)
+    m.engine_finishes(0)
+    m.outcome_arrives(0)  # before the reply: the old dispatcher found no reservation and leaked the slot
+    m.reply_arrives(0)
+    assert m.registry.get(NODE).free_slots == 1
+    m.teardown()
+
+
+def test_a_node_lost_while_its_offer_is_in_flight_places_the_job_once() -> None:
+    m = CapacityMachine()
+    m.start_node(slots=1)
+    m.submit()
+    m.dispatch()
+    m.node_lost()  # the sweeper leaves it to the offer in flight
+    assert m.db.rows["job_0"]["status"] == "processing" and not m.dispatcher.queued_count()
+    m.offer_fails(0, "timeout")
+    assert m.dispatcher.queued_count() == 1 and m.db.rows["job_0"]["status"] == "pending"
+    m.dispatch()
+    assert m.offers[-1].assignment.attempt == 2  # the silent node may have run attempt 1
+    m.teardown()
+
+
+def test_an_offer_nobody_received_uses_no_attempt_and_the_node_gets_none_until_it_advertises() -> None:
+    m = CapacityMachine()
+    m.start_node(slots=1)
+    m.submit()
+    m.dispatch()
+    m.offers[0].fut.set_exception(NoResponders("no agent listening"))
+    m.step()
+    assert m.registry.get(NODE).free_slots == 0 and m.dispatcher.queued_count() == 1
+    m.dispatch()
+    assert len(m.offers) == 1  # no offer to an unreachable node
+    m.advertise()
+    m.deliver_all_ads()
+    m.dispatch()
+    assert len(m.offers) == 2 and m.offers[-1].assignment.attempt == 1
     m.teardown()
