@@ -126,13 +126,16 @@ async def test_two_replicas_three_nodes_hundreds_of_jobs_with_a_node_and_a_repli
         await wait_until(all_final, timeout=180, message="some jobs never ended")
 
     with psycopg.connect(cluster.database_url) as conn:
-        rows = conn.execute("SELECT id, status, error FROM jobs").fetchall()
+        rows = conn.execute("SELECT id, status, error, first_token_at FROM jobs").fetchall()
     by_id = {r[0]: r for r in rows}
     assert set(ids) <= set(by_id), "a job the API acknowledged is missing from Postgres"
     assert len(ids) == len(set(ids)) == total
     statuses = Counter(r[1] for r in rows)
-    assert statuses["completed"] >= total * 0.9, statuses
-    assert {r[2] for r in rows if r[1] == "failed"} <= {"node_lost"}, rows  # only documented errors
+    # Every job completes, except node_lost where a token had reached a client (nobody streams here, so none):
+    # a node lost before any token re-places the job, as the docs promise.
+    failed = [r for r in rows if r[1] != "completed"]
+    assert all(r[1] == "failed" and r[2] == "node_lost" and r[3] is not None for r in failed), failed
+    assert statuses["completed"] == total, statuses
     recorded = Counter(e["job_id"] for p in (cp1, cp2) for e in events(p, "job_completed"))
     assert max(recorded.values()) == 1, "a job was recorded as completed twice"
     # A SIGKILLed replica may lose the log line of its very last recording, never gain one.
@@ -181,3 +184,34 @@ async def test_sigterm_drains_a_node_and_in_flight_jobs_complete(cluster):
         job = await wait_job(client, key, first)
         assert job["status"] == "completed"
         assert await node.wait_exit_async(timeout=60) == 0
+
+
+async def test_dead_and_restarted_nodes_do_not_burn_retries(cluster):
+    """One node SIGKILLed and left dead, another SIGKILLed and restarted mid-run: offers bounce off the dead one
+    without using attempts, the restarted one's jobs run again, and every job completes by its second attempt."""
+    _, engine = cluster.start_double("qwen2.5:7b", "--delay-ms", "150", "--token-count", "16")
+    key = cluster.key()
+    tokens = [cluster.register_node(f"n{i}") for i in range(3)]
+    _, url = cluster.start_control_plane(INFERNET_WARMUP_S="0")
+    nodes = [cluster.start_node(t, engine, name=f"node{i}", slots=8, interval=5.0) for i, t in enumerate(tokens)]
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await wait_model(client, key, "qwen2.5:7b", nodes=3)
+        nodes[0].kill()  # dead for good; the registry still lists it until it misses 3 advertisements (15 s)
+        ids = [await submit(client, key, model="qwen2.5:7b") for _ in range(40)]
+
+        async def running_on(node_id: str) -> bool:
+            with psycopg.connect(cluster.database_url) as conn:
+                return conn.execute("SELECT count(*) FROM jobs WHERE status = 'processing' AND node_id = %s",
+                                    (node_id,)).fetchone()[0] > 0
+        await wait_until(lambda: running_on(node_id_of(tokens[1])), timeout=60,
+                         message="node1 never ran a job")
+        nodes[1].kill()
+        nodes[1].start()  # a new process (new boot id): what node1 was running is lost and placed again
+        jobs = [await wait_job(client, key, j, timeout=180) for j in ids]
+    not_completed = [j for j in jobs if j["status"] != "completed"]
+    assert not not_completed, not_completed
+    assert max(j["attempt"] for j in jobs) <= 2, sorted(j["attempt"] for j in jobs)
+    assert all(j["offers"] >= j["attempt"] for j in jobs), [(j["offers"], j["attempt"]) for j in jobs]
+    # The dead node was offered jobs (placement spreads the first ones over all three nodes) and each of those
+    # offers bounced without using an attempt: more offers than attempts in all.
+    assert sum(j["offers"] for j in jobs) > sum(j["attempt"] for j in jobs)
