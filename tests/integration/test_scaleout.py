@@ -8,6 +8,7 @@ from collections import Counter
 import psycopg
 
 from tests.doubles.ollama_double import OllamaDouble
+from tests.fixtures.waiting import wait_until
 from tests.harness import Stack
 
 
@@ -40,3 +41,51 @@ async def test_two_replicas_on_a_three_server_nats_cluster_place_and_record_each
     finally:
         for r in replicas:
             await r.stop()
+
+
+async def test_token_replay_survives_the_token_stream_leader_dying(nats_cluster, database_url):
+    """With INFERNET_STREAM_REPLICAS=3 the token stream has three copies: a client resuming after its leader
+    died still gets every token (with one copy it would wait forever for a replay nobody can serve)."""
+    from tests.sse import SSEReader, collect, tokens
+
+    cluster = nats_cluster(3)
+    stack = await Stack(cluster.url, database_url, {"stream_replicas": 3}).start()
+    try:
+        info = await stack.runtime.bus.js.stream_info("INFERNET_TOKENS")
+        assert info.config.num_replicas == 3
+        leader = cluster.server(info.cluster.leader)
+        survivor = next(s for s in cluster.servers if s is not leader)
+        async with OllamaDouble(models=["qwen2.5:7b"], token_count=20, delay_ms=2, stall_after=8) as d:
+            key = await stack.key("alice")
+            await stack.add_node(d.url, nats_url=survivor.url)  # the node's own connection stays up
+            await stack.wait_nodes_serving("qwen2.5:7b")
+            body = {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "resume me"}], "stream": True}
+            first: list = []
+            async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
+                job_id = r.headers["x-job-id"]
+                async for event in SSEReader(r).events():
+                    first.append(event)
+                    if event.event == "token":
+                        break
+            # Chunks after the one the client saw are stored; then the stream's leader dies (an election follows).
+            async def stored_more():
+                return (await stack.runtime.bus.js.stream_info("INFERNET_TOKENS")).state.messages >= 2
+            await wait_until(stored_more, timeout=30, message="no chunk after the first was stored")
+            await asyncio.to_thread(leader.kill)
+
+            async def new_leader():  # chunks published while the stream has no leader are not stored (core publish)
+                info = await stack.runtime.bus.js.stream_info("INFERNET_TOKENS")
+                return info.cluster.leader not in (None, leader.name)
+            await wait_until(new_leader, timeout=60, ignore=(Exception,), message="the token stream never re-elected")
+            d.release()
+            last_id = tokens(first)[-1][0]
+            headers = stack.auth(key) | {"Last-Event-ID": str(last_id)}
+            async with stack.client.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=headers) as r:
+                rest = await collect(r)
+        seqs = [seq for seq, _ in tokens(rest)]
+        assert seqs == list(range(last_id + 1, last_id + 1 + len(seqs))), seqs
+        assert rest[-1].event == "done"
+        content = rest[-1].json()["result"]["content"]
+        assert "".join(t for _, t in tokens(first)) + "".join(t for _, t in tokens(rest)) == content
+    finally:
+        await stack.stop()
