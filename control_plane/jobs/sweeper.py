@@ -138,8 +138,13 @@ class Sweeper:
                 bound.warning("job_requeued_node_lost", how=how)
                 self._dispatcher.metrics.requeued.inc()
                 return
-            # Not re-placed: its first token reached a client meanwhile (or it ended); fail it if still running.
-            tokens_sent = True
+            # Not re-placed: its first token reached a client meanwhile, or the row moved on (another replica
+            # re-placed it, it ended): fail it only in the first case, checked in the same statement.
+            message = f"node {row['node_id']} was {how} after tokens reached the client"
+            if await self._db.execute("fail_processing_streamed", {"id": row["id"], "attempt": row["attempt"],
+                                                                   "error": "node_lost", "error_message": message}):
+                bound.warning("job_failed_node_lost", how=how)
+            return
         message = (f"node {row['node_id']} was {how} after tokens reached the client"
                    if tokens_sent
                    else f"node {row['node_id']} was {how} on the last allowed attempt ({row['attempt']})")

@@ -209,6 +209,14 @@ SET status = 'pending', node_id = NULL, lease = NULL,
 WHERE id = %(id)s AND lease = %(lease)s AND status = 'processing'
 RETURNING id;
 
+-- name: fail_processing_streamed
+-- Fail a processing attempt whose first token already reached a client (it cannot be placed again); nothing
+-- when the row moved on meanwhile (re-placed by another replica, or sent back by a refused offer).
+UPDATE jobs
+SET status = 'failed', completed_at = now(), error = %(error)s, error_message = %(error_message)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'processing' AND first_token_at IS NOT NULL
+RETURNING id;
+
 -- name: fail_processing
 -- Fail a processing job's current attempt regardless of lease (node lost after tokens reached a client).
 UPDATE jobs
