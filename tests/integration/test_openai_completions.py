@@ -15,7 +15,7 @@ async def test_legacy_completions_streamed_and_not(stack):
         key = await stack.key()
         await stack.add_node(d.url)
         await stack.wait_nodes_serving(MODEL)
-        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0) as oa:
+        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             c = await oa.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=50, temperature=0.2)
             sent = d.requests_to("/api/chat")[-1].body
             short = await oa.completions.create(model=MODEL, prompt=["Once upon a time"])

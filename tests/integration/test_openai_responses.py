@@ -19,7 +19,7 @@ async def _sdk(stack, d) -> openai.AsyncOpenAI:
     key = await stack.key()
     await stack.add_node(d.url)
     await stack.wait_nodes_serving(MODEL)
-    return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 async def test_text_instructions_previous_response_and_retrieve(stack):

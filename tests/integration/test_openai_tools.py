@@ -23,7 +23,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def client(stack: Stack, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 async def _ready(stack: Stack, url: str, model: str = MODEL, **node) -> str:

@@ -52,7 +52,7 @@ async def test_data_url_images_reach_vision_models_only(stack):
         key = await stack.key()
         await stack.add_node(d.url)
         await stack.wait_nodes_serving(VISION)
-        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0) as oa:
+        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             c = await oa.chat.completions.create(model=VISION, messages=ask(f"data:image/png;base64,{B64}"))
             sent = d.requests_to("/api/chat")[-1].body["messages"]
             with pytest.raises(openai.BadRequestError) as err:
@@ -74,7 +74,7 @@ async def test_http_image_urls_follow_the_webhook_address_rules_and_the_size_lim
         key = await stack.key()
         await stack.add_node(d.url)
         await stack.wait_nodes_serving(VISION)
-        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0) as oa:
+        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             # A loopback image host is refused: the control plane never fetches from private addresses ...
             with pytest.raises(openai.BadRequestError) as err:
                 await oa.chat.completions.create(model=VISION, messages=ask(host.url))
@@ -87,7 +87,7 @@ async def test_http_image_urls_follow_the_webhook_address_rules_and_the_size_lim
             key = await open_stack.key()
             await open_stack.add_node(d.url)
             await open_stack.wait_nodes_serving(VISION)
-            async with openai.AsyncOpenAI(base_url=f"{open_stack.url}/v1", api_key=key, max_retries=0) as oa:
+            async with openai.AsyncOpenAI(base_url=f"{open_stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
                 await oa.chat.completions.create(model=VISION, messages=ask(host.url))
                 assert d.requests_to("/api/chat")[-1].body["messages"][0]["images"] == [B64]
                 host.body = PNG * 3
@@ -104,7 +104,7 @@ async def test_images_through_the_openai_compatible_engine_as_data_url_parts(sta
         key = await stack.key()
         await stack.add_node(d.url, engine="openai")
         await stack.wait_nodes_serving("vlm")
-        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0) as oa:
+        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             await oa.chat.completions.create(model="vlm", messages=ask(f"data:image/png;base64,{B64}"))
     assert d.requests[-1]["body"]["messages"][0]["content"] == [
         {"type": "text", "text": "What is in this image?"},
