@@ -28,7 +28,8 @@ from control_plane.runtime import Runtime
 from control_plane.streaming import native
 
 
-def _filters(status: str | None, model: str | None) -> tuple[str | None, str | None]:
+def filters_of(status: str | None, model: str | None) -> tuple[str | None, str | None]:
+    """The jobs filters as the list takes them: a known status or none, a model name or none."""
     status = status if status in JOB_STATUSES else None
     model = (model or "").strip()[:200] or None
     return status, model
@@ -88,7 +89,7 @@ class ConsumerController(Controller):
     async def jobs(self, request: Request, user: NamedDependency[ConsoleUser], runtime: NamedDependency[Runtime],
                    status: Annotated[str | None, QueryParameter(required=False)] = None,
                    model: Annotated[str | None, QueryParameter(required=False)] = None) -> object:
-        status, model = _filters(status, model)
+        status, model = filters_of(status, model)
         models = [r["model"] for r in await runtime.db.fetchall("console_account_models",
                                                                 {"account_id": user.principal.account_id})]
         return render(request, user, "jobs.html", active="jobs", statuses=JOB_STATUSES, models=models,

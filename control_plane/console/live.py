@@ -72,7 +72,7 @@ class LiveController(Controller):
                    console: NamedDependency[ConsoleState],
                    status: Annotated[str | None, QueryParameter(required=False)] = None,
                    model: Annotated[str | None, QueryParameter(required=False)] = None) -> ServerSentEvent:
-        status, model = consumer._filters(status, model)
+        status, model = consumer.filters_of(status, model)
         return _live(request, console, runtime, "_jobs_table.html",
                      lambda: consumer.jobs_table(runtime, user, status, model))
 

@@ -9,7 +9,6 @@ from litestar.params import FromPath
 from control_plane.console import views
 from control_plane.console.guard import ConsoleUser, require_csrf
 from control_plane.console.pages import redirect, render
-from control_plane.credits.usage import operator_node_stats
 from control_plane.nodes.service import drain_node
 from control_plane.runtime import Runtime
 
@@ -44,7 +43,3 @@ class OperatorController(Controller):
         await drain_node(runtime.db, runtime.registry, runtime.bus, user.principal, node_id)
         back = request.query_params.get("back")
         return redirect("/console/admin/nodes" if back == "admin" else "/console/nodes")
-
-
-async def is_operator(runtime: Runtime, user: ConsoleUser) -> bool:
-    return bool(await operator_node_stats(runtime.db, user.principal.account_id))
