@@ -14,7 +14,7 @@ from control_plane.scheduler.registry import NodeView
 
 #: Node rows shown on one page at most (the busiest network still renders fast).
 MAX_NODE_ROWS = 500
-_STATE_ORDER = {"online": 0, "draining": 1, "offline": 2}
+_STATE_ORDER = {"online": 0, "draining": 1, "quarantined": 2, "offline": 3}
 
 
 @dataclass
@@ -32,6 +32,9 @@ class NodeRow:
     jobs_served: int | None = None
     earnings: int | None = None
     failures: int | None = None
+    #: 0..1 (control_plane/trust), shown to admins and to the node's operator; None without the trust service.
+    reputation: float | None = None
+    probation: bool = False
 
 
 def ago(seconds: float | None) -> str:
@@ -63,12 +66,13 @@ def _row(entry, view: NodeView | None) -> NodeRow:
         id=entry.id, name=entry.name or entry.id, state=entry.state, engine=entry.engine,
         models=[{"name": m.id, "loaded": m.loaded, "tokens_per_second": m.tokens_per_second} for m in entry.models],
         slots=entry.slots, active=entry.active_jobs, tokens_per_second=max(tps) if tps else None,
-        last_seen=_since_iso(entry.last_seen), success_rate=view.success_rate if view is not None else None)
+        last_seen=_since_iso(entry.last_seen), success_rate=view.success_rate if view is not None else None,
+        reputation=entry.reputation, probation=bool(entry.trust and entry.trust.probation))
 
 
 async def all_nodes(runtime) -> list[NodeRow]:
     """The network's nodes for admins: the first page of the API's own node directory, live ones first."""
-    page = await runtime.directory.page(account_id=None, limit=MAX_NODE_ROWS)
+    page = await runtime.directory.page(account_id=None, limit=MAX_NODE_ROWS, is_admin=True)
     rows = [_row(e, runtime.registry.get(e.id)) for e in page.nodes]
     rows.sort(key=lambda r: (_STATE_ORDER.get(r.state, 3), r.name, r.id))
     return rows
@@ -97,6 +101,12 @@ async def operator_nodes(runtime, account_id: str) -> list[NodeRow]:
                 last_seen=ago(now_mono - view.last_seen), success_rate=view.success_rate)
         row.jobs_served, row.earnings = int(s["jobs_served"] or 0), int(s["earnings"] or 0)
         row.failures = failures.get(row.id, 0)
+        trust = getattr(runtime, "trust", None)
+        if trust is not None:  # the operator sees their own nodes' standing, as GET /api/v1/nodes shows it
+            standing = trust.view(row.id)
+            row.reputation, row.probation = standing.reputation, standing.probation
+            if row.state != "offline" and standing.quarantined:
+                row.state = "quarantined"
         rows.append(row)
     rows.sort(key=lambda r: (_STATE_ORDER.get(r.state, 3), r.name, r.id))
     return rows

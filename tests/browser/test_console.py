@@ -156,6 +156,9 @@ async def test_operator_sees_their_node_go_from_online_to_draining(context, cons
     await expect(row.locator("[data-state]")).to_have_text("online")
     await expect(page.locator("tr[data-node-id]")).to_have_count(1)  # only their own node, not gpu-shared
     await expect(page.get_by_text("infernet-node start")).to_be_visible()
+    api = (await stack.client.get("/api/v1/nodes", headers=stack.auth(await stack.key("opco")))).json()["nodes"]
+    if next(n for n in api if n["id"] == node.node_id).get("reputation") is not None:  # with the trust service
+        await expect(row.locator("[data-reputation]")).to_contain_text("%")
     await shot(page, "nodes")
     await row.get_by_role("button", name="Drain").click()
     await expect(page.locator(f'tr[data-node-id="{node.node_id}"] [data-state]')).to_have_text("draining")
