@@ -356,3 +356,25 @@ async def test_n_choices_are_independent_jobs_streamed_and_not(stack):
     finishes = sorted(ch.choices[0].index for ch in chunks if ch.choices and ch.choices[0].finish_reason)
     assert finishes == [0, 1, 2] and chunks[-1].usage.completion_tokens == 18
     assert len(jobs) == 5 and all(j["status"] == "completed" for j in jobs)
+
+
+async def test_v1_answers_504_for_a_timed_out_job_and_409_for_a_cancelled_one(stack):
+    async with OllamaDouble(models=[MODEL], stall_after=0) as d:
+        key = await _ready(stack, d, slots=2)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        # The job outlives its wall-clock budget on a stalled engine: 504, code timeout.
+        r = await stack.client.post("/v1/chat/completions", json=body | {"max_wallclock_secs": 1.0},
+                                    headers=stack.auth(key))
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+
+        # The job is cancelled (DELETE on the native API) while the /v1 request waits for it: 409, code cancelled.
+        waiting = asyncio.create_task(stack.client.post("/v1/chat/completions", json=body, headers=stack.auth(key)))
+
+        async def running():
+            jobs = (await stack.client.get("/api/v1/jobs?status=processing", headers=stack.auth(key))).json()["jobs"]
+            return jobs[0]["id"] if jobs else None
+        job_id = await wait_until(running, timeout=30, message="the /v1 job never started")
+        assert (await stack.client.delete(f"/api/v1/jobs/{job_id}", headers=stack.auth(key))).status_code == 200
+        r = await waiting
+        assert r.status_code == 409 and r.json()["error"]["code"] == "cancelled", r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
