@@ -88,6 +88,11 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
             click.echo(f"embedded nats-server (JetStream) at {nats_url}", err=True)
         db_url = os.environ.get("INFERNET_DATABASE_URL")
         if not db_url:
+            if not os.environ.get("XDG_RUNTIME_DIR"):  # else platformdirs warns (RuntimeDirWarning) at start
+                run = root / "run"
+                run.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(run, 0o700)
+                os.environ["XDG_RUNTIME_DIR"] = str(run)
             pg, db_url = start_postgres(root)
             click.echo(f"embedded PostgreSQL in {root / 'pg'}", err=True)
         port = http_port or base.http_port
@@ -95,10 +100,10 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
             port = free_port()
         settings = base.with_(database_url=db_url, nats_url=nats_url, http_port=port)
 
-        from control_plane.cli import _create_key, _register_node
+        from control_plane.dev_identity import dev_identity
 
-        key = asyncio.run(_create_key(db_url, "dev", "dev stack", True))
-        token = asyncio.run(_register_node(db_url, "dev-node", "dev"))
+        # Reused across runs (kept in the data directory) while the database still accepts them.
+        key, token = asyncio.run(dev_identity(db_url, root, credits=settings.signup_credits))
         from control_plane.console.sessions import login_link_token
 
         console_token = asyncio.run(login_link_token(db_url, key))

@@ -21,10 +21,11 @@ async def test_dev_stack_runs_a_first_job_and_cleans_up_on_sigterm(processes, tm
     data = tmp_path / "data"
     dev = processes.start([sys.executable, "-m", "control_plane.cli", "dev", "--port", str(port), "--data-dir", str(data)],
                           env={"OLLAMA_HOST": f"http://127.0.0.1:{dport}", "INFERNET_NATS_URL": None,
-                               "INFERNET_DATABASE_URL": None}, name="dev")
+                               "INFERNET_DATABASE_URL": None, "XDG_RUNTIME_DIR": None}, name="dev")
     banner = await dev.wait_for_log_async(r"API key \(admin, account \"dev\"\):\s+(inf_\w+)", timeout=120)
     key = banner.group(1)
     assert re.search(r"curl -s http://127\.0\.0\.1:\d+/api/v1/jobs", dev.log_text())
+    assert "RuntimeDirWarning" not in dev.log_text() and "Warning" not in dev.log_text(), dev.log_text()
     children = {p.pid for p in psutil.Process(dev.pid).children(recursive=True)}
     servers = [p for p in psutil.process_iter(["pid", "cmdline"])
                if p.info["cmdline"] and str(data) in " ".join(p.info["cmdline"])]
