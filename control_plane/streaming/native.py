@@ -88,7 +88,8 @@ async def _events(stream: JobStream, first: JobView, close: Callable[[], None],
                 yield sse.event("done" if row["status"] == "completed" else "error", job_view(row))
     except InfernetError as exc:  # PostgreSQL or NATS failed under this stream: say so rather than cut it
         log.warning("stream_interrupted", job_id=stream.job_id, error=exc.code, detail=exc.message)
+        said = exc.message if exc.public else "a service this stream needs is unreachable right now"
         yield sse.event("error", {"id": stream.job_id, "error": exc.code, "error_message":
-                                  f"{exc.message}; the job was not cancelled: reconnect with Last-Event-ID"})
+                                  f"{said}; the job was not cancelled: reconnect with Last-Event-ID"})
     finally:
         close()
