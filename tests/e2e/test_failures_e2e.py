@@ -217,3 +217,28 @@ async def test_dead_and_restarted_nodes_do_not_burn_retries(cluster):
     # The dead node was offered jobs (placement spreads the first ones over all three nodes) and each of those
     # offers bounced without using an attempt: more offers than attempts in all.
     assert sum(j["offers"] for j in jobs) > sum(j["attempt"] for j in jobs)
+
+
+async def test_a_node_restarted_mid_job_gets_its_job_placed_again(cluster):
+    """SIGKILL a node mid-job and start it again at once (same token, a new process: a new boot_id). The new
+    boot_id in its first advertisement, not a missed-advertisement timeout (15 s at a 5 s interval), is what
+    re-places the job: the control plane logs node_restarted, and the job completes by its second attempt on the
+    same node."""
+    _, stalls = cluster.start_double("qwen2.5:7b", "--stall-after", "2", name="ollama-stalls")
+    _, fast = cluster.start_double("qwen2.5:7b", name="ollama-fast")
+    key = cluster.key()
+    token = cluster.register_node("n")
+    cp, url = cluster.start_control_plane(INFERNET_WARMUP_S="0")
+    node = cluster.start_node(token, stalls, name="node-before", interval=5.0)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await wait_model(client, key, "qwen2.5:7b")
+        job_id = await submit(client, key, model="qwen2.5:7b")
+        job = await wait_job(client, key, job_id, statuses=("processing",))
+        assert job["node_id"] == node_id_of(token) and job["attempt"] == 1
+        node.kill()
+        cluster.start_node(token, fast, name="node-after", interval=5.0)  # same node, new process, new boot_id
+        await cp.wait_for_log_async(r"node_restarted", timeout=60)
+        job = await wait_job(client, key, job_id, timeout=120)
+    assert job["status"] == "completed", job
+    assert (job["node_id"], job["attempt"]) == (node_id_of(token), 2)
+    assert "job_requeued_node_lost" in cp.log_text()
