@@ -196,6 +196,11 @@ async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
         real = await stack.add_node(d.url)
         zombie = await register_node(stack.runtime.db, "zombie")
         nc = await nats.connect(nats_url)
+        # It receives its offers (so they are not "no responders") and never answers them.
+        async def never_answer(msg) -> None:
+            return None
+        await nc.subscribe(subjects.node_assign(zombie.node_id), cb=never_answer)
+        await nc.flush()
         ad = protocol.Advertisement(
             node_id=zombie.node_id, token=zombie.token, agent_version="0", engine="ollama", state="online",
             slots=8, active_jobs=0, interval_s=0.3, boot_id="z",
