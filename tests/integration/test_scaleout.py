@@ -67,10 +67,19 @@ async def test_token_replay_survives_the_token_stream_leader_dying(nats_cluster,
                     first.append(event)
                     if event.event == "token":
                         break
-            # Chunks after the one the client saw are stored; then the stream's leader dies (an election follows).
-            async def stored_more():
-                return (await stack.runtime.bus.js.stream_info("INFERNET_TOKENS")).state.messages >= 2
-            await wait_until(stored_more, timeout=30, message="no chunk after the first was stored")
+            # Every chunk the node sent before the engine stalled is stored (replicated); then the stream's leader
+            # dies (an election follows). Stable over two polls: the node flushes held text a few ms later.
+            node = stack.nodes[-1]
+            seen: list = []
+
+            async def all_stored():
+                job = node.agent.jobs.get(job_id)
+                stored = (await stack.runtime.bus.js.stream_info("INFERNET_TOKENS")).state.messages
+                now = (job.chunks if job else -1, stored, len(job.parts) if job else -1)
+                stable = bool(seen) and seen[-1] == now
+                seen.append(now)
+                return stable and now[2] >= 8 and now[0] == now[1]
+            await wait_until(all_stored, timeout=30, message="the chunks sent before the stall were never all stored")
             await asyncio.to_thread(leader.kill)
 
             async def new_leader():  # chunks published while the stream has no leader are not stored (core publish)
