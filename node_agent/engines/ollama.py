@@ -1,12 +1,13 @@
-"""The Ollama engine: the Engine interface over the official `ollama` AsyncClient.
+"""The Ollama engine: chat over a light persistent HTTP client (`http1`), the rest over the `ollama` AsyncClient.
 
 Error mapping (driver error -> EngineError, chained)::
 
-    httpx.TransportError, ConnectionError      -> EngineUnavailable   refused, reset, timed out
-    ResponseError 503 / 429                    -> EngineBusy          Ollama's queue is full
-    ResponseError 404                          -> ModelUnavailable    model "x" not found
-    ResponseError mid-stream ({"error"} line)  -> GenerationFailed    produced_tokens says if text went out
-    other ResponseError, RequestError,
+    httpx.TransportError, ConnectionError,
+    TimeoutError (chat)                        -> EngineUnavailable   refused, reset, timed out
+    status 503 / 429                           -> EngineBusy          Ollama's queue is full
+    status 404                                 -> ModelUnavailable    model "x" not found
+    {"error"} line mid-stream                  -> GenerationFailed    produced_tokens says if text went out
+    other status, RequestError,
     malformed response (ValueError)            -> GenerationFailed
 
 A model's capabilities come from /api/show (`capabilities`: completion, tools, vision, embedding), asked
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+import msgspec
 import ollama
 
 from node_agent.engines import ollama_wire
@@ -38,6 +40,7 @@ from node_agent.engines.base import (
     GenerationFailed,
     ModelUnavailable,
 )
+from node_agent.engines.http1 import HttpClient
 from protocol import ChatMessage, GenerationParams
 
 __all__ = ["DEFAULT_URL", "OllamaEngine", "is_embedding_model"]
@@ -71,11 +74,64 @@ def _engine_error(exc: BaseException, *, produced_tokens: bool = False) -> Engin
     return GenerationFailed(f"ollama: bad request or response: {exc}", produced_tokens=produced_tokens)
 
 
-def _completion(final: ollama.ChatResponse, calls: list) -> Completion:
+class _Message(msgspec.Struct):
+    content: str = ""
+    tool_calls: list[Any] | None = None
+
+
+class _ChatPart(msgspec.Struct):
+    """One NDJSON line of /api/chat (the fields the engine reads; others are ignored)."""
+
+    message: _Message | None = None
+    done: bool = False
+    done_reason: str | None = None
+    error: str | None = None
+    logprobs: list[Any] | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+_decode_part = msgspec.json.Decoder(_ChatPart).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str = ""
+
+
+def _http_url(url: str) -> str:
+    """OLLAMA_HOST may omit the scheme ("127.0.0.1:11434"), as the ollama CLI accepts."""
+    return url if "://" in url else f"http://{url}"
+
+
+def _transport_error(exc: BaseException, *, produced_tokens: bool = False) -> EngineError:
+    detail = str(exc) or type(exc).__name__
+    return EngineUnavailable(f"ollama unreachable: {detail}", produced_tokens=produced_tokens)
+
+
+def _status_error(status: int, body: bytes) -> EngineError:
+    """The EngineError for a refused request, from its status and Ollama's {"error": ...} body."""
+    try:
+        text = msgspec.json.decode(body, type=_ErrorBody).error
+    except msgspec.DecodeError:
+        text = body[:200].decode(errors="replace")
+    message = f"ollama: {text or f'status {status}'}"
+    if status in _BUSY_STATUSES:
+        return EngineBusy(message)
+    if status == 404:
+        return ModelUnavailable(message)
+    return GenerationFailed(message)
+
+
+def _part_completion(final: _ChatPart, calls: list) -> Completion:
     extra = {
         k: v
         for k in ("done_reason", "total_duration", "load_duration", "prompt_eval_duration", "eval_duration")
-        if (v := getattr(final, k, None)) is not None
+        if (v := getattr(final, k)) is not None
     }
     return Completion(
         finish_reason="length" if final.done_reason == "length" else "stop",
@@ -122,6 +178,8 @@ class OllamaEngine:
         self.url = url.rstrip("/")
         self.keep_alive = keep_alive
         self._client = ollama.AsyncClient(host=self.url, timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self._timeout = timeout
+        self._http = HttpClient(_http_url(self.url), connect_timeout=connect_timeout)
         # The ollama client has no version call; a small separate client serves the health probe.
         self._probe = httpx.AsyncClient(base_url=self.url, timeout=health_timeout)
         #: (model, digest) -> the capabilities /api/show reported (None: it reported none).
@@ -177,48 +235,60 @@ class OllamaEngine:
         self, model: str, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[Delta | Completion]:
         """Deltas for each non-empty content piece, then one Completion (with the tool calls the model made);
-        the HTTP stream closes on exit."""
+        the HTTP stream closes on exit.
+
+        The hot path of every job: one POST on a kept-alive connection (`http1`), NDJSON lines decoded
+        straight into a msgspec Struct, no per-line model objects."""
+        body: dict[str, Any] = {"model": model, "messages": ollama_wire.messages(messages), "stream": True,
+                                "options": ollama_wire.options(params)}
+        if (tools := ollama_wire.tools(params)) is not None:
+            body["tools"] = tools
+        if params.logprobs:
+            body["logprobs"] = True
+            if params.top_logprobs is not None:
+                body["top_logprobs"] = params.top_logprobs
+        if params.format is not None:
+            body["format"] = params.format
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
         produced = False
         calls: list = []
         logprobs: list | None = [] if params.logprobs else None
         try:
-            stream = await self._client.chat(
-                model=model,
-                messages=ollama_wire.messages(messages),
-                tools=ollama_wire.tools(params),
-                stream=True,
-                logprobs=True if params.logprobs else None,
-                top_logprobs=params.top_logprobs if params.logprobs else None,
-                options=ollama_wire.options(params),
-                format=params.format,
-                keep_alive=self.keep_alive,
-            )
-        except _DRIVER_ERRORS as exc:
-            raise _engine_error(exc) from exc
+            response = await self._http.request("POST", "/api/chat", _encode(body), timeout=self._timeout)
+        except (ConnectionError, TimeoutError) as exc:
+            raise _transport_error(exc) from exc
         try:
-            while True:
+            if response.status != 200:
+                raise _status_error(response.status, await response.read(self._timeout))
+            async for line in response.lines(self._timeout):
+                if not line.strip():
+                    continue
                 try:
-                    part = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except _DRIVER_ERRORS as exc:
-                    raise _engine_error(exc, produced_tokens=produced) from exc
-                text = part.message.content if part.message else None
-                if text:
-                    produced = True
-                    yield Delta(text)
-                if part.message and part.message.tool_calls:
-                    calls.extend(ollama_wire.tool_calls(part.message.tool_calls))
+                    part = _decode_part(line)
+                except msgspec.DecodeError as exc:
+                    raise GenerationFailed(f"ollama: bad response line: {exc}", produced_tokens=produced) from exc
+                if part.error is not None:
+                    raise GenerationFailed(f"ollama: {part.error}", produced_tokens=produced)
+                message = part.message
+                if message is not None:
+                    if message.content:
+                        produced = True
+                        yield Delta(message.content)
+                    if message.tool_calls:
+                        calls.extend(ollama_wire.tool_calls(message.tool_calls))
                 if logprobs is not None and part.logprobs:
                     logprobs.extend(ollama_wire.logprobs(part.logprobs))
                 if part.done:
-                    completion = _completion(part, calls)
+                    completion = _part_completion(part, calls)
                     completion.logprobs = logprobs
                     yield completion
                     return
             raise GenerationFailed("ollama: stream ended without a final message", produced_tokens=produced)
+        except (ConnectionError, TimeoutError) as exc:
+            raise _transport_error(exc, produced_tokens=produced) from exc
         finally:
-            await stream.aclose()  # closes the HTTP response; Ollama sees the disconnect and stops
+            response.close()  # a stream left early closes its connection: Ollama sees the disconnect and stops
 
     async def embed(self, model: str, inputs: Sequence[str], *,
                     dimensions: int | None = None) -> tuple[list[list[float]], int | None]:
@@ -235,6 +305,7 @@ class OllamaEngine:
         return vectors, response.prompt_eval_count
 
     async def aclose(self) -> None:
+        await self._http.aclose()
         await self._client.close()
         await self._probe.aclose()
 
