@@ -60,13 +60,18 @@ async def reserve(runner, settings: Settings, *, account_id: str, api_key_id: st
         "operator_share_bps": settings.operator_share_bps,
     })
     if not row["held"]:
-        available = int(row["balance"]) - int(row["reserved"])
-        raise PaymentRequired(
-            f"insufficient credits: this job may cost up to {row['amount']} credits (prompt of at most "
-            f"{prompt} tokens + max_tokens {completion} at {model}'s price of {row['price_input']}/"
-            f"{row['price_output']} credits per 1M input/output tokens) but the account has {max(available, 0)} "
-            f"available; top up the account or lower max_tokens")
+        raise insufficient(row, model=model, prompt=prompt, completion=completion)
     return int(row["amount"])
+
+
+def insufficient(row: Mapping[str, Any], *, model: str, prompt: int, completion: int) -> PaymentRequired:
+    """The 402 for a reservation that did not fit (`row`: amount, prices, balance and reserved it was tried at)."""
+    available = int(row["balance"]) - int(row["reserved"])
+    return PaymentRequired(
+        f"insufficient credits: this job may cost up to {row['amount']} credits (prompt of at most "
+        f"{prompt} tokens + max_tokens {completion} at {model}'s price of {row['price_input']}/"
+        f"{row['price_output']} credits per 1M input/output tokens) but the account has {max(available, 0)} "
+        f"available; top up the account or lower max_tokens")
 
 
 async def deposit(db: Database, account_id: str, amount: int, note: str | None = None) -> dict:

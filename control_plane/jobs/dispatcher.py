@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -89,6 +89,22 @@ def _message(m: dict[str, Any]) -> protocol.ChatMessage:
                                 name=m.get("name"), images=tuple(m.get("images") or ()))
 
 
+@dataclass(slots=True)
+class Placement:
+    """An attempt this replica handed to a node: the outcome that ends it must carry these."""
+
+    node_id: str
+    lease: str
+    attempt: int
+    model: str
+    #: The node answered the offer with "accepted" (before that, an outcome may belong to a reverted offer).
+    accepted: bool = False
+
+
+#: Placements kept after their job ended, so a waiting request still finds the one its outcome answers.
+_PLACEMENTS_KEPT = 20_000
+
+
 class Dispatcher:
     """Owns this replica's pending queues and the job -> node reservations it made."""
 
@@ -105,6 +121,7 @@ class Dispatcher:
         self._queues: dict[tuple[str, str | None], deque[QueuedJob]] = {}
         self._held: dict[str, QueuedJob] = {}  # job id -> queued or being offered
         self._offering: set[str] = set()  # job ids with an offer in flight from this replica
+        self._placed: OrderedDict[str, Placement] = OrderedDict()  # job id -> its latest attempt placed here
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         #: Set by the runtime: moves a job that its model cannot serve to the next model of its fallback chain.
@@ -158,6 +175,41 @@ class Dispatcher:
                 if job.id == job_id:
                     queue.remove(job)
                     return
+
+    # -- placing at submission ------------------------------------------------------------------
+    def place_now(self, job_id: str, model: str, pinned_node_id: str | None, kind: str,
+                  payload: dict[str, Any]) -> Placement | None:
+        """A free node for a job being submitted, its slot reserved, so the job's row can be written already
+        processing there (one commit instead of two); None when it must queue (no free node, or jobs of its
+        model are waiting: first come, first served). Hand it to `offer_placed` after the commit, or to
+        `unplace` if the submission fails."""
+        if self._queues.get((model, pinned_node_id)):
+            return None
+        probe = QueuedJob(id="", model=model, kind=kind, request=payload, deadline=0.0, pinned_node_id=pinned_node_id)
+        node_id = self._pick(probe)
+        if node_id is None:
+            return None
+        self._registry.reserve(node_id, job_id, 1)
+        return Placement(node_id, secrets.token_hex(8), 1, model)
+
+    def unplace(self, job_id: str, placed: Placement) -> None:
+        """Give back the slot of a placement whose job was never written."""
+        self._registry.release(placed.node_id, job_id, placed.attempt)
+
+    def offer_placed(self, job: QueuedJob, placed: Placement) -> None:
+        """Offer a job whose row already records its attempt on `placed`'s node."""
+        self._held[job.id] = job
+        self._spawn(self._offer(job, placed.node_id, placed=placed))
+
+    def placement_of(self, job_id: str) -> Placement | None:
+        """The latest attempt of a job this replica placed (kept a while after the job ended)."""
+        return self._placed.get(job_id)
+
+    def _remember(self, job_id: str, placed: Placement) -> None:
+        self._placed[job_id] = placed
+        self._placed.move_to_end(job_id)
+        while len(self._placed) > _PLACEMENTS_KEPT:
+            self._placed.popitem(last=False)
 
     async def run(self) -> None:
         """Place queued jobs whenever woken; never returns until cancelled."""
@@ -230,30 +282,36 @@ class Dispatcher:
                       exc_info=exc)
 
     # -- offering --------------------------------------------------------------------------------
-    async def _offer(self, job: QueuedJob, node_id: str) -> None:
+    async def _offer(self, job: QueuedJob, node_id: str, *, placed: Placement | None = None) -> None:
         self._offering.add(job.id)
         try:
-            await self._offer_once(job, node_id)
+            await self._offer_once(job, node_id, placed)
         finally:
             self._offering.discard(job.id)
 
-    async def _offer_once(self, job: QueuedJob, node_id: str) -> None:
-        lease = secrets.token_hex(8)
+    async def _offer_once(self, job: QueuedJob, node_id: str, placed: Placement | None) -> None:
+        """Offer one attempt to a node. `placed`: the attempt is already recorded (at submission); otherwise it
+        is recorded here first."""
         bound = log.bind(job_id=job.id, node_id=node_id, attempt=job.attempt)
-        try:
-            started = await self._db.execute(
-                "start_attempt", {"id": job.id, "attempt": job.attempt, "lease": lease, "node_id": node_id}
-            )
-        except StoreError as exc:
-            self._registry.release(node_id, job.id, job.attempt)
-            bound.warning("placement_db_error", error=str(exc), action="job stays queued; retrying")
-            self.enqueue(job, front=True)
-            return
-        if not started:
-            # Cancelled or finished meanwhile: nothing to place.
-            self._registry.release(node_id, job.id, job.attempt)
-            self._let_go(job)
-            return
+        if placed is None:
+            placed = Placement(node_id, secrets.token_hex(8), job.attempt, job.model)
+            try:
+                started = await self._db.execute(
+                    "start_attempt", {"id": job.id, "attempt": job.attempt, "lease": placed.lease,
+                                      "node_id": node_id}
+                )
+            except StoreError as exc:
+                self._registry.release(node_id, job.id, job.attempt)
+                bound.warning("placement_db_error", error=str(exc), action="job stays queued; retrying")
+                self.enqueue(job, front=True)
+                return
+            if not started:
+                # Cancelled or finished meanwhile: nothing to place.
+                self._registry.release(node_id, job.id, job.attempt)
+                self._let_go(job)
+                return
+        lease = placed.lease
+        self._remember(job.id, placed)
         unreachable = False
         try:
             reply = await self._bus.assign(node_id, job.assignment(lease), self._settings.assign_timeout_s)
@@ -269,9 +327,12 @@ class Dispatcher:
             # happened: a short job's outcome can arrive before this reply is processed) or an advertisement
             # built after its admission no longer lists it.
             self._registry.accepted(node_id, job.id, job.attempt, reply.admitted)
+            placed.accepted = True
             self._let_go(job)
             bound.info("job_assigned")
             return
+        if self._placed.get(job.id) is placed:
+            del self._placed[job.id]
         self._registry.release(node_id, job.id, job.attempt)
         if unreachable:
             # Nobody received the offer (the agent is not connected): no attempt was used, and the node gets no

@@ -1,11 +1,11 @@
-"""Job use cases: submit (commit, then queue for placement), read one, list an account's jobs."""
+"""Job use cases: submit (one commit, then offer or queue for placement), read one, list an account's jobs."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from control_plane.accounts.auth import Principal
-from control_plane.credits import ledger
+from control_plane.credits import ledger, pricing
 from control_plane.errors import (BadRequest, CapabilityUnavailable, Conflict, ContextLengthExceeded, ModelNotFound,
                                   NoCapacity, NotFound, PayloadTooLarge)
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
@@ -124,22 +124,44 @@ class JobService:
                            body.node_id)
         wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
         job_id = new_id("job")
-        # The job row and its credit reservation commit together; without enough credit (402) neither exists.
-        async with self._db.transaction() as tx:
-            row = await tx.fetchone("insert_job", {
+        # With a free node, the row is written already processing there: the attempt needs no commit of its own.
+        placed = self._dispatcher.place_now(job_id, model, body.node_id, kind, payload)
+        prompt, completion = pricing.estimate_prompt_tokens(payload), pricing.max_completion_tokens(payload, kind)
+        settings = self._settings
+        try:
+            # One statement: the job row and its credit hold commit together; without enough credit (402)
+            # neither exists.
+            row = await self._db.fetchone("submit_job", {
                 "id": job_id, "account_id": principal.account_id, "api_key_id": principal.key_id,
                 "kind": kind, "model": model, "request": jsonb(payload), "pinned_node_id": body.node_id,
-                "claimed_by": self._settings.replica_id, "claim_secs": self._settings.claim_secs,
+                "claimed_by": settings.replica_id, "claim_secs": settings.claim_secs,
                 "wallclock_secs": wallclock, "request_id": request_id,
+                "node_id": placed.node_id if placed else None, "lease": placed.lease if placed else None,
+                "prompt_tokens": prompt, "max_tokens": completion,
+                "default_input": settings.default_price_input, "default_output": settings.default_price_output,
+                "operator_share_bps": settings.operator_share_bps,
             })
-            await ledger.reserve(tx, self._settings, account_id=principal.account_id, api_key_id=principal.key_id,
-                                 job_id=job_id, model=model, payload=payload, kind=kind)
+            if not row["held"]:
+                raise ledger.insufficient(row, model=model, prompt=prompt, completion=completion)
+        except BaseException:
+            if placed is not None:
+                self._dispatcher.unplace(job_id, placed)
+            raise
         self._dispatcher.metrics.jobs_submitted.labels(kind=kind).inc()
-        self._dispatcher.enqueue(QueuedJob(
-            id=row["id"], model=model, kind=kind, request=payload, deadline=row["deadline"].timestamp(),
-            attempt=1, pinned_node_id=body.node_id,
-        ))
+        job = QueuedJob(id=row["id"], model=model, kind=kind, request=payload, deadline=row["deadline"].timestamp(),
+                        attempt=1, pinned_node_id=body.node_id)
+        if placed is not None:
+            self._dispatcher.offer_placed(job, placed)
+        else:
+            self._dispatcher.enqueue(job)
+        # To the caller the job is pending, no attempt begun, until its node accepts it (as without a placement):
+        # streams must take the chunks of attempt 1 as live, not as those of an attempt sent back.
+        row["status"], row["attempt"] = "pending", 0
         return row | {"request": payload}  # callers read the gateway's decisions (routing, fallback) from it
+
+    def placement_of(self, job_id: str):
+        """The latest attempt of the job this replica placed, if it did (jobs/dispatcher.Placement)."""
+        return self._dispatcher.placement_of(job_id)
 
     async def get(self, principal: Principal, job_id: str) -> dict:
         row = None

@@ -870,3 +870,14 @@ INSERT INTO trust_settlements (key) VALUES (%(key)s) ON CONFLICT DO NOTHING RETU
 -- name: trust_now
 -- The database clock (standings written since are read from here on).
 SELECT now() AS now;
+
+-- ==== the job path in fewer round trips (perf) ====
+
+-- name: submit_job
+-- Insert a job with its credit hold in one statement (infernet_submit_job, migration 0030), already processing on
+-- node_id under lease when given; held is false (and nothing written) when the account cannot afford it.
+SELECT * FROM infernet_submit_job(
+    %(id)s::text, %(account_id)s::text, %(api_key_id)s::text, %(kind)s::text, %(model)s::text, %(request)s::jsonb,
+    %(pinned_node_id)s::text, %(claimed_by)s::text, %(claim_secs)s::float8, %(wallclock_secs)s::float8,
+    %(request_id)s::text, %(node_id)s::text, %(lease)s::text, %(prompt_tokens)s::bigint, %(max_tokens)s::bigint,
+    %(default_input)s::bigint, %(default_output)s::bigint, %(operator_share_bps)s::integer);
