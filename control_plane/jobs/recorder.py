@@ -25,6 +25,27 @@ log = structlog.get_logger("control_plane.recorder")
 RETRYABLE_BEFORE_TOKENS = {"engine_unavailable", "engine_busy", "model_unavailable", "draining", "node_shutdown"}
 
 
+def result_payload(outcome: protocol.JobResult) -> dict[str, Any]:
+    """The `result` a completed job's row keeps (and a /v1 answer is built from)."""
+    result = {
+        "content": outcome.content, "finish_reason": outcome.finish_reason,
+        "usage": {"prompt_tokens": outcome.usage.prompt_tokens,
+                  "completion_tokens": outcome.usage.completion_tokens},
+        "ttft_ms": outcome.timings.ttft_ms, "duration_ms": outcome.timings.duration_ms,
+        "tokens_per_second": outcome.timings.tokens_per_second, "chunks": outcome.chunks,
+    }
+    if outcome.embeddings is not None:
+        result["embeddings"] = [list(v) for v in outcome.embeddings.vectors]
+    if outcome.tool_calls:  # the API says finish_reason "tool_calls" for these
+        result["tool_calls"] = [{"id": c.id, "type": "function",
+                                 "function": {"name": c.name, "arguments": c.arguments}}
+                                for c in outcome.tool_calls]
+        result["finish_reason"] = "tool_calls"
+    if outcome.logprobs is not None:
+        result["logprobs"] = [msgspec.to_builtins(t) for t in outcome.logprobs]
+    return result
+
+
 class OutcomeRecorder:
     """Consumes results and failures; idempotent by (job, attempt, lease, node)."""
 
@@ -129,22 +150,7 @@ class OutcomeRecorder:
         bound = log.bind(job_id=outcome.job_id, node_id=outcome.node_id, attempt=outcome.attempt)
         key = {"id": outcome.job_id, "attempt": outcome.attempt, "lease": outcome.lease, "node_id": outcome.node_id}
         if isinstance(outcome, protocol.JobResult):
-            result = {
-                "content": outcome.content, "finish_reason": outcome.finish_reason,
-                "usage": {"prompt_tokens": outcome.usage.prompt_tokens,
-                          "completion_tokens": outcome.usage.completion_tokens},
-                "ttft_ms": outcome.timings.ttft_ms, "duration_ms": outcome.timings.duration_ms,
-                "tokens_per_second": outcome.timings.tokens_per_second, "chunks": outcome.chunks,
-            }
-            if outcome.embeddings is not None:
-                result["embeddings"] = [list(v) for v in outcome.embeddings.vectors]
-            if outcome.tool_calls:  # the API says finish_reason "tool_calls" for these
-                result["tool_calls"] = [{"id": c.id, "type": "function",
-                                         "function": {"name": c.name, "arguments": c.arguments}}
-                                        for c in outcome.tool_calls]
-                result["finish_reason"] = "tool_calls"
-            if outcome.logprobs is not None:
-                result["logprobs"] = [msgspec.to_builtins(t) for t in outcome.logprobs]
+            result = result_payload(outcome)
             row = await self._db.fetchone("complete_job", {
                 **key, "result": jsonb(result), "prompt_tokens": outcome.usage.prompt_tokens,
                 "completion_tokens": outcome.usage.completion_tokens, "first_token_at": None,

@@ -17,6 +17,7 @@ from litestar.response import Stream
 from control_plane.accounts.auth import Principal
 from control_plane.credits.ledger import credits_used_header
 from control_plane.errors import BadRequest, InfernetError, ModelNotFound
+from control_plane.jobs.early import final_row
 from control_plane.jobs.schemas import JobCreate, MessageIn
 from control_plane.idempotency.service import fingerprint
 from control_plane.routing import fallback
@@ -271,12 +272,15 @@ class OpenAIService:
                                           timeout=s.image_fetch_timeout_s)
 
     async def _wait(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The job's final row (written before this returns); JobFailed unless it completed."""
+        """The job's final row (from its result message when it is provably the job's, see jobs/early.py; else
+        as written); JobFailed unless it completed."""
         watch = self._relay.watch(row["id"], tokens=False)
         try:
             budget = row["deadline"].timestamp() - row["created_at"].timestamp() + DEADLINE_GRACE_S
+            def early(outcome):  # answer from the result message; the recorder writes the row behind it
+                return final_row(row, self._jobs.placement_of(row["id"]), outcome)
             try:
-                final = await self._relay.wait_final(watch, budget)
+                final = await self._relay.wait_final(watch, budget, early=early)
             except TimeoutError as exc:
                 raise JobFailed("timeout", str(exc)) from None
         finally:

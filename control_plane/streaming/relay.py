@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -262,12 +262,18 @@ class TokenRelay:
             if w.waiter is None:
                 await asyncio.sleep(delay)
 
-    async def wait_final(self, w: JobWatch, timeout: float) -> dict | None:
-        """Wait (up to `timeout` s) until the watched job has ended and its row is written; returns that row."""
+    async def wait_final(self, w: JobWatch, timeout: float, *,
+                         early: Callable[[protocol.JobOutcome], dict | None] | None = None) -> dict | None:
+        """Wait (up to `timeout` s) until the watched job has ended and its row is written; returns that row.
+
+        `early` may answer from the outcome message itself, before the row is written: it returns the final
+        row that outcome implies, or None to wait for the recorder as usual."""
         deadline = self._clock() + timeout
         while True:
             w.wake.clear()
             outcome = w.outcome
+            if outcome is not None and early is not None and (row := early(outcome)) is not None:
+                return row
             if w.ending:
                 row = await self.settle(w)
                 if row is None or row["status"] in ENDED:
