@@ -48,11 +48,13 @@ test-e2e: install
 test-browser: install chromium
 	$(PY) -m pytest -q tests/browser $(PYTEST_ARGS)
 
-## Benchmarks (not tests): figures go into docs/benchmarks.md.
+## Benchmarks (not tests): figures go into docs/benchmarks.md. bench.vs_litellm installs LiteLLM 1.80.0 into its
+## own cached virtualenv (never a dependency of Infernet).
 bench: install
 	$(PY) -m bench.jobs_bench
 	$(PY) -m bench.streaming_bench
 	$(PY) -m bench.openai_bench
+	$(PY) -m bench.vs_litellm
 
 clean:
 	rm -rf $(VENV) .infernet .pytest_cache

@@ -28,6 +28,8 @@ class BenchStack:
     nats_url: str
     procs: list[subprocess.Popen] = field(default_factory=list)
     node_procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: The stack's temporary directory (NATS and PostgreSQL data, process logs).
+    root: Path | None = None
 
 
 def _cli(env: dict, *args: str) -> str:
@@ -78,7 +80,7 @@ def bench_stack(*, nodes: int = 1, slots: int = 64, double_args: tuple[str, ...]
             procs.append(proc)
             node_procs[node_id_from_token(token)] = proc
         stack = BenchStack(f"http://127.0.0.1:{port}", key, f"http://127.0.0.1:{dport}", db_url, nats_url, procs,
-                           node_procs)
+                           node_procs, root)
         asyncio.run(_wait_models(stack))
         yield stack
     finally:
