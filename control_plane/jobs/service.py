@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 
 from control_plane.accounts.auth import Principal
@@ -23,6 +25,11 @@ JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 #: only a prompt far too long is refused here; the node's engine counts exactly and refuses the rest with the
 #: same error (400 context_length_exceeded).
 BYTES_PER_TOKEN_AT_MOST = 8
+ENDED = ("completed", "failed", "cancelled")
+#: Jobs answered before their row was written, remembered for read-your-writes (oldest forgotten first).
+_EARLY_KEPT = 20_000
+#: How long a read of such a job waits for the recorder before it returns the row as it is.
+EARLY_READ_WAIT_S = 5.0
 #: The request field a capability is needed for (the `param` of a capability_unavailable error).
 NEED_PARAMS = {"tools": "tools", "vision": "messages", "logprobs": "logprobs", "logit_bias": "logit_bias",
                "embeddings": "model", "chat": "model"}
@@ -38,6 +45,7 @@ class JobService:
         self._dispatcher = dispatcher
         self._sweeper = sweeper
         self._settings = settings
+        self._early: dict[str, None] = {}  # job ids answered from their result message, in answer order
         #: Set by the runtime: the gateway steps of a submission (control_plane.jobs.gateway.SubmitGateway).
         self.gateway = None
 
@@ -163,12 +171,29 @@ class JobService:
         """The latest attempt of the job this replica placed, if it did (jobs/dispatcher.Placement)."""
         return self._dispatcher.placement_of(job_id)
 
+    def answered_early(self, job_id: str) -> None:
+        """A request was answered from the job's result message (jobs/early.py): until the recorder has written
+        the row, reads of the job through this replica wait for it (read your writes)."""
+        self._early[job_id] = None
+        while len(self._early) > _EARLY_KEPT:
+            self._early.pop(next(iter(self._early)))
+
     async def get(self, principal: Principal, job_id: str) -> dict:
         row = None
         if job_id.startswith("job_") and len(job_id) <= 64:
             row = await self._db.fetchone("get_job", {"id": job_id, "account_id": principal.account_id})
         if row is None:
             raise NotFound(f"job {job_id} not found")
+        if job_id in self._early:
+            delay, give_up = 0.001, time.monotonic() + EARLY_READ_WAIT_S
+            while row is not None and row["status"] not in ENDED and time.monotonic() < give_up:
+                await asyncio.sleep(delay)  # the recorder is a round trip or two behind the answer
+                delay = min(delay * 2, 0.05)
+                row = await self._db.fetchone("get_job", {"id": job_id, "account_id": principal.account_id})
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            if row["status"] in ENDED:
+                self._early.pop(job_id, None)
         return row
 
     async def cancel(self, principal: Principal, job_id: str) -> dict:

@@ -278,7 +278,10 @@ class OpenAIService:
         try:
             budget = row["deadline"].timestamp() - row["created_at"].timestamp() + DEADLINE_GRACE_S
             def early(outcome):  # answer from the result message; the recorder writes the row behind it
-                return final_row(row, self._jobs.placement_of(row["id"]), outcome)
+                final = final_row(row, self._jobs.placement_of(row["id"]), outcome)
+                if final is not None:
+                    self._jobs.answered_early(row["id"])
+                return final
             try:
                 final = await self._relay.wait_final(watch, budget, early=early)
             except TimeoutError as exc:
