@@ -32,6 +32,8 @@ def final_row(row: dict[str, Any], placed: Placement | None, outcome: protocol.J
     if placed.model != row["model"] or "response_schema" in (row.get("request") or {}) or row.get("amount") is None:
         return None
     prompt, completion = outcome.usage.prompt_tokens, outcome.usage.completion_tokens
+    if not _within_bounds(row.get("request") or {}, outcome, prompt, completion):
+        return None  # the recorder may cut this usage to its bounds (infernet_check_usage): wait for the row
     charged = pricing.charge(int(row["amount"]), prompt, completion,
                              pricing.Price(int(row["price_input"]), int(row["price_output"])))
     return row | {
@@ -40,3 +42,17 @@ def final_row(row: dict[str, Any], placed: Placement | None, outcome: protocol.J
         "attempt": outcome.attempt, "completed_at": datetime.now(timezone.utc), "error": None,
         "error_message": None,
     }
+
+
+def _within_bounds(request: dict[str, Any], outcome: protocol.JobResult, prompt: int, completion: int) -> bool:
+    """The claimed usage is certainly under the bounds the recorder's trigger enforces (migration 0080,
+    infernet_usage_bounds), so the row will keep it and the charge computed here is the one settled.
+
+    Computed from lower bounds of those caps: the stored request's JSON text holds at least every message's
+    UTF-8 bytes; the completion cap is at least min(max_tokens, the content's UTF-8 bytes + 1)."""
+    messages = request.get("messages") or ()
+    prompt_floor = sum(len(str(m.get("content") or "").encode()) for m in messages) + 64 + 8 * len(messages)
+    max_tokens = (request.get("params") or {}).get("max_tokens")
+    limit = int(max_tokens) if isinstance(max_tokens, (int, float)) and not isinstance(max_tokens, bool) else 512
+    completion_floor = min(limit, len(outcome.content.encode()) + 1)
+    return 0 <= prompt <= prompt_floor and 0 <= completion <= completion_floor

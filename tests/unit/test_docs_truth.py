@@ -67,8 +67,9 @@ def test_documented_job_defaults_and_limits():
 def test_make_bench_runs_what_the_readme_says():
     recipe = (ROOT / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
     ran = set(re.findall(r"-m bench\.(\w+)", recipe))
-    assert ran == {"jobs_bench", "streaming_bench", "openai_bench"}
-    assert "`make bench` (the jobs, streaming and OpenAI-compatible benchmarks;" in (ROOT / "README.md").read_text()
+    assert ran == {"jobs_bench", "streaming_bench", "openai_bench", "vs_litellm"}
+    assert ("`make bench` (the jobs, streaming and OpenAI-compatible benchmarks, and Infernet vs. LiteLLM side by side;"
+            in (ROOT / "README.md").read_text())
     benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
     for module in sorted(p.stem for p in (ROOT / "bench").glob("*_bench.py")):
         assert f"bench.{module}" in benchmarks or f"bench/{module}.py" in benchmarks, module
