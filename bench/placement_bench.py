@@ -34,7 +34,7 @@ class SimNode:
 
     def advertisement(self) -> Advertisement:
         return Advertisement(
-            node_id=self.node_id, token="bench", agent_version="0.1.0", engine="ollama",
+            node_id=self.node_id, agent_version="0.1.0", engine="ollama",
             state=self.state,  # type: ignore[arg-type]
             slots=self.slots, active_jobs=self.active, interval_s=5.0,
             models=tuple(ModelInfo(name=n, loaded=lo, tokens_per_second=t) for n, (lo, t) in self.models.items()),

@@ -74,7 +74,7 @@ async def main(requests: int) -> None:
     registry = NodeRegistry()
     for i in range(1000):
         registry.observe(Advertisement(
-            node_id=f"n{i}", token="t", agent_version="0", engine="ollama", state="online", slots=4,
+            node_id=f"n{i}", agent_version="0", engine="ollama", state="online", slots=4,
             active_jobs=i % 5,
             models=(ModelInfo("qwen2.5:7b", True, tokens_per_second=90.0 + i % 7),
                     ModelInfo("qwen2.5:14b", True, tokens_per_second=60.0), ModelInfo("qwen2.5:72b", True, 30.0))))

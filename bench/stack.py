@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from control_plane.embedded import free_port, start_nats, start_postgres, wait_for_port
+from control_plane.embedded import free_port, bus_env, start_nats, start_postgres, wait_for_port
 from protocol.identity import node_id_from_token
 
 PY = sys.executable
@@ -50,7 +50,7 @@ def bench_stack(*, nodes: int = 1, slots: int = 64, double_args: tuple[str, ...]
         nats_proc, nats_url = start_nats(root)
         procs.append(nats_proc)
         pg, db_url = start_postgres(root)
-        env = dict(os.environ, INFERNET_DATABASE_URL=db_url, INFERNET_NATS_URL=nats_url, INFERNET_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        env = dict(os.environ, **bus_env(root), INFERNET_DATABASE_URL=db_url, INFERNET_NATS_URL=nats_url, INFERNET_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
                    PYTHONUNBUFFERED="1",
                    # Benchmarks drive one key far past any plan's rate limit: measure throughput, not 429s.
                    INFERNET_RATE_LIMIT_RPM="0", INFERNET_RATE_LIMIT_TPM="0")

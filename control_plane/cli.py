@@ -22,8 +22,14 @@ def _need_db(settings: Settings) -> str:
 
 
 @click.group()
-def main() -> None:
-    """The Infernet control plane."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """The Infernet control plane. Inside a project where `infernet-control-plane dev` runs, the settings in
+    .infernet/dev.env apply (any INFERNET_* variable you set wins)."""
+    from control_plane.lib import dev_env
+
+    if ctx.invoked_subcommand != "dev":  # dev writes that file; it starts from its own settings
+        dev_env.apply()
 
 
 @main.command()
@@ -181,14 +187,20 @@ def nodes() -> None:
 @nodes.command("register")
 @click.argument("name")
 @click.option("--operator", default=None, help="Operator account name (created if missing)")
+@click.option("--max-slots", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Most jobs at once the node may advertise (larger claims are cut to this)")
+@click.option("--model", "models", multiple=True,
+              help="A model (glob) the node may serve; repeatable. Default: any model its engine lists")
 @click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
-def nodes_register(name: str, operator: str | None, database_url: str | None) -> None:
-    """Register a node; prints only its token on stdout (give it to infernet-node)."""
+def nodes_register(name: str, operator: str | None, max_slots: int, models: tuple[str, ...],
+                   database_url: str | None) -> None:
+    """Register a node; prints only its token on stdout (give it to infernet-node: it is also its bus login)."""
     url = _need_db(_settings(database_url=database_url))
-    click.echo(asyncio.run(_register_node(url, name, operator)))
+    click.echo(asyncio.run(_register_node(url, name, operator, max_slots=max_slots, models=models or None)))
 
 
-async def _register_node(url: str, name: str, operator: str | None) -> str:
+async def _register_node(url: str, name: str, operator: str | None, *, max_slots: int = 16,
+                         models: tuple[str, ...] | None = None) -> str:
     from control_plane.accounts.service import ensure_account
     from control_plane.nodes.service import register_node
     from control_plane.store import Database
@@ -199,7 +211,7 @@ async def _register_node(url: str, name: str, operator: str | None) -> str:
     try:
         grant = _settings().signup_credits
         operator_id = (await ensure_account(db, operator, credits=grant))["id"] if operator else None
-        return (await register_node(db, name, operator_id)).token
+        return (await register_node(db, name, operator_id, max_slots=max_slots, models=models)).token
     finally:
         await db.close()
 
@@ -228,6 +240,63 @@ async def _clear_quarantine(url: str, node_id: str) -> str:
         return f"{node_id}: cleared, on probation" if row else f"{node_id}: no trust record; nothing to clear"
     finally:
         await db.close()
+
+
+@nodes.command("revoke")
+@click.argument("node")
+@click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
+def nodes_revoke(node: str, database_url: str | None) -> None:
+    """Revoke a node (id or name): the bus refuses it from now on; with the control plane's system identity
+    configured (INFERNET_NATS_SYSTEM_USER), its live connections are closed at once."""
+    settings = _settings(database_url=database_url)
+    url = _need_db(settings)
+    rows, disconnected = asyncio.run(_revoke_node(url, settings, node))
+    if not rows:
+        click.echo(f"error: no node {node!r} is registered", err=True)
+        sys.exit(1)
+    for row in rows:
+        click.echo(f"revoked {row['id']} ({row['name']}); {disconnected.get(row['id'], 0)} live connection(s) closed")
+
+
+async def _revoke_node(url: str, settings: Settings, node: str) -> tuple[list[dict], dict[str, int]]:
+    from control_plane.store import Database
+
+    db = await Database.open(url, min_size=1, max_size=2)
+    try:
+        rows = await db.fetchall("revoke_node", {"node": node, "by_name": True})
+    finally:
+        await db.close()
+    disconnected: dict[str, int] = {}
+    if rows and settings.nats_system_user:
+        from control_plane.bus.system import SystemBus
+
+        system = await SystemBus.connect(settings.nats_url, name="infernet-control-plane revoke",
+                                         user=settings.nats_system_user, password=settings.nats_system_password,
+                                         account=settings.nats_account, tls_ca=settings.nats_tls_ca)
+        try:
+            for row in rows:
+                disconnected[row["id"]] = await system.kick_user(row["id"])
+        finally:
+            await system.close()
+    return rows, disconnected
+
+
+@main.command("bus-credentials")
+@click.option("--replicas", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Control-plane replicas (each gets its own bus identity)")
+@click.option("--plain", is_flag=True, help="KEY=value lines (Docker Compose .env, kubectl --from-env-file)")
+def bus_credentials(replicas: int, plain: bool) -> None:
+    """Print new bus secrets as shell variables: what deploy/nats/*.conf and the control planes read. Keep the
+    output secret (mode 0600); replica i sets INFERNET_NATS_USER=$INFERNET_NATS_CP<i>_USER and so on."""
+    from control_plane.bus.natsconf import BusCredentials, deployment_env
+    from protocol.devenv import render
+
+    values = deployment_env(BusCredentials.generate(replicas=replicas))
+    if plain:  # the values are URL-safe base64 and nkeys: nothing to quote
+        click.echo("".join(f"{k}={v}\n" for k, v in values.items()), nl=False)
+        return
+    click.echo(render(values, header=(
+        "Infernet bus secrets: the NATS servers and the control planes read these; nodes never see them.")), nl=False)
 
 
 @main.command()

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
-from control_plane.embedded import EmbeddedError, free_port, start_nats, start_postgres
+from control_plane.bus.natsconf import write_private
+from control_plane.embedded import EmbeddedError, bus_env, free_port, start_nats, start_postgres
+from protocol.devenv import parse, render
 from control_plane.settings import Settings
 
 
@@ -81,13 +83,16 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
     base = Settings.from_env(log_format=os.environ.get("INFERNET_LOG_FORMAT", "console"))
     nats_proc = pg = None
     node_proc = None
+    bus: dict[str, str] = {}
     try:
         nats_url = os.environ.get("INFERNET_NATS_URL")
-        if not nats_url:
+        if not nats_url or _written_by_us(root, "INFERNET_NATS_URL", nats_url):
+            # Secured by default: generated credentials (kept in <data-dir>/bus.json), no anonymous clients.
             nats_proc, nats_url = start_nats(root, 4222 if _port_free(4222) else free_port())
-            click.echo(f"embedded nats-server (JetStream) at {nats_url}", err=True)
+            bus = bus_env(root)
+            click.echo(f"embedded nats-server (JetStream, authenticated) at {nats_url}", err=True)
         db_url = os.environ.get("INFERNET_DATABASE_URL")
-        if not db_url:
+        if not db_url or _written_by_us(root, "INFERNET_DATABASE_URL", db_url):
             if not os.environ.get("XDG_RUNTIME_DIR"):  # else platformdirs warns (RuntimeDirWarning) at start
                 run = root / "run"
                 run.mkdir(mode=0o700, exist_ok=True)
@@ -99,6 +104,12 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
         if not _port_free(port):
             port = free_port()
         settings = base.with_(database_url=db_url, nats_url=nats_url, http_port=port)
+        if bus:
+            settings = settings.with_(nats_user=bus["INFERNET_NATS_USER"], nats_password=bus["INFERNET_NATS_PASSWORD"],
+                                      nats_system_user=bus["INFERNET_NATS_SYSTEM_USER"],
+                                      nats_system_password=bus["INFERNET_NATS_SYSTEM_PASSWORD"],
+                                      nats_auth_seed=bus["INFERNET_NATS_AUTH_SEED"],
+                                      nats_account=bus["INFERNET_NATS_ACCOUNT"])
 
         from control_plane.dev_identity import dev_identity
 
@@ -116,10 +127,13 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
                        **engine_env)
             node_proc = subprocess.Popen([sys.executable, "-m", "node_agent.cli", "start"], env=env)
         url = f"http://{settings.http_host}:{port}"
+        env_file = write_dev_env(root, {
+            "INFERNET_API_URL": url, "INFERNET_CONTROL_PLANE_URL": url, "INFERNET_API_KEY": key,
+            "INFERNET_NATS_URL": nats_url, "INFERNET_DATABASE_URL": db_url, **bus})
 
         def banner() -> None:
-            click.echo(_banner(url, key, start_node, engine_note, example_model,
-                               console=f"{url}/console/login/{console_token}"), err=True)
+            click.echo(_banner(url, key, start_node, engine_note, example_model, env_file=env_file,
+                               nats_url=nats_url, console=f"{url}/console/login/{console_token}"), err=True)
 
         from control_plane.cli import _serve
 
@@ -144,9 +158,29 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
             pg.cleanup()
 
 
+def _written_by_us(root: Path, key: str, value: str) -> bool:
+    """True when `value` came from our own dev.env (sourced by the shell or applied by the CLI): a restart of the
+    dev stack then starts its embedded servers again rather than pointing at them."""
+    path = root / "dev.env"
+    try:
+        return path.is_file() and parse(path.read_text()).get(key) == value
+    except OSError:
+        return False
+
+
+def write_dev_env(root: Path, values: dict[str, str]) -> Path:
+    """<data-dir>/dev.env (mode 0600): what a shell, the CLIs, or a second node need to use this stack."""
+    path = root / "dev.env"
+    write_private(path, render(values, header=(
+        "Written by 'infernet-control-plane dev': the settings of this dev stack. Both CLIs read it when run\n"
+        "inside this project; 'source' it for curl. It holds secrets (API key, bus credentials): keep it 0600.")))
+    return path
+
+
 def _banner(url: str, key: str, with_node: bool, engine_note: str = "", model: str | None = None, *,
-            console: str | None = None) -> str:
+            env_file: Path | None = None, nats_url: str = "nats://127.0.0.1:4222", console: str | None = None) -> str:
     which = f"use {model}" if model else "use a model your Ollama has"
+    engine = " --engine llamacpp" if model == "smollm2:135m" else ""
     return f"""
 Infernet is running at {url}   (OpenAPI: {url}/docs)
 
@@ -154,6 +188,12 @@ Infernet is running at {url}   (OpenAPI: {url}/docs)
 
   API key (admin, account "dev"):  {key}
   node agent: {"started; it serves " + engine_note if with_node else "not started (--no-node)"}
+  settings:   {env_file or "-"}   (the CLIs read it in this directory; 'source' it for the shell)
+
+Start a second node (the bus accepts only registered nodes; from this directory):
+
+  infernet-node start --nats-url {nats_url}{engine} \\
+       --node-token "$(infernet-control-plane nodes register gpu-box-2)"
 
 Submit a first job ({which}; see {url}/api/v1/models):
 

@@ -11,6 +11,10 @@ import sysconfig
 import time
 from pathlib import Path
 
+import msgspec
+
+from control_plane.bus.natsconf import BusCredentials, ServerConfig, write_private
+
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be started; the message says what to install or check."""
@@ -47,14 +51,32 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
     raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def bus_credentials(data_dir: Path) -> BusCredentials:
+    """The dev bus's credentials, generated on first use and kept (mode 0600) in data_dir/bus.json."""
+    path = data_dir / "bus.json"
+    if path.exists():
+        return msgspec.json.decode(path.read_bytes(), type=BusCredentials)
+    creds = BusCredentials.generate(replicas=1)
+    write_private(path, msgspec.json.encode(creds).decode())
+    return creds
+
+
+def bus_env(data_dir: Path) -> dict[str, str]:
+    """INFERNET_* settings a control plane needs on the dev bus (its identity, system identity, callout seed)."""
+    return bus_credentials(data_dir).env()
+
+
 def start_nats(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Run nats-server with JetStream storing under data_dir; returns the process and its URL."""
+    """Run nats-server with JetStream storing under data_dir, secured (no anonymous clients: control planes by
+    user and password, nodes through the auth callout); returns the process and its URL (no credentials in it)."""
     port = port or free_port()
     store = data_dir / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
+    config = ServerConfig(bus_credentials(data_dir), host="127.0.0.1", port=port, store_dir=str(store),
+                          server_name="infernet-dev").write(data_dir / "nats-server.conf")
     log = open(data_dir / "nats-server.log", "ab")
     proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        [nats_server_binary(), "-c", str(config)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     wait_for_port(port, proc=proc)

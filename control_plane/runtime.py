@@ -21,8 +21,11 @@ from control_plane.jobs.recorder import OutcomeRecorder
 from control_plane.jobs.service import JobService
 from control_plane.jobs.sweeper import Sweeper
 from control_plane.nodes.directory import NodeDirectory
+from control_plane.bus.system import SystemBus
+from control_plane.nodes.bus_auth import NodeBusAuth
 from control_plane.nodes.heartbeats import HeartbeatHandler
-from control_plane.nodes.service import NodeTokenVerifier
+from control_plane.nodes.presence import NodePresence
+from control_plane.nodes.service import NodeRegistrations
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database
@@ -64,6 +67,12 @@ class Runtime:
     directory: NodeDirectory | None = None
     #: Node standing: checked usage, measured speed, reputation, quarantine (control_plane/trust).
     trust: TrustService | None = None
+    #: Registrations of nodes (name, slot limit, revocation), cached.
+    registrations: NodeRegistrations | None = None
+    #: The system-account connection (node connect/disconnect events, disconnecting revoked nodes); None when
+    #: no system identity is configured.
+    system: SystemBus | None = None
+    presence: NodePresence | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -77,10 +86,24 @@ class Runtime:
         try:
             bus = await Bus.connect(settings.nats_url, name=f"infernet-control-plane {settings.replica_id}",
                                     token_replay_secs=settings.token_replay_secs,
-                                    stream_replicas=settings.stream_replicas)
+                                    stream_replicas=settings.stream_replicas, user=settings.nats_user,
+                                    password=settings.nats_password, tls_ca=settings.nats_tls_ca)
         except Exception:
             await db.close()
             raise
+        if settings.nats_auth_seed:  # nodes can connect only once some replica answers the auth callout
+            await NodeBusAuth(db, bus, issuer_seed=settings.nats_auth_seed, account=settings.nats_account).start()
+        system = None
+        if settings.nats_system_user:
+            try:
+                system = await SystemBus.connect(
+                    settings.nats_url, name=f"infernet-control-plane {settings.replica_id} (system)",
+                    user=settings.nats_system_user, password=settings.nats_system_password,
+                    account=settings.nats_account, tls_ca=settings.nats_tls_ca)
+            except Exception:
+                await bus.close()
+                await db.close()
+                raise
         registry = NodeRegistry()
         trust = TrustService(db, registry, settings)
         try:
@@ -92,12 +115,19 @@ class Runtime:
         dispatcher = Dispatcher(db, bus, registry, settings, metrics=ControlPlaneMetrics(), trust=trust)
         sweeper = Sweeper(db, registry, dispatcher, settings)
         recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings, trust=trust)
-        heartbeats = HeartbeatHandler(db, bus, registry, NodeTokenVerifier(db), dispatcher, sweeper)
+        registrations = NodeRegistrations(db)
+        heartbeats = HeartbeatHandler(db, bus, registry, registrations, dispatcher, sweeper,
+                                      results_ready=lambda: recorder.ready)
         sweeper.reports = heartbeats.reports
+        presence = None
+        if system is not None:
+            presence = NodePresence(registry, sweeper, heartbeats.reports, grace_s=settings.node_disconnect_grace_s)
+            await system.client_events(presence.on_event)
         rt = cls(settings=settings, db=db, bus=bus, registry=registry, dispatcher=dispatcher, recorder=recorder,
                  sweeper=sweeper, heartbeats=heartbeats, auth=Authenticator(db, cache_secs=settings.auth_cache_secs),
                  jobs=JobService(db, registry, dispatcher, sweeper, settings),
-                 directory=NodeDirectory(db, registry, trust=trust), trust=trust)
+                 directory=NodeDirectory(db, registry, trust=trust), trust=trust, registrations=registrations,
+                 system=system, presence=presence)
         await heartbeats.start()
         await recorder.observe()
         rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)
@@ -143,6 +173,10 @@ class Runtime:
                 await self.trust.flush()
             except Exception as exc:  # StoreError: the evidence of the last second is lost, nothing else
                 log.warning("trust_flush_failed", error=str(exc))
+        if self.presence is not None:
+            await self.presence.stop()
+        if self.system is not None:
+            await self.system.close()
         await self.bus.close()
         await self.db.close()
         log.info("control_plane_stopped", replica_id=self.settings.replica_id)

@@ -17,8 +17,26 @@ def _replica_id() -> str:
 class Settings:
     #: libpq URI of PostgreSQL (INFERNET_DATABASE_URL). Required by `serve`; `dev` starts an embedded one.
     database_url: str | None = None
-    #: NATS server URL(s), comma-separated (INFERNET_NATS_URL).
+    #: NATS server URL(s), comma-separated (INFERNET_NATS_URL); tls:// for TLS.
     nats_url: str = "nats://127.0.0.1:4222"
+    #: This replica's own identity on the bus (INFERNET_NATS_USER, INFERNET_NATS_PASSWORD): a user of the
+    #: application account listed in the server's auth_callout.auth_users. May also be given in the URL.
+    nats_user: str | None = None
+    nats_password: str | None = None
+    #: This replica's system-account identity (INFERNET_NATS_SYSTEM_USER, INFERNET_NATS_SYSTEM_PASSWORD): it
+    #: hears node connects/disconnects at once and disconnects revoked nodes. Unset: heartbeats only.
+    nats_system_user: str | None = None
+    nats_system_password: str | None = None
+    #: Account nkey seed (SA...) that signs the user JWTs this replica issues to nodes through the auth
+    #: callout (INFERNET_NATS_AUTH_SEED); its public key is the server's auth_callout.issuer. Unset: this
+    #: replica answers no authentication requests.
+    nats_auth_seed: str | None = None
+    #: The application account nodes are placed in (INFERNET_NATS_ACCOUNT).
+    nats_account: str = "INFERNET"
+    #: PEM file of the CA that signed the NATS servers' certificates (INFERNET_NATS_TLS_CA).
+    nats_tls_ca: str | None = None
+    #: Seconds a node's disconnect may last before its jobs are re-placed (a reconnect within it keeps them).
+    node_disconnect_grace_s: float = 0.5
     #: Address and port the HTTP API listens on (INFERNET_HTTP_HOST, INFERNET_HTTP_PORT).
     http_host: str = "127.0.0.1"
     http_port: int = 8080

@@ -24,6 +24,7 @@ from node_agent.assignments import Assignments
 from node_agent.engines.base import Completion, Engine, EngineError, EngineModel
 from node_agent.gpu import GpuProbe
 from node_agent.metrics import NodeMetrics
+from node_agent.bus import connect_options, servers as bus_servers
 from node_agent.publishing import Publisher
 from node_agent.rates import RollingRates
 from node_agent.runner import JobRunner
@@ -120,7 +121,7 @@ class NodeAgent:
         await self.nc.subscribe(subjects.node_drain(self.node_id), cb=self._on_drain)
         await self.nc.subscribe(subjects.advertisement_requests(), cb=self._on_advertisement_request)
         await self.nc.flush()
-        self._log.info("node_started", nats=self.settings.nats_url, engine=self.settings.engine,
+        self._log.info("node_started", nats=",".join(bus_servers(self.settings.nats_url)), engine=self.settings.engine,
                        engine_url=self.engine_location, slots=self.settings.max_concurrency)
         advertiser = asyncio.create_task(self._advertise_loop(), name="advertise")
         try:
@@ -167,8 +168,7 @@ class NodeAgent:
     async def _connect(self) -> NATS | None:
         """Connect to NATS; the client retries forever, so wait for it or for stop(), whichever comes first."""
         connecting = asyncio.create_task(nats.connect(
-            servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
-            name=f"infernet-node {self.node_id}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            **connect_options(self.settings, self.node_id), max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             reconnect_to_server_handler=reconnect_backoff,
             connect_timeout=5, allow_reconnect=True,
             error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
@@ -235,8 +235,12 @@ class NodeAgent:
         if now - self._nats_errors_logged.get(text, -1e9) < 30:
             return
         self._nats_errors_logged[text] = now
-        if self.nc is None:
-            self._log.warning("nats_unreachable", nats=self.settings.nats_url, error=text,
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            self._log.error("nats_auth_refused", nats=",".join(bus_servers(self.settings.nats_url)), error=text,
+                            action="the bus refused this node's token: it is unknown, revoked, or no control plane "
+                                   "is answering authentication; run 'infernet-node doctor'")
+        elif self.nc is None:
+            self._log.warning("nats_unreachable", nats=",".join(bus_servers(self.settings.nats_url)), error=text,
                               action="retrying; check INFERNET_NATS_URL and that the control plane's NATS is "
                                      "reachable from here ('infernet-node doctor')")
         else:
@@ -324,7 +328,7 @@ class NodeAgent:
 
     def advertisement(self) -> protocol.Advertisement:
         return protocol.Advertisement(
-            node_id=self.node_id, token=self.settings.node_token or "", agent_version=__version__,
+            node_id=self.node_id, agent_version=__version__,
             engine=self.settings.engine, engine_version=self.engine_version, engine_ok=self.engine_ok,
             state=self.state, slots=self.settings.max_concurrency, active_jobs=len(self.slots),
             models=tuple(

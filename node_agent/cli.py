@@ -73,9 +73,35 @@ def _resolve(config_path: Path | None, flags: dict[str, Any]) -> NodeSettings:
         _fail(f"bad setting: {exc}")
 
 
+#: What a node takes from the dev stack's .infernet/dev.env: where the bus and the control plane are (never the
+#: control plane's own credentials).
+_DEV_ENV_KEYS = {"INFERNET_NATS_URL", "INFERNET_NATS_TLS_CA", "INFERNET_CONTROL_PLANE_URL"}
+
+
 @click.group()
 def main() -> None:
     """Run an Infernet node beside your inference engine (Ollama by default)."""
+    _apply_dev_env()
+
+
+def _apply_dev_env() -> None:
+    """Inside a project running `infernet-control-plane dev`, its .infernet/dev.env says where the bus is."""
+    from pathlib import Path
+
+    from protocol.devenv import DEV_ENV_PATH, parse
+
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        path = directory / DEV_ENV_PATH
+        if path.is_file():
+            try:
+                values = parse(path.read_text())
+            except OSError:
+                return
+            for key in _DEV_ENV_KEYS:
+                if values.get(key) and not os.environ.get(key):
+                    os.environ[key] = values[key]
+            return
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """`infernet-node doctor`: checks everything a node needs, each with ok/FAIL and the fix; non-zero exit on a failure.
 
-Checks: node token, engine (reachable, version), models, GPU, NATS (connect, JetStream), control plane
-(its results stream exists on that NATS), control plane HTTP and clock skew (when control_plane_url is set).
+Checks: node token, engine (reachable, version), models, GPU, NATS (connect as this node: address, TLS, token
+accepted by the bus), control plane (answers this node, can record results), control plane HTTP and clock skew.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import nats.errors
 
 import protocol
 from node_agent.agent import model_allowed
+from node_agent.bus import connect_options
 from node_agent.engines.base import EngineError
 from node_agent.engines.registry import engine_for
 from node_agent.gpu import GpuProbe
@@ -109,35 +110,53 @@ def check_gpu(probe: GpuProbe | None = None) -> Check:
     return Check("gpu", OK, f"{len(gpus)} NVIDIA GPU(s): {names}")
 
 
+def _classify(reason: str, elapsed: float, settings: NodeSettings) -> Check:
+    """The real cause of a failed bus connection, and what to do about it."""
+    low = reason.lower()
+    if "certificate" in low or "ssl" in low or "tls" in low or "wrong version number" in low:
+        return Check("nats", FAIL, f"TLS with {settings.nats_url} failed: {reason}",
+                     "set nats_tls_ca (INFERNET_NATS_TLS_CA) to the CA file the control plane's operator gives "
+                     "you, and use the host name the server certificate names in INFERNET_NATS_URL")
+    if "authorization" in low or "authentication" in low:
+        if elapsed >= AUTH_SLOW_S:
+            return Check("nats", FAIL, f"{settings.nats_url} answered, but no control plane checked this node's "
+                                       f"token in time ({reason})",
+                         "start a control plane on this NATS ('infernet-control-plane serve'); it authenticates "
+                         "nodes")
+        return Check("nats", FAIL, f"the bus at {settings.nats_url} refused this node's token ({reason}): it is "
+                                   "not a token the control plane issued, or the node was revoked",
+                     "compare the token with what 'infernet-control-plane nodes register' printed (node_token in "
+                     "the config or INFERNET_NODE_TOKEN); if it matches, the network's admin revoked this node")
+    return Check("nats", FAIL, f"cannot connect to {settings.nats_url}: {reason}",
+                 "check INFERNET_NATS_URL (nats://HOST:4222 or tls://HOST:4222), that the control plane's NATS "
+                 "runs, and that a firewall lets this machine reach it")
+
+
+#: A refusal that took this long came from the server's auth timeout: nobody answered the auth callout.
+AUTH_SLOW_S = 1.5
+
+
 async def check_nats(settings: NodeSettings, timeout: float = 5.0) -> list[Check]:
-    """Connect once (no retries), then look for the control plane's results stream on JetStream."""
-    servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
+    """Connect once as this node (its token is its credential), then ask the control plane how it sees us."""
+    node_id = node_id_from_token(settings.node_token or "")
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc) or type(exc).__name__)
 
+    started = time.monotonic()
     try:
-        nc = await asyncio.wait_for(nats.connect(servers=servers, allow_reconnect=False, connect_timeout=timeout,
-                                                 max_reconnect_attempts=0, error_cb=on_error), timeout=timeout + 1)
+        nc = await asyncio.wait_for(nats.connect(**connect_options(settings, node_id or "doctor"), allow_reconnect=False,
+                                                 connect_timeout=timeout, max_reconnect_attempts=0,
+                                                 error_cb=on_error), timeout=timeout + 1)
     except (Exception, asyncio.TimeoutError) as exc:
         reason = errors[-1] if errors else (str(exc) or type(exc).__name__)
-        return [Check("nats", FAIL, f"cannot connect to {settings.nats_url}: {reason}",
-                      "check INFERNET_NATS_URL (nats://HOST:4222), that the control plane's NATS runs, and that "
-                      "a firewall lets this machine reach it"),
-                Check("control plane", SKIP, "NATS not reachable")]
+        return [_classify(reason, time.monotonic() - started, settings),
+                Check("control plane", SKIP, "not connected to the bus")]
     try:
         version = nc.connected_server_version
-        checks = [Check("nats", OK, f"connected to {settings.nats_url} (nats-server {version})")]
-        try:
-            await nc.jetstream().stream_info(subjects.RESULTS_STREAM)
-        except Exception as exc:
-            checks.append(Check("control plane", FAIL,
-                                f"no control plane has prepared this NATS (stream {subjects.RESULTS_STREAM}: {exc})",
-                                "start the control plane ('infernet-control-plane serve') with JetStream enabled on "
-                                "NATS, or check that INFERNET_NATS_URL is the control plane's NATS"))
-        else:
-            checks.append(Check("control plane", OK, f"results stream {subjects.RESULTS_STREAM} present"))
+        checks = [Check("nats", OK, f"connected to {settings.nats_url} as {node_id} (nats-server {version}, "
+                                    f"{'TLS' if settings.nats_tls_ca or 'tls://' in settings.nats_url else 'no TLS'})")]
         checks.extend(await check_token_accepted(settings, nc, timeout))
     finally:
         await nc.close()
@@ -145,30 +164,35 @@ async def check_nats(settings: NodeSettings, timeout: float = 5.0) -> list[Check
 
 
 async def check_token_accepted(settings: NodeSettings, nc, timeout: float = 5.0) -> list[Check]:
-    """Ask a control plane over NATS whether it accepts the token; its reply also carries its clock."""
+    """Ask a control plane over the node's own verify subject how it sees this node; the reply carries its clock
+    and whether it can record results."""
     node_id = node_id_from_token(settings.node_token or "")
     if node_id is None:
         return [Check("token accepted", SKIP, "no well-formed node token to check")]
-    request = protocol.NodeVerify(node_id=node_id, token=settings.node_token, sent_at=time.time())
+    request = protocol.NodeVerify(node_id=node_id, sent_at=time.time())
     try:
         sent = time.time()
-        msg = await nc.request(subjects.node_verify(), protocol.encode(request), timeout=timeout)
+        msg = await nc.request(subjects.node_verify(node_id), protocol.encode(request), timeout=timeout)
         received = time.time()
         reply = protocol.decode(msg.data, protocol.NodeVerifyReply)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
-        return [Check("token accepted", FAIL, "no control plane answered on this NATS",
+        return [Check("control plane", FAIL, "no control plane answered on this NATS",
                       "start the control plane ('infernet-control-plane serve') on the same NATS")]
     except protocol.DecodeError as exc:
-        return [Check("token accepted", FAIL, f"unreadable reply: {exc}", "upgrade the node agent or control plane")]
+        return [Check("control plane", FAIL, f"unreadable reply: {exc}", "upgrade the node agent or control plane")]
+    checks = [Check("control plane", OK if reply.results_ready else FAIL,
+                    "ready to record results" if reply.results_ready else "answers, but cannot record results now",
+                    "the control plane is recreating its results stream; check its logs and JetStream health")]
     if not reply.accepted:
-        return [Check("token accepted", FAIL, reply.reason or "the control plane refused the token",
-                      "register the node ('infernet-control-plane nodes register NAME') and use the printed token")]
+        return checks + [Check("token accepted", FAIL, reply.reason or "the control plane refused this node",
+                               "register the node ('infernet-control-plane nodes register NAME') and use the "
+                               "printed token")]
     skew = (sent + received) / 2 - reply.server_time
-    return [Check("token accepted", OK, f"the control plane knows this node as {reply.name!r}"),
-            Check("clock", OK if abs(skew) <= MAX_SKEW_S else FAIL,
-                  f"this machine is {skew:+.2f} s from the control plane",
-                  "enable time sync: 'timedatectl set-ntp true' (or chrony/ntpd); deadlines need clocks "
-                  f"within {MAX_SKEW_S:g} s")]
+    return checks + [
+        Check("token accepted", OK, f"the control plane knows this node as {reply.name!r}"),
+        Check("clock", OK if abs(skew) <= MAX_SKEW_S else FAIL, f"this machine is {skew:+.2f} s from the control plane",
+              "enable time sync: 'timedatectl set-ntp true' (or chrony/ntpd); deadlines need clocks "
+              f"within {MAX_SKEW_S:g} s")]
 
 
 async def check_control_plane_http(settings: NodeSettings, timeout: float = 5.0, *, clock: bool = True) -> list[Check]:

@@ -30,21 +30,21 @@ class Publisher:
         self.js = nc.jetstream()
 
     async def chunk(self, chunk: protocol.TokenChunk) -> None:
-        await self.nc.publish(subjects.job_tokens(chunk.job_id), protocol.encode(chunk))
+        await self.nc.publish(subjects.node_job_tokens(self.node_id, chunk.job_id), protocol.encode(chunk))
 
     async def advertisement(self, ad: protocol.Advertisement) -> None:
         """Best effort: a node that is disconnected (or disconnects mid-publish) advertises at the next tick."""
         if self.nc is None or not self.nc.is_connected:
             return
         try:
-            await self.nc.publish(subjects.advertisements(), protocol.encode(ad))
+            await self.nc.publish(subjects.node_advertise(self.node_id), protocol.encode(ad))
         except Exception as exc:
             self._log.debug("advertise_failed", error=str(exc))
 
     async def outcome(self, outcome: protocol.JobOutcome) -> bool:
         """Publish to JetStream until it is stored (deduplicated by job, attempt and lease); False if given up."""
         data = protocol.encode(outcome)
-        subject = subjects.job_result(outcome.job_id)
+        subject = subjects.node_job_result(self.node_id, outcome.job_id)
         headers = {"Nats-Msg-Id": f"{outcome.job_id}:{outcome.attempt}:{outcome.lease}"}
         delay = 0.1
         give_up = time.monotonic() + OUTCOME_GIVE_UP_S

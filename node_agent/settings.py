@@ -37,8 +37,12 @@ def _default_concurrency(env: Mapping[str, str]) -> int:
 class NodeSettings:
     #: NATS URL(s) of the control plane's bus (INFERNET_NATS_URL).
     nats_url: str = "nats://127.0.0.1:4222"
-    #: Token from `infernet-control-plane nodes register NAME` (INFERNET_NODE_TOKEN).
+    #: Token from `infernet-control-plane nodes register NAME` (INFERNET_NODE_TOKEN); it is also the node's
+    #: credential on the bus.
     node_token: str | None = None
+    #: PEM file of the CA that signed the NATS server's certificate (INFERNET_NATS_TLS_CA); set it when the
+    #: bus runs TLS with a private CA. With tls:// URLs and no CA file the system's CAs are used.
+    nats_tls_ca: str | None = None
     #: Engine kind (INFERNET_ENGINE): "ollama" (default), "openai" (vLLM, SGLang, llama.cpp server,
     #: LM Studio), "llamacpp" (built-in, in-process).
     engine: str = "ollama"

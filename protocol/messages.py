@@ -66,7 +66,6 @@ class Advertisement(_Wire, tag="advertisement"):
     """Heartbeat a node publishes every few seconds; the control plane's registry is built from it."""
 
     node_id: str
-    token: str
     agent_version: str
     engine: str
     state: NodeState
@@ -149,6 +148,8 @@ class TokenChunk(_Wire, tag="token"):
     attempt: int
     seq: int
     text: str
+    #: The node that generated it; must equal the node named by the subject it was published on.
+    node_id: str = ""
 
 
 class Usage(_Wire):
@@ -236,10 +237,12 @@ class AdvertisementRequest(_Wire, tag="advertisement_request"):
 
 
 class NodeVerify(_Wire, tag="node_verify"):
-    """Request/reply: does the control plane accept this node's token (used by `infernet-node doctor`)."""
+    """Request/reply on the node's own verify subject: how does the control plane see this node (doctor)?
+
+    No token: the bus already authenticated the connection, and the subject names the node.
+    """
 
     node_id: str
-    token: str
     sent_at: float = 0.0
 
 
@@ -250,6 +253,8 @@ class NodeVerifyReply(_Wire, tag="node_verify_reply"):
     name: str | None = None
     #: The control plane's clock (unix seconds), to measure the node's clock skew.
     server_time: float = 0.0
+    #: Whether the control plane can record results right now (its results stream and consumer exist).
+    results_ready: bool = True
 
 
 class Drain(_Wire, tag="drain"):

@@ -27,8 +27,8 @@ def _token(value: str) -> str:
 
 
 def advertisements() -> str:
-    """Nodes publish their advertisement (heartbeat) here; every replica subscribes."""
-    return f"{PREFIX}.nodes.advertise"
+    """Every node's advertisement (a wildcard): each replica subscribes, with no queue group."""
+    return f"{PREFIX}.node.*.advertise"
 
 
 def advertisement_requests() -> str:
@@ -36,9 +36,19 @@ def advertisement_requests() -> str:
     return f"{PREFIX}.nodes.solicit"
 
 
-def node_verify() -> str:
-    """Request/reply: a node asks whether the control plane accepts its token (any one replica answers)."""
-    return f"{PREFIX}.nodes.verify"
+def node_advertise(node_id: str) -> str:
+    """A node publishes its advertisement (heartbeat) here; only that node may (server-enforced)."""
+    return f"{PREFIX}.node.{_token(node_id)}.advertise"
+
+
+def node_verify(node_id: str) -> str:
+    """Request/reply: a node asks the control plane how it sees it (infernet-node doctor); one replica answers."""
+    return f"{PREFIX}.node.{_token(node_id)}.verify"
+
+
+def all_node_verify() -> str:
+    """Wildcard the control plane answers verify requests on (a queue group)."""
+    return f"{PREFIX}.node.*.verify"
 
 
 def node_assign(node_id: str) -> str:
@@ -56,24 +66,70 @@ def node_drain(node_id: str) -> str:
     return f"{PREFIX}.node.{_token(node_id)}.drain"
 
 
+def node_job_tokens(node_id: str, job_id: str) -> str:
+    """Token chunks one node publishes for one job; the node id in the subject names the publisher."""
+    return f"{PREFIX}.node.{_token(node_id)}.job.{_token(job_id)}.tokens"
+
+
+def node_job_result(node_id: str, job_id: str) -> str:
+    """The outcome one node publishes for one job (captured by the results stream)."""
+    return f"{PREFIX}.node.{_token(node_id)}.job.{_token(job_id)}.result"
+
+
+def node_all_job_tokens(node_id: str) -> str:
+    """Every job's token subject of one node (that node's publish permission)."""
+    return f"{PREFIX}.node.{_token(node_id)}.job.*.tokens"
+
+
+def node_all_job_results(node_id: str) -> str:
+    """Every job's outcome subject of one node (that node's publish permission)."""
+    return f"{PREFIX}.node.{_token(node_id)}.job.*.result"
+
+
 def job_tokens(job_id: str) -> str:
-    """Token chunks of one job, ordered by sequence number."""
-    return f"{PREFIX}.job.{_token(job_id)}.tokens"
+    """Token chunks of one job from any node (a filter: replay reads a job's chunks with it)."""
+    return f"{PREFIX}.node.*.job.{_token(job_id)}.tokens"
 
 
 def job_result(job_id: str) -> str:
-    """The final result or failure of one job (captured by the results stream)."""
-    return f"{PREFIX}.job.{_token(job_id)}.result"
+    """Outcomes of one job from any node (a filter)."""
+    return f"{PREFIX}.node.*.job.{_token(job_id)}.result"
 
 
 def all_job_results() -> str:
     """Wildcard the results stream captures."""
-    return f"{PREFIX}.job.*.result"
+    return f"{PREFIX}.node.*.job.*.result"
 
 
 def all_job_tokens() -> str:
     """Wildcard the tokens replay stream captures."""
-    return f"{PREFIX}.job.*.tokens"
+    return f"{PREFIX}.node.*.job.*.tokens"
+
+
+#: Positions of the node id and job id in node-scoped job subjects (infernet.v1.node.<node>.job.<job>.<kind>).
+NODE_FIELD = 3
+JOB_FIELD = 5
+
+
+def publisher_and_job(subject: str) -> tuple[str, str] | None:
+    """(node id, job id) of a node-scoped job subject, or None when the subject is not one."""
+    parts = subject.split(".")
+    if len(parts) != 7 or parts[4] != "job":
+        return None
+    return parts[NODE_FIELD], parts[JOB_FIELD]
+
+
+def node_of(subject: str) -> str | None:
+    """The node id of any node-scoped subject (infernet.v1.node.<node>...), or None."""
+    parts = subject.split(".", 4)
+    if len(parts) < 4 or parts[2] != "node":
+        return None
+    return parts[NODE_FIELD]
+
+
+def node_inbox_prefix(node_id: str) -> str:
+    """A node's reply inboxes (its JetStream publish acks) live under this prefix, the only inboxes it may read."""
+    return f"_INBOX.{_token(node_id)}"
 
 
 def control_events() -> str:

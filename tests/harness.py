@@ -17,6 +17,7 @@ from control_plane.settings import Settings
 from node_agent.agent import NodeAgent
 from node_agent.engines.registry import create_engine
 from node_agent.settings import NodeSettings
+from tests.fixtures.nats import control_plane_settings
 from tests.fixtures.ports import free_port
 from tests.fixtures.waiting import wait_until
 
@@ -54,6 +55,7 @@ class Stack:
                     log_format="console", log_level="warning", sweep_interval_s=0.2, claim_secs=3.0,
                     warmup_s=0.0, assign_timeout_s=2.0, default_max_wallclock_secs=60.0,
                     verify_rate=0.0)  # spot checks add jobs: only the tests about them turn them on
+        base.update(control_plane_settings(self.nats_url))  # this replica's own bus identity
         base.update(self.overrides)
         self.settings = Settings(**base)
         self.runtime = await Runtime.start(self.settings)

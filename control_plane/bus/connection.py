@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -27,6 +28,18 @@ class BusError(InfernetError):
     status = 503
 
 
+def credentials(servers: list[str], user: str | None, password: str | None, tls_ca: str | None) -> dict:
+    """nats.connect keywords for a control-plane identity (user/password) and TLS verified against `tls_ca`."""
+    options: dict = {}
+    if user:
+        options.update(user=user, password=password or "")
+    if tls_ca or any(s.startswith("tls://") for s in servers):
+        ctx = ssl.create_default_context(cafile=tls_ca or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        options["tls"] = ctx
+    return options
+
+
 class NoResponders(BusError):
     """Nothing listens on the node's subject: its agent is not connected (dead, or cut off)."""
 
@@ -42,7 +55,8 @@ class Bus:
         self._subs: list = []
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, token_replay_secs: float = 600.0, stream_replicas: int = 1) -> Bus:
+    async def connect(cls, url: str, *, name: str, token_replay_secs: float = 600.0, stream_replicas: int = 1,
+                      user: str | None = None, password: str | None = None, tls_ca: str | None = None) -> Bus:
         servers = [u.strip() for u in url.split(",") if u.strip()]
 
         async def on_error(exc: Exception) -> None:
@@ -64,7 +78,7 @@ class Bus:
             nc = await nats.connect(
                 servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 connect_timeout=5, error_cb=on_error, disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect, allow_reconnect=True,
+                reconnected_cb=on_reconnect, allow_reconnect=True, **credentials(servers, user, password, tls_ca),
             )
         except Exception as exc:  # nats raises several unrelated types on connect failure
             raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc

@@ -58,6 +58,10 @@ class OutcomeRecorder:
         self._dispatcher = dispatcher
         self._settings = settings
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        #: True while the results stream and its durable consumer exist and this replica consumes them.
+        self.ready = False
+        #: Seconds between checks that the results stream and consumer still exist.
+        self._check_s = 2.0
 
     # -- local observers (every replica sees every outcome on core NATS) -------------------------
     async def observe(self) -> None:
@@ -67,6 +71,8 @@ class OutcomeRecorder:
                 outcome = protocol.decode(msg.data, protocol.JobOutcome)
             except protocol.DecodeError:
                 return  # the durable consumer logs malformed messages once
+            if subjects.publisher_and_job(msg.subject) != (outcome.node_id, outcome.job_id):
+                return  # not what its publisher may say: the durable consumer logs it
             self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
         await self._bus.subscribe(subjects.all_job_results(), on_outcome)
 
@@ -105,24 +111,45 @@ class OutcomeRecorder:
         while True:
             try:
                 if sub is None or not await self._bus.results_consumer_exists():
+                    self.ready = False
                     if sub is not None:
-                        await sub.unsubscribe()
+                        log.warning("results_consumer_missing", action="recreating the stream and consumer")
+                        try:
+                            await sub.unsubscribe()
+                        except Exception:  # its consumer is gone already
+                            pass
+                        sub = None
+                    await self._bus.ensure_streams()  # recreates a deleted stream; an existing one is kept
                     sub = await self._bus.results_subscription(on_message)
                     log.info("results_consumer_subscribed")
+                self.ready = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.ready = False
                 log.warning("results_subscribe_failed", error=str(exc) or type(exc).__name__, action="retrying in 1s")
+                if sub is not None:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception:  # NATS is down or the consumer is gone: nothing to undo
+                        pass
                 sub = None
                 await asyncio.sleep(1.0)
                 continue
-            await asyncio.sleep(10.0)
+            await asyncio.sleep(self._check_s)
 
     async def _handle(self, msg) -> None:
         try:
             outcome = protocol.decode(msg.data, protocol.JobOutcome)
         except protocol.DecodeError as exc:
             log.error("malformed_outcome_dropped", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return
+        if subjects.publisher_and_job(msg.subject) != (outcome.node_id, outcome.job_id):
+            # The subject names the node that published it (server-enforced); an outcome claiming another
+            # node or job is forged.
+            log.warning("forged_outcome_dropped", subject=msg.subject, job_id=outcome.job_id,
+                        node_id=outcome.node_id)
             await msg.term()
             return
         try:

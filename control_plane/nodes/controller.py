@@ -11,13 +11,13 @@ from litestar.params import FromPath, QueryParameter
 
 from control_plane.accounts.auth import Principal
 from control_plane.nodes.directory import NodeDirectory
-from control_plane.nodes.service import drain_node
-from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats
+from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats, Revoked
+from control_plane.nodes.service import drain_node, revoke_node
 from control_plane.runtime import Runtime
 from control_plane.errors import Forbidden, NotFound
 from control_plane.trust.service import TrustView
 
-__all__ = ["DrainAccepted", "NodeEntry", "NodeList", "NodeModel", "NodesController", "OperatorStats"]
+__all__ = ["DrainAccepted", "NodeEntry", "NodeList", "NodeModel", "NodesController", "OperatorStats", "Revoked"]
 
 
 def provide_directory(request: Request) -> NodeDirectory:
@@ -66,3 +66,20 @@ class NodesController(Controller):
         if not await runtime.db.fetchone("get_node_token_hash", {"id": node_id}):
             raise NotFound(f"node {node_id} is not registered")
         return await runtime.trust.clear(node_id)
+
+    @post("/{node_id:str}/revoke", status_code=200,
+          summary="Revoke a node (admin): the bus refuses it from now on and its live connections are closed")
+    async def revoke(self, node_id: FromPath[str], principal: NamedDependency[Principal],
+                     runtime: NamedDependency[Runtime]) -> Revoked:
+        if not principal.is_admin:
+            raise Forbidden("revoking a node needs an admin key")
+        row = await revoke_node(runtime.db, node_id, by_name=False)
+        if row is None:
+            raise NotFound(f"no node {node_id} is registered")
+        if runtime.registrations is not None:
+            runtime.registrations.forget(node_id)
+        disconnected = await runtime.system.kick_user(node_id) if runtime.system is not None else 0
+        runtime.registry.mark_offline(node_id)
+        await runtime.sweeper.nodes_lost([node_id])
+        return Revoked(node_id=node_id, name=row["name"], revoked=True, disconnected=disconnected)
+

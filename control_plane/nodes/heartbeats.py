@@ -1,6 +1,8 @@
-"""Feeds node advertisements into the registry (after checking the node's token) and into the nodes table.
+"""Feeds node advertisements into the registry (bounded by the node's registration) and into the nodes table.
 
-Per advertisement the work is O(1) on the event loop: a cached token check (unchecked nodes are looked
+The bus proves who sent an advertisement: a node may publish only on its own advertisement subject (its bus
+identity's permissions), so the subject's node id must equal the advertisement's, and no token travels.
+Per advertisement the work is O(1) on the event loop: a cached registration (nodes not seen yet are looked
 up in batches), the registry update, and the change detection of NodeStateWriter."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import asyncio
 import time
 from datetime import datetime, timezone
 
+import msgspec
 import structlog
 
 import protocol
@@ -17,7 +20,7 @@ from control_plane.jobs.dispatcher import Dispatcher
 from control_plane.jobs.sweeper import Sweeper
 from control_plane.nodes.persistence import NodeStateWriter
 from control_plane.nodes.reports import RunningReports
-from control_plane.nodes.service import NodeTokenVerifier
+from control_plane.nodes.service import UNKNOWN, NodeEntry, NodeRegistrations
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.store import Database, StoreError
 from protocol import subjects
@@ -31,9 +34,9 @@ MAX_UNVERIFIED = 20_000
 class HeartbeatHandler:
     """Subscribes to advertisements; one instance per replica."""
 
-    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, verifier: NodeTokenVerifier,
+    def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, verifier: NodeRegistrations,
                  dispatcher: Dispatcher, sweeper: Sweeper, *, persist_interval_s: float = 1.0,
-                 writer: NodeStateWriter | None = None) -> None:
+                 writer: NodeStateWriter | None = None, results_ready=lambda: True) -> None:
         self._db = db
         self._bus = bus
         self._registry = registry
@@ -47,10 +50,11 @@ class HeartbeatHandler:
         self.reports = RunningReports()
         self._boots: dict[str, str] = {}
         self._rejected_logged: dict[str, float] = {}
+        self._results_ready = results_ready
 
     async def start(self) -> None:
         await self._bus.subscribe(subjects.advertisements(), self._on_message)
-        await self._bus.subscribe(subjects.node_verify(), self._on_verify, queue="control-plane-verify")
+        await self._bus.subscribe(subjects.all_node_verify(), self._on_verify, queue="control-plane-verify")
         await self.solicit()
 
     async def solicit(self) -> None:
@@ -64,22 +68,21 @@ class HeartbeatHandler:
                         detail="the registry fills as nodes advertise on their interval")
 
     async def _on_verify(self, msg) -> None:
-        """Answer a node's "is my token accepted?" (infernet-node doctor), with this replica's clock."""
-        try:
-            req = protocol.decode(msg.data, protocol.NodeVerify)
-        except protocol.DecodeError as exc:
-            log.warning("malformed_node_verify", error=str(exc))
+        """Tell a node how this control plane sees it (infernet-node doctor), with this replica's clock. The
+        subject names the asker: a node can only ask about itself."""
+        node_id = subjects.node_of(msg.subject)
+        if node_id is None or not msg.reply:
             return
         try:
-            ok = await self._verifier.verify(req.node_id, req.token)
+            entry = await self._verifier.lookup(node_id)
         except StoreError as exc:
-            ok, reason = False, f"the control plane cannot check tokens right now: {exc}"
+            accepted, reason, name = False, f"the control plane cannot read its node list right now: {exc}", None
         else:
-            reason = None if ok else ("unknown node or wrong token: register the node with "
-                                      "'infernet-control-plane nodes register NAME' and use the printed token")
-        reply = protocol.NodeVerifyReply(node_id=req.node_id, accepted=ok, reason=reason,
-                                         name=self._verifier.name_of(req.node_id) if ok else None,
-                                         server_time=time.time())
+            accepted = entry is not None and not entry.revoked
+            name = entry.name if entry else None
+            reason = None if accepted else ("node revoked" if entry else "unknown node")
+        reply = protocol.NodeVerifyReply(node_id=node_id, accepted=accepted, reason=reason, name=name,
+                                         server_time=time.time(), results_ready=bool(self._results_ready()))
         await msg.respond(protocol.encode(reply))
 
     async def _on_message(self, msg) -> None:
@@ -88,13 +91,37 @@ class HeartbeatHandler:
         except protocol.DecodeError as exc:
             log.warning("malformed_advertisement", error=str(exc))
             return
-        ok = self._verifier.cached(ad.node_id, ad.token)
-        if ok is None:  # first advertisement of a node this replica has not checked: verified in a batch
+        sender = subjects.node_of(msg.subject)
+        if sender != ad.node_id:
+            self._rejected(sender or "?", f"advertisement for {ad.node_id} published on {msg.subject}")
+            return
+        entry = self._verifier.cached(ad.node_id)
+        if entry is UNKNOWN:  # first advertisement of a node this replica has not looked up: in a batch
             self._queue_unverified(ad)
-        elif ok:
-            await self.observe(ad)
         else:
-            self._rejected(ad.node_id)
+            await self._admit(ad, entry)
+
+    async def _admit(self, ad: protocol.Advertisement, entry: NodeEntry | None) -> None:
+        if entry is None or entry.revoked:
+            self._rejected(ad.node_id, "node revoked" if entry else "unknown node")
+            return
+        await self.observe(self._bounded(ad, entry))
+
+    def _bounded(self, ad: protocol.Advertisement, entry: NodeEntry) -> protocol.Advertisement:
+        """The advertisement as far as the registration allows: slots up to its limit, only the models it names
+        (tokens/sec: placement uses the control plane's own measurement, control_plane/trust)."""
+        changes: dict = {}
+        if ad.slots > entry.max_slots:
+            changes["slots"] = entry.max_slots
+        models, changed = [], False
+        for m in ad.models:
+            if not entry.allows(m.name):
+                changed = True
+                continue
+            models.append(m)
+        if changed:
+            changes["models"] = tuple(models)
+        return msgspec.structs.replace(ad, **changes) if changes else ad
 
     def _queue_unverified(self, ad: protocol.Advertisement) -> None:
         """Hold the newest advertisement of each unchecked node until the next batched token lookup."""
@@ -108,28 +135,23 @@ class HeartbeatHandler:
         while self._unverified:
             ads, self._unverified = list(self._unverified.values()), {}
             try:
-                answers = await self._verifier.verify_many([(ad.node_id, ad.token) for ad in ads])
+                entries = await self._verifier.lookup_many([ad.node_id for ad in ads])
             except StoreError as exc:
                 log.warning("advertisement_unverified", nodes=len(ads), error=str(exc),
                             detail="dropped; the nodes advertise again in one interval")
                 continue
-            for i, (ad, ok) in enumerate(zip(ads, answers), 1):
-                if ok:
-                    await self.observe(ad)
-                else:
-                    self._rejected(ad.node_id)
+            for i, (ad, entry) in enumerate(zip(ads, entries), 1):
+                await self._admit(ad, entry)
                 if i % 100 == 0:
                     await asyncio.sleep(0)  # a burst after a start: let requests and other messages in between
 
-    def _rejected(self, node_id: str) -> None:
+    def _rejected(self, node_id: str, detail: str) -> None:
         now = time.monotonic()
         if now - self._rejected_logged.get(node_id, 0.0) > 60:
             if len(self._rejected_logged) >= MAX_UNVERIFIED:
                 self._rejected_logged.clear()
             self._rejected_logged[node_id] = now
-            log.warning("advertisement_rejected", node_id=node_id,
-                        detail="unknown node or wrong token; register it with "
-                               "'infernet-control-plane nodes register NAME' and use the printed token")
+            log.warning("advertisement_rejected", node_id=node_id, detail=detail)
 
     async def observe(self, ad: protocol.Advertisement) -> None:
         previous_boot = self._boots.get(ad.node_id)

@@ -53,3 +53,11 @@ class NodeList(Struct):
 class DrainAccepted(Struct):
     node_id: str
     state: str
+
+
+class Revoked(Struct):
+    node_id: str
+    name: str
+    revoked: bool
+    #: Live bus connections of the node that were closed now (0: it was not connected).
+    disconnected: int

@@ -1,8 +1,10 @@
-"""Registers nodes (token shown once), drains them, and verifies the tokens nodes put on their advertisements."""
+"""Registers nodes (token shown once), drains them, checks node tokens (the bus's auth callout), revokes nodes,
+and keeps the registrations that bound what nodes advertise."""
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hmac
 import time
 from dataclasses import dataclass
@@ -10,10 +12,13 @@ from dataclasses import dataclass
 import protocol
 from control_plane.errors import Forbidden, NotFound
 from control_plane.lib.ids import new_id, new_node_token, secret_hash
-from protocol import subjects
 from control_plane.store import Database
 from control_plane.store.database import jsonb
+from protocol import subjects
 from protocol.identity import node_id_from_token
+
+#: Slots a node may claim unless registered with another limit (`nodes register NAME --max-slots N`).
+DEFAULT_MAX_SLOTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,13 +28,15 @@ class RegisteredNode:
     token: str
 
 
-async def register_node(db: Database, name: str, operator_account_id: str | None = None) -> RegisteredNode:
+async def register_node(db: Database, name: str, operator_account_id: str | None = None, *,
+                        max_slots: int = DEFAULT_MAX_SLOTS, models: tuple[str, ...] | None = None) -> RegisteredNode:
     """Create a node record and return its raw token (only time it exists in clear)."""
     node_id = new_id("node", 6)
     token = new_node_token(node_id)
     await db.fetchone(
         "insert_node",
-        {"id": node_id, "name": name, "operator_account_id": operator_account_id, "token_hash": secret_hash(token)},
+        {"id": node_id, "name": name, "operator_account_id": operator_account_id, "token_hash": secret_hash(token),
+         "max_slots": max_slots, "models": list(models) if models else None},
     )
     return RegisteredNode(node_id=node_id, name=name, token=token)
 
@@ -47,91 +54,137 @@ async def drain_node(db: Database, registry, bus, principal, node_id: str) -> No
                                                                     else "operator request"))
 
 
-class NodeTokenVerifier:
-    """Checks that an advertisement's token belongs to its node id; remembers answers to spare the database.
+@dataclass(frozen=True, slots=True)
+class NodeLogin:
+    """The answer to "who is connecting with this token?": a node id and name, or why not."""
 
-    Nodes it has not seen yet are looked up together: every check waiting at the same moment shares one
-    query (after a control-plane start, thousands of first advertisements cost a handful of queries)."""
+    node_id: str | None
+    name: str | None = None
+    refusal: str | None = None
 
-    #: Unknown node ids remembered at most (a stranger could make up any number of them).
+
+async def authenticate_token(db: Database, token: str) -> NodeLogin:
+    """Check a node token against the nodes table, revocation included (one lookup; connects are rare)."""
+    node_id = node_id_from_token(token or "")
+    if node_id is None:
+        return NodeLogin(None, refusal="not a node token")
+    row = await db.fetchone("get_node_token_hash", {"id": node_id})
+    if row is None or not hmac.compare_digest(bytes(row["token_hash"]), secret_hash(token)):
+        return NodeLogin(node_id, refusal="unknown node or wrong token")
+    if row["revoked_at"] is not None:
+        return NodeLogin(node_id, refusal="node revoked")
+    return NodeLogin(node_id, name=row["name"])
+
+
+async def revoke_node(db: Database, node: str, *, by_name: bool = True) -> dict | None:
+    """Mark a node (its id, or with `by_name` also its name) revoked; None when no such node. Disconnecting it
+    is the caller's part."""
+    return await db.fetchone("revoke_node", {"node": node, "by_name": by_name})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEntry:
+    """What the registration says about a node: its name, the slots it may claim, the models it may serve
+    (glob patterns; None: any), whether it is revoked."""
+
+    name: str
+    max_slots: int
+    revoked: bool
+    models: tuple[str, ...] | None = None
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+#: `NodeRegistrations.cached` for a node only the database can tell about.
+UNKNOWN = object()
+
+
+class NodeRegistrations:
+    """Registrations by node id, remembered for `ttl` (not looked up per advertisement). Nodes not seen yet are
+    looked up together: every lookup waiting at the same moment shares one query (after a control-plane start,
+    thousands of first advertisements cost a handful of queries)."""
+
+    #: Unregistered node ids remembered at most.
     MAX_UNKNOWN = 10_000
 
-    def __init__(self, db: Database, *, negative_ttl: float = 10.0, clock=time.monotonic,
+    def __init__(self, db: Database, *, ttl: float = 60.0, negative_ttl: float = 10.0, clock=time.monotonic,
                  max_batch: int = 1000) -> None:
         self._db = db
-        self._known: dict[str, tuple[bytes, str]] = {}  # node_id -> (token hash, name)
+        self._known: dict[str, tuple[float, NodeEntry]] = {}  # node_id -> (valid until, entry)
         self._unknown_until: dict[str, float] = {}
-        self._accepted: dict[str, str] = {}  # node_id -> the raw token that matched its hash (memory only)
+        self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._clock = clock
         self._max_batch = max_batch
-        self._waiting: dict[str, asyncio.Future] = {}  # node ids queued for the next lookup
+        self._waiting: dict[str, asyncio.Future] = {}
         self._lookup: asyncio.Task | None = None
         self.queries = 0
 
     def name_of(self, node_id: str) -> str | None:
-        entry = self._known.get(node_id)
-        return entry[1] if entry else None
+        cached = self._known.get(node_id)
+        return cached[1].name if cached else None
 
-    def cached(self, node_id: str, token: str) -> bool | None:
-        """The answer from memory: True or False, or None when only the database can tell."""
-        accepted = self._accepted.get(node_id)
-        if accepted is not None and token.isascii() and hmac.compare_digest(accepted, token):
-            return True  # the token this node proved last time: no parsing or hashing per advertisement
-        if node_id_from_token(token) != node_id:
-            return False
-        entry = self._known.get(node_id)
-        if entry is None:
-            return False if self._unknown_until.get(node_id, 0.0) > self._clock() else None
-        if not hmac.compare_digest(entry[0], secret_hash(token)):
-            return False
-        self._accepted[node_id] = token
-        return True
+    def cached(self, node_id: str):
+        """The registration from memory: a NodeEntry, None (not registered), or UNKNOWN (ask the database)."""
+        now = self._clock()
+        cached = self._known.get(node_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if self._unknown_until.get(node_id, 0.0) > now:
+            return None
+        return UNKNOWN
 
-    async def verify(self, node_id: str, token: str) -> bool:
-        ok = self.cached(node_id, token)
-        if ok is not None:
-            return ok
-        await self._load(node_id)
-        return bool(self.cached(node_id, token))
+    async def lookup(self, node_id: str) -> NodeEntry | None:
+        entry = self.cached(node_id)
+        if entry is UNKNOWN:
+            await self._load(node_id)
+            entry = self.cached(node_id)
+        return None if entry is UNKNOWN else entry
 
-    async def verify_many(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        """Check several (node id, token) pairs with at most one database query per batch of unknown ids."""
-        answers = [self.cached(node_id, token) for node_id, token in pairs]
-        unknown = {pairs[i][0] for i, ok in enumerate(answers) if ok is None}
+    async def lookup_many(self, node_ids: list[str]) -> list[NodeEntry | None]:
+        """Several registrations with at most one query per batch of ids not in memory."""
+        unknown = {node_id for node_id in node_ids if self.cached(node_id) is UNKNOWN}
         if unknown:
             await asyncio.gather(*(self._load(node_id) for node_id in unknown))
-        return [bool(self.cached(*pairs[i])) if ok is None else ok for i, ok in enumerate(answers)]
+        return [None if (e := self.cached(node_id)) is UNKNOWN else e for node_id in node_ids]
+
+    def forget(self, node_id: str) -> None:
+        self._known.pop(node_id, None)
+        self._unknown_until.pop(node_id, None)
 
     async def _load(self, node_id: str) -> None:
-        """Wait until the node's row was looked up (shared with every other check queued meanwhile)."""
+        """Wait until the node's row was looked up (shared with every other lookup queued meanwhile)."""
         future = self._waiting.get(node_id)
         if future is None:
             future = self._waiting[node_id] = asyncio.get_running_loop().create_future()
             if self._lookup is None or self._lookup.done():
-                self._lookup = asyncio.create_task(self._lookups(), name="node-token-lookups")
+                self._lookup = asyncio.create_task(self._lookups(), name="node-registration-lookups")
         await asyncio.shield(future)
 
     async def _lookups(self) -> None:
-        await asyncio.sleep(0)  # let every check of this moment join the first batch
+        await asyncio.sleep(0)  # let every lookup of this moment join the first batch
         while self._waiting:
             ids = list(self._waiting)[:self._max_batch]
             futures = [self._waiting.pop(node_id) for node_id in ids]
             try:
-                rows = await self._db.fetchall("get_node_token_hashes", {"ids": jsonb(ids)})
-            except Exception as exc:  # StoreError: every waiting check fails the same way
+                rows = await self._db.fetchall("get_node_registrations", {"ids": jsonb(ids)})
+            except Exception as exc:  # StoreError: every waiting lookup fails the same way
                 for future in futures:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             self.queries += 1
+            now = self._clock()
             for row in rows:
-                self._known[row["id"]] = (bytes(row["token_hash"]), row["name"])
-            until = self._clock() + self._negative_ttl
+                entry = NodeEntry(row["name"], int(row["max_slots"]), row["revoked_at"] is not None,
+                                  tuple(row["models"]) if row["models"] is not None else None)
+                self._known[row["id"]] = (now + self._ttl, entry)
+                self._unknown_until.pop(row["id"], None)
             for node_id in ids:
                 if node_id not in self._known:
                     self._unknown_until.pop(node_id, None)
-                    self._unknown_until[node_id] = until
+                    self._unknown_until[node_id] = now + self._negative_ttl
             while len(self._unknown_until) > self.MAX_UNKNOWN:
                 del self._unknown_until[next(iter(self._unknown_until))]
             for future in futures:

@@ -269,6 +269,19 @@ class NodeRegistry:
             heapq.heappush(timers, (now + self._retention_s, _FORGET_CHECK, node_id))
             gone.append(node_id)
 
+    def mark_offline(self, node_id: str) -> bool:
+        """The bus says the node's connection is gone: offline now, as if it had missed its heartbeats.
+        False when the node is unknown or already offline. Its next advertisement brings it back."""
+        node = self._nodes.get(node_id)
+        if node is None or node.offline:
+            return False
+        now = self._now()
+        node.offline, node.offline_since = True, now
+        self._set_served(node, {})
+        self._rerank(node)
+        heapq.heappush(self._timers, (now + self._retention_s, _FORGET_CHECK, node_id))
+        return True
+
     def forget(self, node_id: str) -> None:
         """Drop a node entirely (its timer entries go stale and are skipped)."""
         node = self._nodes.pop(node_id, None)

@@ -34,14 +34,31 @@ LEFT JOIN api_keys b ON b.id = k.budget_key_id
 WHERE k.key_hash = %(key_hash)s;
 
 -- name: insert_node
--- Register a node (token hash only) for an optional operator account.
-INSERT INTO nodes (id, name, operator_account_id, token_hash)
-VALUES (%(id)s, %(name)s, %(operator_account_id)s, %(token_hash)s)
+-- Register a node (token hash only) for an optional operator account, with the most slots it may claim and
+-- the models it may serve (NULL: any).
+INSERT INTO nodes (id, name, operator_account_id, token_hash, max_slots, models)
+VALUES (%(id)s, %(name)s, %(operator_account_id)s, %(token_hash)s, %(max_slots)s, %(models)s)
 RETURNING id, name, created_at;
 
 -- name: get_node_token_hash
--- The stored token hash of a node, to verify its advertisements.
-SELECT id, name, token_hash FROM nodes WHERE id = %(id)s;
+-- The stored token hash of a node, to verify its token.
+SELECT id, name, token_hash, revoked_at, max_slots FROM nodes WHERE id = %(id)s;
+
+-- name: get_node_registrations
+-- What several nodes were registered with (name, slot limit, models, revocation), to bound what they
+-- advertise (first advertisements after a start arrive in a burst); the ids come as one jsonb array.
+SELECT id, name, max_slots, models, revoked_at FROM nodes
+WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb));
+
+-- name: revoke_node
+-- Revoke a node (by id, or also by name): the bus refuses it from now on.
+UPDATE nodes SET revoked_at = COALESCE(revoked_at, now())
+WHERE id = %(node)s OR (%(by_name)s AND name = %(node)s)
+RETURNING id, name, revoked_at;
+
+-- name: set_node_max_slots
+-- Change how many slots a node may claim.
+UPDATE nodes SET max_slots = %(max_slots)s WHERE id = %(id)s RETURNING id;
 
 -- name: touch_nodes_seen
 -- Batch-record that nodes were seen (their advertisement, already stored, did not change); one jsonb array
@@ -59,12 +76,6 @@ SET last_seen_at = v.seen_at, first_seen_at = COALESCE(n.first_seen_at, v.seen_a
 FROM (SELECT e ->> 'id' AS id, to_timestamp((e ->> 't')::float8) AS seen_at, e -> 'ad' AS ad
       FROM jsonb_array_elements(%(rows)s::jsonb) AS e) AS v
 WHERE n.id = v.id;
-
--- name: get_node_token_hashes
--- The stored token hashes of several nodes at once (first advertisements after a start arrive in a burst);
--- the ids come as one jsonb array.
-SELECT id, name, token_hash FROM nodes
-WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s::jsonb));
 
 -- name: node_page
 -- Registered nodes after a cursor, in id order (the nodes list merges them with what this replica heard).
@@ -251,11 +262,11 @@ SELECT id, name, first_seen_at, last_seen_at FROM nodes;
 
 -- name: mark_first_token
 -- Record when the first token of the running attempt reached a client (one write per job); no row when that
--- attempt was re-placed meanwhile, so its tokens must not be shown. It sits on the time-to-first-token path,
+-- attempt was re-placed meanwhile or runs on another node, so its tokens must not be shown. It sits on the time-to-first-token path,
 -- so it commits without waiting for the WAL flush (set_config: synchronous_commit off for this transaction
 -- only): visible to every replica at once; only a crash of PostgreSQL itself right after could undo it.
 UPDATE jobs SET first_token_at = COALESCE(first_token_at, now())
-WHERE id = %(id)s AND attempt = %(attempt)s AND status <> 'pending'
+WHERE id = %(id)s AND attempt = %(attempt)s AND status <> 'pending' AND node_id = %(node_id)s
   AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING first_token_at;
 

@@ -33,12 +33,6 @@ ENDED = ("completed", "failed", "cancelled")
 SETTLE_GIVE_UP_S = 2.0
 
 
-def _id_slice(builder) -> tuple[int, int]:
-    """Where the job id sits in subjects built by `builder` (a protocol.subjects function of the job id)."""
-    head, _, tail = builder("JOBID").partition("JOBID")
-    return len(head), len(tail)
-
-
 class JobWatch:
     """What the relay has seen of one job for one open stream or waiting request."""
 
@@ -96,8 +90,6 @@ class TokenRelay:
         self._clock = clock
         self._watches: dict[str, list[JobWatch]] = {}
         self._open: dict[str, int] = {}
-        self._tokens_at = _id_slice(subjects.job_tokens)
-        self._results_at = _id_slice(subjects.job_result)
         self._background: set[asyncio.Task] = set()
         self._checker: asyncio.Task | None = None
 
@@ -164,14 +156,17 @@ class TokenRelay:
 
     # -- subscriptions (hot path: one call per chunk on this replica) ------------------------------
     async def _on_token(self, msg) -> None:
-        head, tail = self._tokens_at
-        watches = self._watches.get(msg.subject[head:-tail])
+        parts = msg.subject.split(".")  # infernet.v1.node.<node>.job.<job>.tokens
+        watches = self._watches.get(parts[subjects.JOB_FIELD]) if len(parts) == 7 else None
         if not watches:
             return
         try:
             chunk = protocol.decode(msg.data, protocol.TokenChunk)
         except protocol.DecodeError as exc:
             log.warning("malformed_token_chunk_dropped", subject=msg.subject, error=str(exc))
+            return
+        if chunk.node_id != parts[subjects.NODE_FIELD] or chunk.job_id != parts[subjects.JOB_FIELD]:
+            log.warning("forged_token_chunk_dropped", subject=msg.subject, node_id=chunk.node_id, job_id=chunk.job_id)
             return
         now, limit = self._clock(), self._settings.stream_buffer_chunks
         for w in watches:
@@ -185,14 +180,16 @@ class TokenRelay:
             w.wake.set()
 
     async def _on_outcome(self, msg) -> None:
-        head, tail = self._results_at
-        watches = self._watches.get(msg.subject[head:-tail])
+        parts = msg.subject.split(".")  # infernet.v1.node.<node>.job.<job>.result
+        watches = self._watches.get(parts[subjects.JOB_FIELD]) if len(parts) == 7 else None
         if not watches:
             return
         try:
             outcome = protocol.decode(msg.data, protocol.JobOutcome)
         except protocol.DecodeError:
             return  # the recorder logs malformed outcomes
+        if outcome.node_id != parts[subjects.NODE_FIELD] or outcome.job_id != parts[subjects.JOB_FIELD]:
+            return  # forged (the recorder logs it)
         now = self._clock()
         for w in watches:
             if w.outcome is None or outcome.attempt >= w.outcome.attempt:
@@ -234,11 +231,16 @@ class TokenRelay:
                         detail="streaming live chunks only; check JetStream health")
             return [], start
 
-    async def mark_first_token(self, job_id: str, attempt: int) -> datetime | None:
+    async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None) -> datetime | None:
         """Record that the attempt's first token is reaching a client: the job's first_token_at, or None when
-        that attempt was re-placed (its tokens must not be shown)."""
-        row = await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt})
+        that attempt is not running on that node (re-placed, or a node publishing for a job it does not run):
+        its tokens must not be shown."""
+        row = await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt, "node_id": node_id})
         return None if row is None else row["first_token_at"]
+
+    async def current(self, job_id: str) -> dict | None:
+        """The job's row as it is now (status, attempt, node), or None when it no longer exists."""
+        return await self._db.fetchone("get_job_any", {"id": job_id})
 
     async def settle(self, w: JobWatch) -> dict | None:
         """The job's row once what ended it is recorded; otherwise (sent back for a retry, or a stale

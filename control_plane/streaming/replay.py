@@ -28,21 +28,24 @@ async def stored_chunks(nc: NATS, job_id: str, *, start: int = 1,
     chunks: list[protocol.TokenChunk] = []
     while True:
         page, next_start, more = await _page(nc, subject, start, timeout)
-        for data in page:
+        for stored_subject, data in page:
             try:
-                chunks.append(protocol.decode(data, protocol.TokenChunk))
+                chunk = protocol.decode(data, protocol.TokenChunk)
             except protocol.DecodeError:
                 continue
+            # The subject names the node that published the chunk (server-enforced): it must be the chunk's.
+            if subjects.publisher_and_job(stored_subject) == (chunk.node_id, chunk.job_id):
+                chunks.append(chunk)
         start = next_start
         if not more:
             return chunks, start
 
 
-async def _page(nc: NATS, subject: str, start: int, timeout: float) -> tuple[list[bytes], int, bool]:
+async def _page(nc: NATS, subject: str, start: int, timeout: float) -> tuple[list[tuple[str, bytes]], int, bool]:
     """One batched direct get: (payloads, next stream sequence, whether more remain)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[bool, str | None]] = loop.create_future()
-    payloads: list[bytes] = []
+    payloads: list[tuple[str, bytes]] = []
     last_seq = start - 1
 
     async def on_msg(msg) -> None:
@@ -50,7 +53,7 @@ async def _page(nc: NATS, subject: str, start: int, timeout: float) -> tuple[lis
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is None:
-            payloads.append(msg.data)
+            payloads.append((headers.get("Nats-Subject", ""), msg.data))
             last_seq = int(headers.get("Nats-Sequence", last_seq + 1))
         elif not done.done():
             # 204 EOB ends a batch (Nats-Num-Pending says what is left); 404: nothing (more) stored.

@@ -53,6 +53,10 @@ class JobStream:
         status, attempt = row.get("status"), row.get("attempt") or 0
         #: The attempt whose chunks this stream shows; None until one starts.
         self._attempt: int | None = attempt if status != "pending" and attempt else None
+        #: The node that attempt runs on (chunks name their node, and the bus proves it): others are ignored.
+        self._node: str | None = row.get("node_id") if self._attempt is not None else None
+        #: (attempt, node) pairs found not to be the job's assignment: chunks from them are never shown.
+        self._refused: set[tuple[int, str]] = set()
         #: Attempts known to be over without their tokens being shown (re-placed).
         self._stale_upto = attempt if status == "pending" else 0
         self._after = after_seq
@@ -122,20 +126,23 @@ class JobStream:
 
     # -- ordering ------------------------------------------------------------------------------------
     def _accept(self, chunk: protocol.TokenChunk) -> None:
+        if (chunk.attempt, chunk.node_id) in self._refused:
+            return
         attempt = self._attempt
         if attempt is None or (chunk.attempt > attempt and self._shown == 0):
             if chunk.attempt <= self._stale_upto:
                 return
-            self._adopt(chunk.attempt)
-        elif chunk.attempt != attempt:
+            self._adopt(chunk.attempt, chunk.node_id)
+        elif chunk.attempt != attempt or (self._node is not None and chunk.node_id != self._node):
             return
         if chunk.seq >= self._next:
             self._pending[chunk.seq] = chunk.text
         elif chunk.seq <= self._after:
             self._skipped[chunk.seq] = len(chunk.text)
 
-    def _adopt(self, attempt: int) -> None:
+    def _adopt(self, attempt: int, node_id: str | None) -> None:
         self._attempt = attempt
+        self._node = node_id
         self._pending.clear()
         self._skipped.clear()
         self._next = self._after + 1
@@ -144,7 +151,20 @@ class JobStream:
         """The current attempt was re-placed before any of its tokens reached this client: forget it."""
         self._stale_upto = max(self._stale_upto, upto or 0, self._attempt or 0)
         self._attempt = None
+        self._node = None
         self._pending.clear()
+
+    def _refuse(self) -> None:
+        """The adopted (attempt, node) is not the job's assignment (a node publishing for a job it does not
+        run): never show its chunks, and read what JetStream kept again for the real one."""
+        if self._attempt is not None and self._node is not None:
+            self._refused.add((self._attempt, self._node))
+        self._attempt = None
+        self._node = None
+        self._pending.clear()
+        self._skipped.clear()
+        self._next = self._after + 1
+        self._replayed_upto = 1
 
     def _gap(self) -> bool:
         return bool(self._pending) and self._next not in self._pending
@@ -159,9 +179,13 @@ class JobStream:
         ready: list[tuple[int, str]] = []
         while self._next in self._pending:
             if mark and self._marked is None:
-                self._marked = await self._relay.mark_first_token(self.job_id, self._attempt)
+                self._marked = await self._relay.mark_first_token(self.job_id, self._attempt, self._node)
                 if self._marked is None:
-                    self._drop_attempt()
+                    row = await self._relay.current(self.job_id)
+                    if row is not None and row["status"] != "pending" and (row["attempt"] or 0) <= self._attempt:
+                        self._refuse()  # that attempt is not (yet) running on that node
+                    else:
+                        self._drop_attempt()  # re-placed before its tokens reached a client
                     return ready
             text = self._pending.pop(self._next)
             ready.append((self._next, text))
@@ -180,8 +204,9 @@ class JobStream:
             return
         attempt = row.get("attempt") or 0
         if attempt and (self._attempt == attempt or self._shown == 0):
-            if self._attempt != attempt:
-                self._adopt(attempt)
+            node = row.get("node_id")
+            if self._attempt != attempt or (node is not None and self._node != node and self._shown == 0):
+                self._adopt(attempt, node)
                 self._replayed_upto = 1  # read that attempt's chunks from the start
             result = row.get("result") or {}
             total = result.get("chunks")
@@ -203,7 +228,7 @@ class JobStream:
             if ready and self._marked is None and self._live:
                 # The job ended before its first token reached this client: record when it did (the job is
                 # final, so nothing depends on the answer any more).
-                self._marked = await self._relay.mark_first_token(self.job_id, attempt)
+                self._marked = await self._relay.mark_first_token(self.job_id, attempt, self._node)
             if ready:
                 yield Tokens(ready)
         if self._marked is not None and row.get("first_token_at") is None:

@@ -9,11 +9,15 @@ from typing import Any
 
 import httpx
 
+from tests.fixtures.nats import REPLICA_IDENTITIES, control_plane_settings
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import ManagedProcess
 from tests.fixtures.waiting import wait_until
 
 PY = sys.executable
+#: A node process gets none of the control plane's bus secrets (None removes a variable).
+NODE_DROPS = {k: None for k in ("INFERNET_NATS_USER", "INFERNET_NATS_PASSWORD", "INFERNET_NATS_SYSTEM_USER",
+                                "INFERNET_NATS_SYSTEM_PASSWORD", "INFERNET_NATS_AUTH_SEED")}
 FINAL = ("completed", "failed", "cancelled")
 
 
@@ -40,6 +44,8 @@ class Cluster:
 
         env = dict(os.environ, INFERNET_DATABASE_URL=self.database_url, INFERNET_NATS_URL=self.nats_url,
                    INFERNET_LOG_FORMAT="json", INFERNET_LOG_LEVEL="info")
+        bus = control_plane_settings(self.nats_url, replica=len(self.control_planes) % REPLICA_IDENTITIES)
+        env.update({f"INFERNET_{k.upper()}": v for k, v in bus.items()})
         env.update(self.base_env)
         env.update({k: str(v) for k, v in extra.items()})
         return env
@@ -71,8 +77,8 @@ class Cluster:
                    **env: Any) -> ManagedProcess:
         proc = self.processes.start(
             [PY, "-m", "node_agent.cli", "start"],
-            env=self.env(INFERNET_NODE_TOKEN=token, OLLAMA_HOST=engine_url, INFERNET_MAX_CONCURRENCY=slots,
-                         INFERNET_ADVERTISE_INTERVAL_S=interval, **env),
+            env={**self.env(INFERNET_NODE_TOKEN=token, OLLAMA_HOST=engine_url, INFERNET_MAX_CONCURRENCY=slots,
+                            INFERNET_ADVERTISE_INTERVAL_S=interval, **env), **NODE_DROPS},
             name=name,
         )
         proc.wait_for_log(r"node_started", timeout=60)

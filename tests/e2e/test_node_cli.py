@@ -97,8 +97,10 @@ async def test_doctor_reports_a_token_the_control_plane_does_not_accept(stack, d
     assert code == 0, out
     code, out = await run_cli("doctor", "--config", str(config), "--engine-url", double.url)
     assert code != 0, out
-    [line] = [line for line in out.splitlines() if line[7:].startswith("token accepted")]
-    assert line.startswith("[FAIL]") and "nodes register" in out
+    # The bus itself refuses the connection (auth callout), and doctor says so rather than "cannot connect".
+    [line] = [line for line in out.splitlines() if line[7:].startswith("nats")]
+    assert line.startswith("[FAIL]") and "refused this node's token" in line, out
+    assert "nodes register" in out
 
 
 async def test_start_status_and_sigterm_drain(stack, processes, tmp_path: Path):

@@ -5,24 +5,99 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
+import trustme
 import yaml
 
+from control_plane.bus.natsconf import BusCredentials, deployment_env
 from control_plane.settings import Settings
 from node_agent.settings import NodeSettings
 from tests.fixtures.nats import nats_server_binary
+from tests.fixtures.ports import HOST, free_ports, port_open
+from tests.fixtures.waiting import wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
+@pytest.fixture(scope="module")
+def deploy_env(tmp_path_factory):
+    """What an operator puts in the environment of the shipped configs: certificates and bus secrets."""
+    d = tmp_path_factory.mktemp("deploy")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    creds = BusCredentials.generate(replicas=2)
+    env = dict(os.environ, INFERNET_NATS_TLS_CERT=str(d / "cert.pem"), INFERNET_NATS_TLS_KEY=str(d / "key.pem"),
+               INFERNET_NATS_TLS_CA=str(d / "ca.pem"), INFERNET_NODE_TOKEN="infnode_ab_secret",
+               INFERNET_NATS_LEAF_URL="tls://infnode_ab_secret@127.0.0.1:7422")
+    env.update(deployment_env(creds))
+    return env, creds, d
+
+
 @pytest.mark.parametrize("conf", sorted((DEPLOY / "nats").glob("*.conf")), ids=lambda p: p.name)
-def test_nats_configs_are_valid(conf):
-    out = subprocess.run([nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30)
+def test_nats_configs_are_valid(conf, deploy_env):
+    env, _, _ = deploy_env
+    out = subprocess.run([nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30,
+                         env=env)
     assert out.returncode == 0 and "is valid" in (out.stdout + out.stderr), out.stderr
+
+
+@pytest.mark.parametrize("conf", sorted((DEPLOY / "nats").glob("*.conf")), ids=lambda p: p.name)
+def test_nats_configs_require_tls_and_authentication(conf):
+    text = conf.read_text()
+    assert "tls" in text and ("auth_callout" in text or "token: $INFERNET_NODE_TOKEN" in text)
+    assert "password: $" in text or "token: $" in text  # secrets from the environment, none in the file
+
+
+async def test_the_shipped_single_server_config_refuses_anonymous_and_plaintext_clients(deploy_env, tmp_path):
+    env, creds, d = deploy_env
+    port, http = free_ports(2)
+    # The shipped file with only its addresses and store directory moved to this test's.
+    text = (DEPLOY / "nats" / "nats-server.conf").read_text()
+    conf = tmp_path / "nats-server.conf"
+    conf.write_text(text.replace("0.0.0.0:4222", f"{HOST}:{port}").replace("127.0.0.1:8222", f"{HOST}:{http}")
+                    .replace("/var/lib/nats", str(tmp_path / "js")))
+    proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await wait_until(lambda: port_open(port), timeout=30, message="shipped config did not start")
+        tls = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        with pytest.raises(Exception):  # no TLS: the server requires it
+            nc = await nats.connect(f"nats://{HOST}:{port}", allow_reconnect=False, connect_timeout=5)
+            await nc.close()
+        cp = creds.control_planes[0]
+        nc = await nats.connect(f"tls://{HOST}:{port}", tls=tls, user=cp.user, password=cp.password,
+                                allow_reconnect=False, connect_timeout=5)
+        try:
+            assert nc.is_connected  # a control-plane identity over TLS gets in
+        finally:
+            await nc.close()
+        # No credentials: never connected (no control plane runs here, so the callout times out and the server
+        # closes the connection).
+        assert await _try(f"tls://{HOST}:{port}", tls) is not None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _try(url: str, tls) -> str | None:
+    """None when connected; else the refusal ("closed" when the server hung up without a reason)."""
+    try:
+        nc = await nats.connect(url, tls=tls, allow_reconnect=False, connect_timeout=5)
+    except Exception as exc:
+        return str(exc)
+    connected = nc.is_connected
+    await nc.close()
+    return None if connected else "closed"
 
 
 @pytest.mark.parametrize("manifest", [DEPLOY / "compose.yaml", DEPLOY / "k8s" / "control-plane.yaml"], ids=lambda p: p.name)

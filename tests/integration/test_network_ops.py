@@ -190,25 +190,29 @@ async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
     import protocol
     from control_plane.nodes.service import register_node
     from protocol import subjects
+    from tests.fixtures.nats import public
 
     async with OllamaDouble(models=["qwen2.5:7b"], loaded=[], load_on_use=False) as d:
         key = await stack.key()
         real = await stack.add_node(d.url)
         zombie = await register_node(stack.runtime.db, "zombie")
-        nc = await nats.connect(nats_url)
-        # It receives its offers (so they are not "no responders") and never answers them.
+        # A registered node (its own bus identity) that receives its offers (so they are not "no responders")
+        # and never answers them.
+        nc = await nats.connect(public(nats_url), token=zombie.token,
+                                inbox_prefix=subjects.node_inbox_prefix(zombie.node_id))
+
         async def never_answer(msg) -> None:
             return None
         await nc.subscribe(subjects.node_assign(zombie.node_id), cb=never_answer)
         await nc.flush()
         ad = protocol.Advertisement(
-            node_id=zombie.node_id, token=zombie.token, agent_version="0", engine="ollama", state="online",
+            node_id=zombie.node_id, agent_version="0", engine="ollama", state="online",
             slots=8, active_jobs=0, interval_s=0.3, boot_id="z",
             models=(protocol.ModelInfo("qwen2.5:7b", loaded=True, tokens_per_second=500.0),))
 
         async def advertise():
             while True:
-                await nc.publish(subjects.advertisements(), protocol.encode(ad))
+                await nc.publish(subjects.node_advertise(zombie.node_id), protocol.encode(ad))
                 await asyncio.sleep(0.3)
         ticker = asyncio.create_task(advertise())
         try:

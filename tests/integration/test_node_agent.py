@@ -139,24 +139,15 @@ async def test_builtin_llamacpp_model_serves_a_real_job(stack):
     assert 0 < job["result"]["usage"]["completion_tokens"] <= 24
 
 
-async def test_nats_restart_reconnects_and_advertises_again(tmp_path, double):
-    from tests.fixtures.nats import NatsServer
-
-    server = await asyncio.to_thread(lambda: NatsServer(tmp_path / "nats").start())
-    try:
-        settings = NodeSettings(nats_url=server.url, node_token="infnode_cd_x", engine_url=double.url,
-                                advertise_interval_s=0.2, log_format="console", log_level="error")
-        agent = NodeAgent(settings, create_engine("ollama", double.url), node_id="node_cd",
-                          gpu_probe=GpuProbe(FakeNvml([], init_error="no driver")))
-        task = asyncio.create_task(agent.run())
-        await next_advertisement(server.url, "node_cd", lambda ad: ad.models)
-        await asyncio.to_thread(server.restart, crash=True)
-        reconnects = "infernet_node_nats_reconnects_total"
-        await wait_until(lambda: (agent.metrics.registry.get_sample_value(reconnects) or 0) >= 1, timeout=60,
-                         message="the agent never reconnected to the restarted NATS")
-        ad = await next_advertisement(server.url, "node_cd", lambda ad: ad.models)
-        assert ad.boot_id == agent.boot_id  # the same process, back on the bus
-        agent.stop()
-        await asyncio.wait_for(task, timeout=30)
-    finally:
-        await asyncio.to_thread(server.stop)
+async def test_nats_restart_reconnects_and_advertises_again(stack, nats_server, double):
+    """NATS crashes and comes back: the agent logs in again (through the control plane's auth callout, which
+    reconnects too) and advertises from the same process."""
+    node = await start_agent(stack, create_engine("ollama", double.url), advertise_interval_s=0.2)
+    agent = node.agent
+    await next_advertisement(stack.nats_url, agent.node_id, lambda ad: ad.models)
+    await asyncio.to_thread(nats_server.restart, crash=True)
+    reconnects = "infernet_node_nats_reconnects_total"
+    await wait_until(lambda: (agent.metrics.registry.get_sample_value(reconnects) or 0) >= 1, timeout=60,
+                     message="the agent never reconnected to the restarted NATS")
+    ad = await next_advertisement(stack.nats_url, agent.node_id, lambda ad: ad.models)
+    assert ad.boot_id == agent.boot_id  # the same process, back on the bus

@@ -6,14 +6,14 @@ import nats
 
 import protocol
 from control_plane.accounts.service import ensure_account
-from control_plane.nodes.service import NodeTokenVerifier, register_node
+from control_plane.nodes.service import NodeRegistrations, register_node
 from protocol import subjects
 from tests.fixtures.waiting import wait_until
 
 
 def advert(node, *, models=("m1",), state="online", active=0) -> protocol.Advertisement:
     return protocol.Advertisement(
-        node_id=node.node_id, token=node.token, agent_version="0.1.0", engine="ollama", state=state, slots=2,
+        node_id=node.node_id, agent_version="0.1.0", engine="ollama", state=state, slots=2,
         active_jobs=active, interval_s=60.0, boot_id="b1",
         models=tuple(protocol.ModelInfo(name=m, loaded=True, tokens_per_second=40.0) for m in models))
 
@@ -26,7 +26,7 @@ async def network(stack):
     nc = await nats.connect(stack.nats_url)
     try:
         for i, node in enumerate(heard):
-            await nc.publish(subjects.advertisements(), protocol.encode(advert(
+            await nc.publish(subjects.node_advertise(node.node_id), protocol.encode(advert(
                 node, models=("m1",) if i < 8 else ("m2",), state="draining" if i == 11 else "online")))
         await nc.flush()
     finally:
@@ -87,16 +87,16 @@ async def test_bad_page_parameters_are_400_naming_the_parameter(stack):
         assert r.json()["error"] == "bad_request" and param in r.json()["error_message"]
 
 
-async def test_first_advertisements_share_one_token_lookup(stack):
+async def test_first_advertisements_share_one_registration_lookup(stack):
     db = stack.runtime.db
-    nodes = [await register_node(db, f"n{i}") for i in range(30)]
-    verifier = NodeTokenVerifier(db)
-    pairs = [(n.node_id, n.token) for n in nodes]
-    pairs += [(nodes[0].node_id, nodes[1].token), ("node_0badc0ffee00", "infnode_0badc0ffee00_secret")]
-    answers = await verifier.verify_many(pairs)
-    assert answers == [True] * 30 + [False, False]
-    assert verifier.queries == 1  # 31 distinct ids, one query
-    assert await verifier.verify_many(pairs) == answers and verifier.queries == 1  # then from memory
+    nodes = [await register_node(db, f"n{i}", max_slots=4) for i in range(30)]
+    registrations = NodeRegistrations(db)
+    ids = [n.node_id for n in nodes] + [nodes[0].node_id, "node_0badc0ffee00"]
+    entries = await registrations.lookup_many(ids)
+    assert [e.name if e else None for e in entries] == [f"n{i}" for i in range(30)] + ["n0", None]
+    assert all(e.max_slots == 4 and not e.revoked for e in entries[:31])
+    assert registrations.queries == 1  # 31 distinct ids, one query
+    assert await registrations.lookup_many(ids) == entries and registrations.queries == 1  # then from memory
 
 
 async def test_node_rows_are_written_only_when_the_advertisement_changes(stack):
@@ -106,7 +106,7 @@ async def test_node_rows_are_written_only_when_the_advertisement_changes(stack):
     nc = await nats.connect(stack.nats_url)
 
     async def advertise(**kw) -> None:
-        await nc.publish(subjects.advertisements(), protocol.encode(advert(node, **kw)))
+        await nc.publish(subjects.node_advertise(node.node_id), protocol.encode(advert(node, **kw)))
         await nc.flush()
 
     async def stored():

@@ -193,9 +193,10 @@ async def test_chunks_of_another_attempt_never_reach_the_client(stack):
                     break
             # A stray chunk of another attempt (a node that was presumed lost) and a duplicate of this one.
             nc = stack.runtime.bus.nc
+            node_id = stack.nodes[-1].node_id  # as if the job's own node sent them
             for attempt, seq, text in ((2, 2, " INTRUDER"), (0, 5, " STALE"), (1, 1, " DUPLICATE")):
-                chunk = protocol.TokenChunk(job_id=job_id, attempt=attempt, seq=seq, text=text)
-                await nc.publish(subjects.job_tokens(job_id), protocol.encode(chunk))
+                chunk = protocol.TokenChunk(job_id=job_id, attempt=attempt, seq=seq, text=text, node_id=node_id)
+                await nc.publish(subjects.node_job_tokens(node_id, job_id), protocol.encode(chunk))
             await nc.flush()
             d.release()
             async for event in reader.events():
@@ -296,11 +297,11 @@ async def test_too_many_open_streams_for_an_account_is_429(nats_url, database_ur
 @pytest.mark.parametrize("size", [1, 500])
 async def test_replay_pages_through_long_streams(stack, size):
     """Chunks stored in JetStream come back in order, also past one direct-get batch."""
-    job_id = "job_" + "ab" * 8
+    job_id, node_id = "job_" + "ab" * 8, "node_ab"
     nc = stack.runtime.bus.nc
     for seq in range(1, size * 3 + 1):
-        await nc.publish(subjects.job_tokens(job_id), msgspec.json.encode(
-            protocol.TokenChunk(job_id=job_id, attempt=1, seq=seq, text=f"t{seq}")))
+        await nc.publish(subjects.node_job_tokens(node_id, job_id), msgspec.json.encode(
+            protocol.TokenChunk(job_id=job_id, attempt=1, seq=seq, text=f"t{seq}", node_id=node_id)))
     await nc.flush()
 
     async def stored():
@@ -310,8 +311,8 @@ async def test_replay_pages_through_long_streams(stack, size):
     assert [c.seq for c in chunks] == list(range(1, size * 3 + 1))
     # Going on from where a replay ended reads only what was stored since.
     _, upto = await stack.runtime.relay.stored_chunks(job_id)
-    later = protocol.TokenChunk(job_id=job_id, attempt=1, seq=size * 3 + 1, text="late")
-    await nc.publish(subjects.job_tokens(job_id), protocol.encode(later))
+    later = protocol.TokenChunk(job_id=job_id, attempt=1, seq=size * 3 + 1, text="late", node_id=node_id)
+    await nc.publish(subjects.node_job_tokens(node_id, job_id), protocol.encode(later))
     await nc.flush()
     assert await wait_until(lambda: _after(stack, job_id, upto), timeout=10) == [later]
 

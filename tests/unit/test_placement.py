@@ -28,7 +28,7 @@ def model(name: str = "m", loaded: bool = True, tps: float | None = 50.0) -> Mod
 
 def ad(node_id: str, *, models: tuple[ModelInfo, ...] = (model(),), slots: int = 4, active: int = 0,
        state: str = "online", engine_ok: bool = True, interval: float = 5.0) -> Advertisement:
-    return Advertisement(node_id=node_id, token="t", agent_version="0.1.0", engine="ollama",
+    return Advertisement(node_id=node_id, agent_version="0.1.0", engine="ollama",
                          state=state,  # type: ignore[arg-type]
                          slots=slots, active_jobs=active, models=models, engine_ok=engine_ok, interval_s=interval)
 

@@ -21,7 +21,7 @@ models = st.builds(
 )
 gpus = st.builds(protocol.GpuInfo, name=text, vram_total_mb=st.none() | st.integers(0, 10**6))
 advertisements = st.builds(
-    protocol.Advertisement, node_id=ids, token=text, agent_version=text, engine=text,
+    protocol.Advertisement, node_id=ids, agent_version=text, engine=text,
     state=st.sampled_from(["online", "draining"]), slots=st.integers(0, 1000), active_jobs=st.integers(0, 1000),
     models=st.lists(models, max_size=5).map(tuple), gpus=st.lists(gpus, max_size=3).map(tuple),
     labels=st.dictionaries(ids, text, max_size=3), boot_id=ids, interval_s=st.floats(0.1, 60), sent_at=floats,
@@ -63,7 +63,7 @@ ROUND_TRIPS = [
     (failures, protocol.JobFailure),
     (st.builds(protocol.Cancel, job_id=ids, attempt=st.integers(1, 3), reason=text), protocol.Cancel),
     (st.builds(protocol.Drain, node_id=ids, reason=text), protocol.Drain),
-    (st.builds(protocol.NodeVerify, node_id=ids, token=text, sent_at=floats), protocol.NodeVerify),
+    (st.builds(protocol.NodeVerify, node_id=ids, sent_at=floats), protocol.NodeVerify),
     (st.builds(protocol.NodeVerifyReply, node_id=ids, accepted=st.booleans(), reason=st.none() | text,
                name=st.none() | text, server_time=floats), protocol.NodeVerifyReply),
 ]
@@ -123,13 +123,17 @@ def test_unknown_fields_are_ignored_for_forward_compatibility():
 
 def test_subjects_are_namespaced_and_validated():
     assert subjects.node_assign("node_ab12") == "infernet.v1.node.node_ab12.assign"
-    assert subjects.job_tokens("job_1") == "infernet.v1.job.job_1.tokens"
-    assert subjects.job_result("job_1") == "infernet.v1.job.job_1.result"
+    assert subjects.node_job_tokens("node_ab12", "job_1") == "infernet.v1.node.node_ab12.job.job_1.tokens"
+    assert subjects.node_job_result("node_ab12", "job_1") == "infernet.v1.node.node_ab12.job.job_1.result"
+    assert subjects.publisher_and_job(subjects.node_job_result("node_ab12", "job_1")) == ("node_ab12", "job_1")
+    assert subjects.publisher_and_job(subjects.node_job_tokens("node_ab12", "job_1")) == ("node_ab12", "job_1")
+    assert subjects.node_of(subjects.node_advertise("node_ab12")) == "node_ab12"
+    assert subjects.publisher_and_job("infernet.v1.control.events") is None
     for bad in ("a.b", "*", ">", "has space", ""):
         with pytest.raises(subjects.InvalidSubjectToken):
             subjects.node_assign(bad)
     every = [subjects.advertisements(), subjects.node_cancel("n"), subjects.node_drain("n"),
-             subjects.all_job_results(), subjects.all_job_tokens(), subjects.control_events(), subjects.node_verify()]
+             subjects.all_job_results(), subjects.all_job_tokens(), subjects.control_events(), subjects.node_verify("n")]
     assert all(s.startswith("infernet.v1.") for s in every)
 
 

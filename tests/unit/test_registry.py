@@ -27,7 +27,7 @@ def model(name: str = "llama3", loaded: bool = True, tps: float | None = 50.0) -
 def ad(node_id: str = "n1", *, models: tuple[ModelInfo, ...] = (model(),), slots: int = 4, active: int = 0,
        state: str = "online", engine_ok: bool = True, interval: float = 5.0,
        running: tuple[str, ...] | None = None) -> Advertisement:
-    return Advertisement(node_id=node_id, token="t", agent_version="0.1.0", engine="ollama",
+    return Advertisement(node_id=node_id, agent_version="0.1.0", engine="ollama",
                          state=state,  # type: ignore[arg-type]
                          slots=slots, active_jobs=len(running) if running is not None else active, models=models,
                          engine_ok=engine_ok, interval_s=interval, running=running)

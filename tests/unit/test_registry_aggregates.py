@@ -27,7 +27,7 @@ tps = st.one_of(st.none(), st.sampled_from([0.0, -1.0, math.nan, math.inf, 12.5,
 models = st.dictionaries(st.sampled_from(MODELS), st.tuples(st.booleans(), tps), max_size=3)
 advertisement = st.builds(
     lambda node, served, engine_ok, draining, interval: Advertisement(
-        node_id=node, token="t", agent_version="1", engine="ollama", state="draining" if draining else "online",
+        node_id=node, agent_version="1", engine="ollama", state="draining" if draining else "online",
         slots=2, active_jobs=0, engine_ok=engine_ok, interval_s=interval,
         models=tuple(ModelInfo(name=n, loaded=lo, tokens_per_second=t) for n, (lo, t) in served.items())),
     st.sampled_from(NODES), models, st.booleans(), st.booleans(), st.sampled_from([1.0, 5.0]))
@@ -105,7 +105,7 @@ def test_pages_walk_every_id_once_in_order(ids, limit, start) -> None:
 def test_expire_reports_a_node_once_even_when_a_read_marked_it_offline() -> None:
     clock = Clock()
     reg = NodeRegistry(now=clock)
-    reg.observe(Advertisement(node_id="node_01", token="t", agent_version="1", engine="e", state="online", slots=1,
+    reg.observe(Advertisement(node_id="node_01", agent_version="1", engine="e", state="online", slots=1,
                               active_jobs=0, interval_s=1.0, models=(ModelInfo("a"),)))
     clock.t += 3.5
     assert reg.online_count() == 0  # a read applies the due offline check...
@@ -116,7 +116,7 @@ def test_expire_reports_a_node_once_even_when_a_read_marked_it_offline() -> None
 def test_a_node_back_before_the_sweep_is_not_reported_lost() -> None:
     clock = Clock()
     reg = NodeRegistry(now=clock)
-    one = Advertisement(node_id="node_01", token="t", agent_version="1", engine="e", state="online", slots=1,
+    one = Advertisement(node_id="node_01", agent_version="1", engine="e", state="online", slots=1,
                         active_jobs=0, interval_s=1.0, models=(ModelInfo("a"),))
     reg.observe(one)
     clock.t += 3.5

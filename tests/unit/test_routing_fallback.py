@@ -11,7 +11,7 @@ from protocol.messages import Advertisement, ModelInfo
 
 
 def ad(node_id: str, model: str, *, slots: int = 1, active: int = 0, state: str = "online") -> Advertisement:
-    return Advertisement(node_id=node_id, token="t", agent_version="0", engine="ollama", state=state,  # type: ignore[arg-type]
+    return Advertisement(node_id=node_id, agent_version="0", engine="ollama", state=state,  # type: ignore[arg-type]
                          slots=slots, active_jobs=active, models=(ModelInfo(model, True, tokens_per_second=50.0),))
 
 

@@ -28,7 +28,7 @@ class Clock:
 
 
 def ad(node_id: str, *models: ModelInfo, slots: int = 2, active: int = 0, labels=None) -> Advertisement:
-    return Advertisement(node_id=node_id, token="t", agent_version="0.1.0", engine="ollama", state="online",
+    return Advertisement(node_id=node_id, agent_version="0.1.0", engine="ollama", state="online",
                          slots=slots, active_jobs=active, models=models, labels=labels or {})
 
 

@@ -27,9 +27,12 @@ class FakeRelay:
     async def stored_chunks(self, job_id: str, *, start: int = 1):
         return self.stored[start - 1:], len(self.stored) + 1
 
-    async def mark_first_token(self, job_id: str, attempt: int):
+    async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None):
         self.marks.append(attempt)
         return datetime.now(timezone.utc) if self.mark_ok(attempt) else None
+
+    async def current(self, job_id: str):
+        return {"id": job_id, "status": "pending", "attempt": max(self.marks, default=1)}
 
     async def settle(self, watch):
         return self.final

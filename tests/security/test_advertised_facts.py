@@ -1,0 +1,37 @@
+"""Attack 3: a node with valid credentials advertises 64 slots, 99,999 tokens/s and a model it was not
+registered for. What counts is bounded by the registration (slots, models); placement ranks by the tokens/s
+the control plane measured itself (control_plane/trust, tested there)."""
+
+from __future__ import annotations
+
+import protocol
+from control_plane.nodes.service import register_node
+from protocol import subjects
+from tests.security.rogue import MODEL, assert_anonymous_refused, connect_as_node
+from tests.fixtures.waiting import wait_until
+
+
+async def test_3_anonymous_cannot_connect_to_advertise(stack):
+    await assert_anonymous_refused(stack.nats_url)
+
+
+async def test_3_a_node_cannot_claim_more_slots_or_models_than_registered(stack, double):
+    double.stall_after = None
+    key = await stack.key("alice")
+    honest = await stack.add_node(double.url, name="honest", slots=4)
+    await stack.wait_nodes_serving(MODEL)
+    registered = await register_node(stack.runtime.db, "impostor", max_slots=2, models=("llama3.2:*",))
+    rogue = await connect_as_node(stack.nats_url, registered.token, registered.node_id)
+    ad = protocol.Advertisement(
+        node_id=registered.node_id, agent_version="0", engine="ollama", state="online", slots=64, active_jobs=0,
+        interval_s=60.0, boot_id="impostor",
+        models=(protocol.ModelInfo(MODEL, loaded=True, tokens_per_second=99_999.0),
+                protocol.ModelInfo("invented:1b", loaded=True, tokens_per_second=99_999.0)))
+    await rogue.publish(subjects.node_advertise(registered.node_id), protocol.encode(ad))
+    view = await wait_until(lambda: stack.runtime.registry.get(registered.node_id), timeout=30,
+                            message="the impostor's advertisement was never admitted")
+    assert view.slots == 2  # its registration's limit, not 64
+    assert set(view.models) == {MODEL}  # the model outside its registration is not counted
+    # A job for the model only the impostor claimed is refused, as for a model nobody has.
+    r = await stack.submit(key, model="invented:1b")
+    assert r.status_code == 404 and r.json()["error"] == "model_not_found", r.text
