@@ -71,7 +71,7 @@ class SimNode:
 
     def advertisement(self, interval: float) -> protocol.Advertisement:
         return protocol.Advertisement(
-            node_id=self.node_id, token=self.token, agent_version="0.1.0-sim", engine="ollama", engine_version="sim",
+            node_id=self.node_id, agent_version="0.1.0-sim", engine="ollama", engine_version="sim",
             state="online", slots=self.slots, active_jobs=len(self.running),
             models=(protocol.ModelInfo(name=MODEL, loaded=True, size_bytes=1 << 30, context_length=8192,
                                        tokens_per_second=self.tps),),
@@ -111,12 +111,12 @@ class Simulator:
     async def _advertise_forever(self) -> None:
         """Node i advertises at start + i * interval / K, then every interval: an even stream of messages."""
         k, start = len(self.nodes), time.monotonic()
-        publish, encode, subject = self.nc.publish, protocol.encode, subjects.advertisements()
+        publish, encode = self.nc.publish, protocol.encode
         while True:
             due = int((time.monotonic() - start) / self.interval * k) + 1
             while self.sent < due:
                 node = self.nodes[self.sent % k]
-                await publish(subject, encode(node.advertisement(self.interval)))
+                await publish(subjects.node_advertise(node.node_id), encode(node.advertisement(self.interval)))
                 self.sent += 1
             await asyncio.sleep(0.01)
 
@@ -142,9 +142,10 @@ class Simulator:
         await asyncio.sleep(self.engine_s)  # the engine's time to the first token (a local double: about 1 ms)
         words = [f"w{i} " for i in range(min(self.tokens_per_job, a.params.max_tokens))]
         chunks = [("".join(words[i:i + self.chunk_tokens])) for i in range(0, len(words), self.chunk_tokens)]
-        subject = subjects.job_tokens(a.job_id)
+        subject = subjects.node_job_tokens(node.node_id, a.job_id)
         for seq, text in enumerate(chunks, 1):
-            await self.nc.publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, seq, text)))
+            await self.nc.publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, seq, text,
+                                                                               node.node_id)))
         result = protocol.JobResult(
             job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=node.node_id, content="".join(words),
             usage=protocol.Usage(10, len(words), 10 + len(words)), chunks=len(chunks),
@@ -154,7 +155,8 @@ class Simulator:
         try:
             for _ in range(50):
                 try:
-                    await self.js.publish(subjects.job_result(a.job_id), protocol.encode(result), headers=headers,
+                    await self.js.publish(subjects.node_job_result(node.node_id, a.job_id), protocol.encode(result),
+                                          headers=headers,
                                           timeout=5)
                     break
                 except Exception:
@@ -213,12 +215,17 @@ class Stack:
 
     def start(self) -> None:
         from bench.stack import _cli
-        from control_plane.embedded import free_port, start_nats, start_postgres
+        from control_plane.embedded import bus_env, free_port, start_nats, start_postgres
 
         nats_proc, self.nats_url = start_nats(self.root)
         self.procs.append(nats_proc)
         self.pg, self.db_url = start_postgres(self.root)
-        self.env = dict(os.environ, INFERNET_DATABASE_URL=self.db_url, INFERNET_NATS_URL=self.nats_url,
+        # The simulator is K nodes on one connection, which no node identity may be: it logs in with the
+        # control plane's identity (the bus is secured; see docs/architecture.md).
+        bus = bus_env(self.root)
+        self.env = dict(os.environ, **bus, INFERNET_SIM_NATS_USER=bus["INFERNET_NATS_USER"],
+                        INFERNET_SIM_NATS_PASSWORD=bus["INFERNET_NATS_PASSWORD"],
+                        INFERNET_DATABASE_URL=self.db_url, INFERNET_NATS_URL=self.nats_url,
                         INFERNET_LOG_LEVEL=os.environ.get("SCALE_SIM_LOG_LEVEL", "warning"), PYTHONUNBUFFERED="1", INFERNET_WARMUP_S="0",
                         INFERNET_RATE_LIMIT_RPM="0", INFERNET_RATE_LIMIT_TPM="0")
         _cli(self.env, "migrate")

@@ -317,7 +317,7 @@ class CapacityMachine(RuleBasedStateMachine):
     def advertise(self) -> None:
         self.ads_built += 1
         self.ads.append((self.ads_built, protocol.Advertisement(
-            node_id=NODE, token="t", agent_version="1", engine="ollama", state="online", slots=self.slots.slots,
+            node_id=NODE, agent_version="1", engine="ollama", state="online", slots=self.slots.slots,
             active_jobs=len(self.slots), models=(protocol.ModelInfo(MODEL, loaded=True),),
             running=tuple(self.slots.unsettled), admitted=self.slots.admitted, interval_s=3600.0)))
 
