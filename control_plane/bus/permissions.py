@@ -16,7 +16,7 @@ class NodePermissions:
 def node_permissions(node_id: str) -> NodePermissions:
     """Publish: its advertisement, its verify request, chunks and outcomes on its own job subjects (outcomes
     reach the results stream by a plain publish: no `$JS.API` at all). Subscribe: its assignments, cancels,
-    drains, and its own reply inboxes (JetStream acks). Replies to requests it received are allowed by the
+    drains, the control planes' "advertise now" broadcast, and its own reply inboxes (JetStream acks). Replies to requests it received are allowed by the
     response permission (`resp`), one per request."""
     return NodePermissions(
         publish=(
@@ -29,6 +29,8 @@ def node_permissions(node_id: str) -> NodePermissions:
             subjects.node_assign(node_id),
             subjects.node_cancel(node_id),
             subjects.node_drain(node_id),
+            # The one broadcast every node reads: a starting control plane asks for advertisements now.
+            subjects.advertisement_requests(),
             subjects.node_inbox_prefix(node_id) + ".>",
         ),
     )
