@@ -147,6 +147,10 @@ class Runtime:
                            ("webhooks", rt.webhooks.run()), ("retention", Retention(db, settings).run()),
                            ("trust-sync", trust.run()), ("trust-probes", trust.verifier.probe_loop())):
             rt.tasks.append(asyncio.create_task(coro, name=name))
+        try:  # the results subscription is up before the first request is served (or its failure logged)
+            await asyncio.wait_for(recorder.checked.wait(), timeout=10)
+        except TimeoutError:
+            pass
         if settings.metrics_port:
             rt.tasks.append(asyncio.create_task(serve_metrics(
                 lambda: scrape(dispatcher, registry), settings.metrics_host, settings.metrics_port), name="metrics"))

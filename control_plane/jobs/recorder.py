@@ -60,6 +60,8 @@ class OutcomeRecorder:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         #: True while the results stream and its durable consumer exist and this replica consumes them.
         self.ready = False
+        #: Set once the first subscription attempt is over (Runtime.start waits for it: /readyz is then true).
+        self.checked = asyncio.Event()
         #: Seconds between checks that the results stream and consumer still exist.
         self._check_s = 2.0
 
@@ -123,11 +125,13 @@ class OutcomeRecorder:
                     sub = await self._bus.results_subscription(on_message)
                     log.info("results_consumer_subscribed")
                 self.ready = True
+                self.checked.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.ready = False
                 log.warning("results_subscribe_failed", error=str(exc) or type(exc).__name__, action="retrying in 1s")
+                self.checked.set()
                 if sub is not None:
                     try:
                         await sub.unsubscribe()
