@@ -61,7 +61,9 @@ class Stack:
         self.runtime = await Runtime.start(self.settings)
         app = create_app(self.settings, runtime=self.runtime)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.settings.http_port,
-                                                     log_level="warning", lifespan="on", loop="none"))
+                                                     log_level="warning", lifespan="on", loop="none",
+                                                     # a client left streaming must not hold teardown forever
+                                                     timeout_graceful_shutdown=5))
         self._server.capture_signals = _no_signals  # the test runner owns signals
         self._server_task = asyncio.create_task(self._server.serve())
         await wait_until(lambda: self._server.started, timeout=30, message="control plane HTTP did not start")
