@@ -1,7 +1,9 @@
 """Console pages of an admin: the network at a glance, accounts (create, grant credits), nodes (register,
-drain). Each action checks the admin scope with the API's own `require_admin` and uses the same services."""
+drain, revoke). Each action checks the admin scope with the API's own `require_admin` and uses the same services."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
@@ -16,6 +18,7 @@ from control_plane.console.operator import node_command
 from control_plane.console.pages import ConsoleState, convert, optional_int, redirect, render
 from control_plane.credits import ledger
 from control_plane.errors import Conflict, NotFound
+from control_plane.nodes.revocation import revoke_everywhere
 from control_plane.nodes.service import register_node
 from control_plane.runtime import Runtime
 
@@ -38,7 +41,7 @@ async def _accounts(runtime: Runtime) -> list[dict]:
 
 async def admin_nodes_context(runtime: Runtime) -> dict:
     rows = await views.all_nodes(runtime)
-    return {"nodes": rows, "can_drain": True, "back": "admin"}
+    return {"nodes": rows, "can_drain": True, "can_revoke": True, "back": "admin"}
 
 
 class AdminConsoleController(Controller):
@@ -92,7 +95,16 @@ class AdminConsoleController(Controller):
     async def nodes(self, request: Request, user: NamedDependency[ConsoleUser],
                     runtime: NamedDependency[Runtime]) -> object:
         require_admin(user.principal, "listing every node")
-        return render(request, user, "admin_nodes.html", active="admin-nodes", **await admin_nodes_context(runtime))
+        return render(request, user, "admin_nodes.html", active="admin-nodes",
+                      revoked=request.query_params.get("revoked"), **await admin_nodes_context(runtime))
+
+    @post("/nodes/{node_id:str}/revoke")
+    async def revoke(self, request: Request, node_id: FromPath[str], user: NamedDependency[ConsoleUser],
+                     runtime: NamedDependency[Runtime]) -> object:
+        await require_csrf(request, user.csrf)
+        require_admin(user.principal, "revoking nodes")
+        revoked = await revoke_everywhere(runtime, node_id)
+        return redirect(f"/console/admin/nodes?revoked={quote(revoked.name)}")
 
     @post("/nodes")
     async def register(self, request: Request, user: NamedDependency[ConsoleUser],

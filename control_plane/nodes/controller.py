@@ -11,8 +11,9 @@ from litestar.params import FromPath, QueryParameter
 
 from control_plane.accounts.auth import Principal
 from control_plane.nodes.directory import NodeDirectory
+from control_plane.nodes.revocation import revoke_everywhere
 from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats, Revoked
-from control_plane.nodes.service import drain_node, revoke_node
+from control_plane.nodes.service import drain_node
 from control_plane.runtime import Runtime
 from control_plane.errors import Forbidden, NotFound
 from control_plane.trust.service import TrustView
@@ -73,13 +74,5 @@ class NodesController(Controller):
                      runtime: NamedDependency[Runtime]) -> Revoked:
         if not principal.is_admin:
             raise Forbidden("revoking a node needs an admin key")
-        row = await revoke_node(runtime.db, node_id, by_name=False)
-        if row is None:
-            raise NotFound(f"no node {node_id} is registered")
-        if runtime.registrations is not None:
-            runtime.registrations.forget(node_id)
-        disconnected = await runtime.system.kick_user(node_id) if runtime.system is not None else 0
-        runtime.registry.mark_offline(node_id)
-        await runtime.sweeper.nodes_lost([node_id])
-        return Revoked(node_id=node_id, name=row["name"], revoked=True, disconnected=disconnected)
+        return await revoke_everywhere(runtime, node_id)
 

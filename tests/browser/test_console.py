@@ -201,6 +201,15 @@ async def test_admin_registers_a_node_sees_it_come_online_and_grants_credits(con
     await expect(row.locator("[data-state]")).to_have_text("online", timeout=30_000)  # live, no reload
     await shot(page, "admin-nodes")
 
+    _accept_dialogs(page)
+    await row.get_by_role("button", name="Revoke").click()
+    await expect(page.get_by_text("Node gpu-new revoked")).to_be_visible()
+    await expect(row.locator("[data-state]")).to_have_text("offline")  # its connection closed, not re-admitted
+    revoked_at = await stack.runtime.db.fetchone("get_node_token_hash", {"id": node_id})
+    assert revoked_at is not None and revoked_at["revoked_at"] is not None
+    await wait_until(lambda: not (agent.nc is not None and agent.nc.is_connected), timeout=30,
+                     message="the revoked node is still on the bus")
+
     before = (await stack.client.get("/api/v1/credits", headers=stack.auth(await stack.key("frank")))).json()
     await nav(page, "Accounts").click()
     frank = page.locator('tr[data-account="frank"]')
