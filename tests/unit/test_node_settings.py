@@ -113,5 +113,7 @@ def test_nats_reconnects_back_off_exponentially_with_jitter():
     server, delay = reconnect_backoff([b, a], {})
     assert server is a and 0.2 <= delay <= 0.3
     delays = [reconnect_backoff([SimpleNamespace(reconnects=n)], {})[1] for n in range(12)]
-    assert all(later >= earlier * 0.6 for earlier, later in zip(delays, delays[1:]))
+    for n, delay in enumerate(delays):  # doubling from 0.25 s, capped at 10 s, jittered by +-20% exactly
+        base = min(10.0, 0.25 * 2 ** min(n, 6))
+        assert base * 0.8 <= delay <= base * 1.2, (n, delay)
     assert 8.0 <= delays[-1] <= 12.0  # capped around 10 s
