@@ -85,6 +85,10 @@ class Settings:
     credits_rollup_s: float = 1.0
     #: Seconds between SSE heartbeat comments on a quiet stream (INFERNET_STREAM_HEARTBEAT_S).
     stream_heartbeat_s: float = 15.0
+    #: Seconds open streams wait for this replica's lost NATS connection to come back (INFERNET_STREAM_BUS_GRACE_S):
+    #: a reconnect within it loses no token (what was missed is replayed from JetStream); past it every live
+    #: stream ends with an `error` event (service_unavailable) while its job keeps running on its node.
+    stream_bus_grace_s: float = 10.0
     #: Token chunks buffered per open stream; beyond it the relay drops live chunks and replays them from JetStream.
     stream_buffer_chunks: int = 4096
     #: Streams and waiting /v1 requests one account may hold open on this replica; more get 429 (0 = no limit).

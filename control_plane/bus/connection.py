@@ -15,6 +15,7 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import NotFoundError
 
 import protocol
+from control_plane.bus.link import BusLink
 from control_plane.errors import InfernetError
 from protocol import subjects
 
@@ -47,8 +48,11 @@ class NoResponders(BusError):
 class Bus:
     """NATS for the control plane; every subject comes from protocol.subjects."""
 
-    def __init__(self, nc: NATS, *, token_replay_secs: float = 600.0, stream_replicas: int = 1) -> None:
+    def __init__(self, nc: NATS, *, token_replay_secs: float = 600.0, stream_replicas: int = 1,
+                 link: BusLink | None = None) -> None:
         self.nc = nc
+        #: Up or lost, and since when: what streams and the sweeper act on (fed by nats-py's callbacks).
+        self.link = link or BusLink()
         self.js = nc.jetstream()
         self._token_replay_secs = token_replay_secs
         self._replicas = stream_replicas
@@ -63,6 +67,8 @@ class Bus:
             log.warning("nats_error", error=str(exc))
 
         holder: list = []
+        restoring: set[asyncio.Task] = set()
+        link = BusLink()
 
         async def on_disconnect() -> None:
             nc = holder[0] if holder else None
@@ -70,9 +76,15 @@ class Bus:
                 log.info("nats_closed")
                 return
             log.warning("nats_disconnected", detail="reconnecting; assignments wait until NATS is back")
+            link.lost()
 
         async def on_reconnect() -> None:
             log.info("nats_reconnected")
+            if holder:  # not in this callback: JetStream may still be recovering, and it retries for a while
+                task = asyncio.create_task(holder[1].restore_streams(), name="restore-streams")
+                restoring.add(task)
+                task.add_done_callback(restoring.discard)
+            link.restored()
 
         try:
             nc = await nats.connect(
@@ -82,8 +94,8 @@ class Bus:
             )
         except Exception as exc:  # nats raises several unrelated types on connect failure
             raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
-        holder.append(nc)
-        bus = cls(nc, token_replay_secs=token_replay_secs, stream_replicas=stream_replicas)
+        bus = cls(nc, token_replay_secs=token_replay_secs, stream_replicas=stream_replicas, link=link)
+        holder.extend((nc, bus))
         await bus.ensure_streams()
         return bus
 
@@ -110,6 +122,17 @@ class Bus:
             allow_direct=True,  # replay reads a job's chunks with one batched direct get (streaming/replay.py)
             num_replicas=self._replicas,
         ))
+
+    async def restore_streams(self) -> None:
+        """After a reconnect: a restarted nats-server keeps file streams but not the memory token stream (nor,
+        when its store was lost, any stream), so both are made sure of again; failures are logged, not raised
+        (the recorder's own check retries the results stream)."""
+        try:
+            await self.ensure_streams()
+        except Exception as exc:
+            log.error("jetstream_streams_not_restored", error=str(exc) or type(exc).__name__,
+                      detail="token replay (late join, Last-Event-ID) is unavailable until the stream exists",
+                      action="check JetStream on the NATS server")
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         for attempt in range(20):

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import structlog
 
+from control_plane.bus.link import BusLink
 from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
@@ -17,14 +18,19 @@ log = structlog.get_logger("control_plane.sweeper")
 
 #: Seconds past a job's deadline before a processing job with no outcome is failed here.
 DEADLINE_GRACE_SECS = 30.0
+#: After this replica's NATS connection comes back, how long silent nodes are given to be heard again before
+#: they count as lost: a node's own reconnect backoff tops out at about 12 s, and it advertises on reconnecting.
+BUS_BACK_QUIET_S = 15.0
 
 
 class Sweeper:
     """Keeps every job moving when nodes or replicas disappear."""
 
     def __init__(self, db: Database, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings,
-                 *, clock=time.monotonic) -> None:
+                 *, clock=time.monotonic, link: BusLink | None = None) -> None:
         self._db = db
+        #: This replica's NATS connection: while it is down (and shortly after) silent nodes are not lost.
+        self._link = link
         self._registry = registry
         self._dispatcher = dispatcher
         self._settings = settings
@@ -56,8 +62,17 @@ class Sweeper:
             except Exception:
                 log.exception("sweep_error")
 
+    def _deaf(self) -> bool:
+        """This replica cannot hear nodes now (its bus is down) or only just can again: their silence says
+        nothing, so they are not declared lost (their jobs run on and report once NATS is back)."""
+        if self._link is None:
+            return False
+        back = self._link.back_for()
+        return not self._link.up or (back is not None and back < BUS_BACK_QUIET_S)
+
     async def sweep(self) -> None:
-        lost = self._registry.expire()
+        deaf = self._deaf()
+        lost = [] if deaf else self._registry.expire()
         if lost:
             log.warning("nodes_offline", node_ids=lost, detail="missed 3 heartbeats; re-placing their jobs")
             if self.reports is not None:
@@ -72,7 +87,7 @@ class Sweeper:
                                                     "claim_secs": self._settings.claim_secs})
         if self.warm:
             await self._adopt_orphans()
-            if self.reports is not None and now - self._last_report_check >= 2.0:
+            if self.reports is not None and not deaf and now - self._last_report_check >= 2.0:
                 self._last_report_check = now
                 await self._check_reports()
         for row in await self._db.fetchall("stale_processing", {"grace_secs": DEADLINE_GRACE_SECS}):

@@ -331,7 +331,10 @@ class OpenAIService:
                     yield b"".join(frames)
         except InfernetError as exc:  # PostgreSQL or NATS failed under this stream: say so rather than cut it
             log.warning("stream_interrupted", job_id=job_id, error=exc.code, detail=exc.message)
-            error = {"message": exc.message, "type": "server_error", "code": exc.code, "param": None}
+            end.finished = True  # the server ended this stream, not the client: the job runs on (and is billed once)
+            said = exc.message if exc.public else "a service this stream needs is unreachable right now"
+            error = {"message": f"{said}; job {job_id} was not cancelled: its result will be at "
+                                f"GET /api/v1/jobs/{job_id}", "type": "server_error", "code": exc.code, "param": None}
             yield sse.data(_enc({"error": error}))
         finally:
             end.close()

@@ -36,7 +36,8 @@ SETTLE_GIVE_UP_S = 2.0
 class JobWatch:
     """What the relay has seen of one job for one open stream or waiting request."""
 
-    __slots__ = ("job_id", "tokens", "chunks", "lagged", "outcome", "ended", "wake", "waiter", "seen_at")
+    __slots__ = ("job_id", "tokens", "chunks", "lagged", "rewind", "broken", "outcome", "ended", "wake", "waiter",
+                 "seen_at")
 
     def __init__(self, job_id: str, tokens: bool, waiter: asyncio.Future | None, now: float) -> None:
         self.job_id = job_id
@@ -46,6 +47,12 @@ class JobWatch:
         self.chunks: deque[protocol.TokenChunk] = deque()
         #: Live chunks were dropped because the buffer was full: the stream must replay from JetStream.
         self.lagged = False
+        #: NATS came back after a loss: what was published meanwhile reached no subscription, so the stream reads
+        #: the job's chunks from JetStream again from the start (a restarted server numbers its stream afresh).
+        self.rewind = False
+        #: This replica's NATS connection stayed lost past settings.stream_bus_grace_s: no live token can arrive,
+        #: so the stream ends with an `error` event (the job keeps running on its node).
+        self.broken = False
         #: The outcome message with the highest attempt seen (recorded or about to be).
         self.outcome: protocol.JobOutcome | None = None
         #: The periodic check found the job's row ended (no outcome message needed).
@@ -92,14 +99,20 @@ class TokenRelay:
         self._open: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
         self._checker: asyncio.Task | None = None
+        #: True while the bus has been lost for longer than stream_bus_grace_s (new streams start broken too).
+        self.bus_gone = False
+        self._give_up: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         await self._bus.subscribe(subjects.all_job_tokens(), self._on_token)
         await self._bus.subscribe(subjects.all_job_results(), self._on_outcome)
         self._checker = asyncio.create_task(self._check_loop(), name="stream-check")
+        self._bus.link.listen(self._on_link)
 
     async def stop(self) -> None:
+        if self._give_up is not None:
+            self._give_up.cancel()
         tasks = [t for t in (self._checker, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
@@ -115,6 +128,7 @@ class TokenRelay:
     def watch(self, job_id: str, *, tokens: bool = True) -> JobWatch:
         """Start collecting what arrives for the job; call before the job can be assigned, then `unwatch`."""
         w = JobWatch(job_id, tokens, self._recorder.waiter(job_id), self._clock())
+        w.broken = tokens and self.bus_gone
         self._watches.setdefault(job_id, []).append(w)
         return w
 
@@ -151,8 +165,50 @@ class TokenRelay:
         return self._settings.stream_heartbeat_s
 
     @property
+    def bus_grace_s(self) -> float:
+        return self._settings.stream_bus_grace_s
+
+    @property
     def open_watches(self) -> int:
         return sum(len(ws) for ws in self._watches.values())
+
+    # -- losing and regaining NATS ---------------------------------------------------------------------
+    def _on_link(self, up: bool) -> None:
+        """nats-py reconnects by itself: streams wait up to stream_bus_grace_s for it, then end with an error."""
+        if self._give_up is not None:
+            self._give_up.cancel()
+            self._give_up = None
+        if not up:
+            grace = self._settings.stream_bus_grace_s
+            self._give_up = asyncio.get_running_loop().call_later(grace, self._break_streams)
+            log.warning("streams_waiting_for_nats", streams=self._live_streams(), grace_s=grace,
+                        detail=f"live streams end with an error event if NATS is not back within {grace:g}s")
+            return
+        self.bus_gone = False
+        for w in self._token_watches():
+            w.rewind = True  # chunks published while we were away are read back from JetStream
+            w.wake.set()
+
+    def _break_streams(self) -> None:
+        self._give_up = None
+        if self._bus.link.up:
+            return
+        self.bus_gone = True
+        broken = 0
+        for w in self._token_watches():
+            if not w.broken:
+                w.broken = True
+                w.wake.set()
+                broken += 1
+        log.error("streams_ended_nats_lost", streams=broken, down_s=round(self._bus.link.down_for(), 1),
+                  detail="their jobs keep running on their nodes and are recorded when NATS is back; clients "
+                         "were told to reconnect", action="check that nats-server is up and reachable from here")
+
+    def _token_watches(self) -> list[JobWatch]:
+        return [w for ws in self._watches.values() for w in ws if w.tokens]
+
+    def _live_streams(self) -> int:
+        return len(self._token_watches())
 
     # -- subscriptions (hot path: one call per chunk on this replica) ------------------------------
     async def _on_token(self, msg) -> None:

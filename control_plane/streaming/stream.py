@@ -1,7 +1,8 @@
 """One client's stream of one job: live chunks and JetStream replay merged into one ordered, gap-free sequence.
 
 `JobStream.events()` yields `Tokens` (chunks ready for the client, in sequence order, each exactly once),
-`HEARTBEAT` when nothing happened for `heartbeat_s`, and finally `Ended` with the job's recorded row.
+`HEARTBEAT` when nothing happened for `heartbeat_s`, and finally `Ended` with the job's recorded row; it raises
+BusError when this replica's NATS connection stayed lost past the relay's grace (the job keeps running).
 Only one attempt's chunks ever reach the client: the first chunk shown is preceded by `mark_first_token`
 (one UPDATE per job), after which the job is never re-placed; chunks of any other attempt are dropped.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import protocol
+from control_plane.bus import BusError
 from control_plane.streaming.relay import ENDED, JobWatch, TokenRelay
 
 #: Seconds between replay attempts while a gap in the live sequence stays open.
@@ -84,7 +86,11 @@ class JobStream:
             w.wake.clear()
             while w.chunks:
                 self._accept(w.chunks.popleft())
-            if w.lagged:
+            if w.rewind:  # NATS came back: read what was published while it was away
+                w.rewind = w.lagged = False
+                self._replayed_upto = 1
+                await self._backfill()
+            elif w.lagged:
                 w.lagged = False
                 await self._backfill()
             elif self._gap() and self._clock() >= self._gap_retry_at:
@@ -110,6 +116,10 @@ class JobStream:
                 if row["status"] == "pending" and self._shown == 0:
                     self._drop_attempt(row["attempt"])
                 continue
+            if w.broken:
+                raise BusError(f"this control-plane replica lost its connection to NATS (the bus that carries "
+                               f"tokens) and it has not come back within {self._relay.bus_grace_s:g}s, so no "
+                               f"more tokens can reach this stream")
             timeout = heartbeat_at - self._clock()
             if self._gap():
                 timeout = min(timeout, GAP_RETRY_S)
