@@ -55,7 +55,7 @@ async def run(args: argparse.Namespace) -> None:
         server_task = asyncio.create_task(server.serve())
         acct = await ensure_account(runtime.db, "mem")
         key = (await create_key(runtime.db, acct["id"])).key
-        node = await register_node(runtime.db, "mem-node")
+        node = await register_node(runtime.db, "mem-node", models=("*",))
         agent = NodeAgent(NodeSettings(nats_url=nats_url, node_token=node.token, engine_url=f"http://127.0.0.1:{dport}",
                                        max_concurrency=16, advertise_interval_s=5.0, log_level="warning"),
                           create_engine("ollama", f"http://127.0.0.1:{dport}"), node_id=node.node_id)

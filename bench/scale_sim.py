@@ -192,7 +192,9 @@ def register_nodes(db_url: str, k: int) -> list[str]:
     ids = [new_id("node", 6) for _ in range(k)]
     tokens = [new_node_token(i) for i in ids]
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO nodes (id, name, token_hash) SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[])",
+        # models '{*}': the admin vouches for every model the simulated nodes claim (no probes to run)
+        conn.execute("INSERT INTO nodes (id, name, token_hash, models) "
+                     "SELECT *, '{*}'::text[] FROM unnest(%s::text[], %s::text[], %s::bytea[])",
                      (ids, [f"sim-{n}" for n in range(k)], [secret_hash(t) for t in tokens]))
     return tokens
 

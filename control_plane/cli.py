@@ -190,7 +190,8 @@ def nodes() -> None:
 @click.option("--max-slots", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Most jobs at once the node may advertise (larger claims are cut to this)")
 @click.option("--model", "models", multiple=True,
-              help="A model (glob) the node may serve; repeatable. Default: any model its engine lists")
+              help="A model (glob) you vouch for on this node: served without a check; repeatable; '*' for any. "
+                   "Default: none; each model it claims is served once a known-answer probe verified it")
 @click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
 def nodes_register(name: str, operator: str | None, max_slots: int, models: tuple[str, ...],
                    database_url: str | None) -> None:
@@ -212,6 +213,36 @@ async def _register_node(url: str, name: str, operator: str | None, *, max_slots
         grant = _settings().signup_credits
         operator_id = (await ensure_account(db, operator, credits=grant))["id"] if operator else None
         return (await register_node(db, name, operator_id, max_slots=max_slots, models=models)).token
+    finally:
+        await db.close()
+
+
+@nodes.command("set-models")
+@click.argument("node")
+@click.option("--model", "models", multiple=True,
+              help="A model (glob) you vouch for on this node; repeatable; '*' for any. None given: the node's "
+                   "claims are all measured before it serves them")
+@click.option("--database-url", default=None, help="[env INFERNET_DATABASE_URL]")
+def nodes_set_models(node: str, models: tuple[str, ...], database_url: str | None) -> None:
+    """Replace the models you vouch for on NODE (id or name); replicas apply it within a minute."""
+    url = _need_db(_settings(database_url=database_url))
+    row = asyncio.run(_set_models(url, node, models or None))
+    if row is None:
+        click.echo(f"error: no node {node!r} is registered", err=True)
+        sys.exit(1)
+    trusted = ", ".join(row["models"]) if row["models"] else "none (every model it claims is measured first)"
+    click.echo(f"{row['id']} ({row['name']}): trusted models: {trusted}")
+
+
+async def _set_models(url: str, node: str, models: tuple[str, ...] | None) -> dict | None:
+    from control_plane.nodes.service import set_node_models
+    from control_plane.store import Database
+    from control_plane.store.migrate import apply_migrations
+
+    await asyncio.to_thread(apply_migrations, url)
+    db = await Database.open(url, min_size=1, max_size=2)
+    try:
+        return await set_node_models(db, node, models)
     finally:
         await db.close()
 

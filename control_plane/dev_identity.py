@@ -11,7 +11,7 @@ from pathlib import Path
 
 from control_plane.accounts.service import create_key, ensure_account
 from control_plane.lib.ids import secret_hash
-from control_plane.nodes.service import register_node
+from control_plane.nodes.service import register_node, set_node_models
 from control_plane.store import Database
 from control_plane.store.migrate import apply_migrations
 from protocol.identity import node_id_from_token
@@ -37,12 +37,17 @@ async def dev_identity(db_url: str, root: Path, *, credits: int) -> tuple[str, s
         try:
             saved = json.loads(path.read_text())
             if await _still_valid(db, saved["key"], saved["node_token"]):
+                # The stack's own node is the network's root of trust for every model (a node registered
+                # before models were verified has no patterns, which now means "measure every claim").
+                await set_node_models(db, node_id_from_token(saved["node_token"]), ("*",), by_name=False)
                 return saved["key"], saved["node_token"]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # none yet, or unreadable: make new ones
         account = await ensure_account(db, "dev", credits=credits)
         key = (await create_key(db, account["id"], name="dev stack", admin=True)).key
-        token = (await register_node(db, "dev-node", account["id"])).token
+        # The stack's own node: its models are served without a check and are what other nodes' claims are
+        # measured against (control_plane/trust/claims.py).
+        token = (await register_node(db, "dev-node", account["id"], models=("*",))).token
     finally:
         await db.close()
     path.write_text(json.dumps({"key": key, "node_token": token}))

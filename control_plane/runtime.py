@@ -117,7 +117,7 @@ class Runtime:
         recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings, trust=trust)
         registrations = NodeRegistrations(db)
         heartbeats = HeartbeatHandler(db, bus, registry, registrations, dispatcher, sweeper,
-                                      results_ready=lambda: recorder.ready)
+                                      results_ready=lambda: recorder.ready, claims=trust.claims)
         sweeper.reports = heartbeats.reports
         presence = None
         if system is not None:

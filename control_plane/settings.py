@@ -159,6 +159,10 @@ class Settings:
     trust_probe_nodes: str = ""
     trust_probe_interval_s: float = 30.0
 
+    #: Seconds before a model claim whose measurement failed (or never finished) is measured again; doubles with
+    #: each attempt, at most a day (INFERNET_MODEL_CLAIM_RETRY_S; control_plane/trust/claims.py).
+    model_claim_retry_s: float = 120.0
+
     #: Seconds an operator's payout stays held (reserved, not spendable) before it settles; a failed spot check
     #: inside the window reverses it before it was ever available (INFERNET_PAYOUT_HOLDBACK_S; 0 = at once).
     payout_holdback_s: float = 86_400.0

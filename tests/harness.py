@@ -75,9 +75,12 @@ class Stack:
         return (await create_key(self.runtime.db, acct["id"], admin=admin)).key
 
     async def add_node(self, engine_url: str, *, name: str = "node", slots: int = 1, interval: float = 0.5,
-                       nats_url: str | None = None, operator: str | None = None, **settings: Any) -> RunningNode:
+                       nats_url: str | None = None, operator: str | None = None,
+                       models: tuple[str, ...] | None = ("*",), **settings: Any) -> RunningNode:
+        """A node agent beside `engine_url`, registered as an admin who vouches for every model it serves
+        (`models`; None: each model it claims is measured before it gets jobs, control_plane/trust/claims.py)."""
         operator_id = (await ensure_account(self.runtime.db, operator))["id"] if operator else None
-        registered = await register_node(self.runtime.db, name, operator_id)
+        registered = await register_node(self.runtime.db, name, operator_id, models=models)
         node_settings = NodeSettings(nats_url=nats_url or self.nats_url, node_token=registered.token, engine_url=engine_url,
                                      max_concurrency=slots, advertise_interval_s=interval, log_format="console",
                                      log_level="warning", **settings)

@@ -121,5 +121,5 @@ class AdminController(Controller):
                             runtime: NamedDependency[Runtime]) -> NodeRegistered:
         require_admin(principal, "registering nodes")
         operator_id = (await _account(runtime.db, data.operator))["id"] if data.operator else None
-        node = await register_node(runtime.db, data.name, operator_id)
+        node = await register_node(runtime.db, data.name, operator_id, models=tuple(data.models or ()) or None)
         return NodeRegistered(node_id=node.node_id, name=node.name, token=node.token, operator_account_id=operator_id)

@@ -150,6 +150,9 @@ class NodeRegister(Struct, forbid_unknown_fields=True):
 
     name: Annotated[str, Meta(min_length=1, max_length=200)]
     operator: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    #: Models (glob patterns, "*" for any) the admin vouches for on this node: served without a check. None or
+    #: empty: every model the node claims is served only once a known-answer probe verified it.
+    models: Annotated[list[Annotated[str, Meta(min_length=1, max_length=200)]], Meta(max_length=64)] | None = None
 
 
 class NodeRegistered(Struct):

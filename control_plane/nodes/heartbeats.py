@@ -1,4 +1,5 @@
-"""Feeds node advertisements into the registry (bounded by the node's registration) and into the nodes table.
+"""Feeds node advertisements into the registry (bounded by the node's registration and by the model claims the
+control plane verified, control_plane/trust/claims.py) and into the nodes table.
 
 The bus proves who sent an advertisement: a node may publish only on its own advertisement subject (its bus
 identity's permissions), so the subject's node id must equal the advertisement's, and no token travels.
@@ -23,6 +24,7 @@ from control_plane.nodes.reports import RunningReports
 from control_plane.nodes.service import UNKNOWN, NodeEntry, NodeRegistrations
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.store import Database, StoreError
+from control_plane.trust.claims import ModelClaims
 from protocol import subjects
 
 log = structlog.get_logger("control_plane.heartbeats")
@@ -36,7 +38,8 @@ class HeartbeatHandler:
 
     def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, verifier: NodeRegistrations,
                  dispatcher: Dispatcher, sweeper: Sweeper, *, persist_interval_s: float = 1.0,
-                 writer: NodeStateWriter | None = None, results_ready=lambda: True) -> None:
+                 writer: NodeStateWriter | None = None, results_ready=lambda: True,
+                 claims: ModelClaims | None = None) -> None:
         self._db = db
         self._bus = bus
         self._registry = registry
@@ -51,6 +54,16 @@ class HeartbeatHandler:
         self._boots: dict[str, str] = {}
         self._rejected_logged: dict[str, float] = {}
         self._results_ready = results_ready
+        #: Models nodes claim outside their registration, verified by measurement (None: none is ever verified).
+        self._claims = claims
+        #: The newest advertisement of each node that claims models not verified yet (admitted again once one
+        #: is), and the claims waiting for a measurement to start.
+        self._withheld: dict[str, protocol.Advertisement] = {}
+        self._to_measure: dict[str, list[str]] = {}
+        self._measuring: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        if claims is not None:
+            claims.on_verified(self._claim_verified)
 
     async def start(self) -> None:
         await self._bus.subscribe(subjects.advertisements(), self._on_message)
@@ -105,23 +118,71 @@ class HeartbeatHandler:
         if entry is None or entry.revoked:
             self._rejected(ad.node_id, "node revoked" if entry else "unknown node")
             return
-        await self.observe(self._bounded(ad, entry))
+        bounded, withheld = self._bounded(ad, entry)
+        await self.observe(bounded)
+        self._registry.set_claims(ad.node_id, withheld)
+        if not withheld:
+            self._withheld.pop(ad.node_id, None)
+            return
+        if ad.node_id in self._withheld or len(self._withheld) < MAX_UNVERIFIED:
+            self._withheld[ad.node_id] = ad
+        if self._claims is not None and (due := self._claims.due(ad.node_id, withheld)):
+            self._queue_measurement(ad.node_id, due)
 
-    def _bounded(self, ad: protocol.Advertisement, entry: NodeEntry) -> protocol.Advertisement:
-        """The advertisement as far as the registration allows: slots up to its limit, only the models it names
-        (tokens/sec: placement uses the control plane's own measurement, control_plane/trust)."""
+    def _bounded(self, ad: protocol.Advertisement,
+                 entry: NodeEntry) -> tuple[protocol.Advertisement, dict[str, protocol.ModelInfo]]:
+        """The advertisement as far as the control plane accepts it: slots up to the registration's limit, and
+        only the models the registration trusts or a measurement verified (tokens/sec: placement uses the
+        control plane's own measurement, control_plane/trust); plus the claims held back for measuring."""
         changes: dict = {}
         if ad.slots > entry.max_slots:
             changes["slots"] = entry.max_slots
-        models, changed = [], False
+        models, withheld = [], {}
+        claims = self._claims
         for m in ad.models:
-            if not entry.allows(m.name):
-                changed = True
-                continue
-            models.append(m)
-        if changed:
+            if entry.trusts(m.name) or (claims is not None and claims.verified(ad.node_id, m.name)):
+                models.append(m)
+            else:
+                withheld[m.name] = m
+        if withheld:
             changes["models"] = tuple(models)
-        return msgspec.structs.replace(ad, **changes) if changes else ad
+        return (msgspec.structs.replace(ad, **changes) if changes else ad), withheld
+
+    def _queue_measurement(self, node_id: str, models: list[str]) -> None:
+        if node_id not in self._to_measure and len(self._to_measure) >= MAX_UNVERIFIED:
+            return  # the node advertises again in one interval
+        self._to_measure[node_id] = models
+        if self._measuring is None or self._measuring.done():
+            self._measuring = asyncio.create_task(self._measure_queued(), name="measure-model-claims")
+
+    async def _measure_queued(self) -> None:
+        while self._to_measure:
+            node_id = next(iter(self._to_measure))
+            models = self._to_measure.pop(node_id)
+            try:
+                await self._claims.measure(node_id, models)
+            except StoreError as exc:
+                log.warning("model_claim_measure_failed", node_id=node_id, models=models, error=str(exc),
+                            detail="tried again on a later advertisement")
+
+    def _claim_verified(self, node_id: str, model: str) -> None:
+        """A claim of the node was verified: admit its newest advertisement again so the model is served now,
+        not one advertisement interval later."""
+        ad = self._withheld.get(node_id)
+        if ad is None or not any(m.name == model for m in ad.models):
+            return
+        task = asyncio.create_task(self._readmit(ad), name="readmit-advertisement")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _readmit(self, ad: protocol.Advertisement) -> None:
+        if self._withheld.get(ad.node_id) is not ad:
+            return  # a newer advertisement was admitted meanwhile, with the verified claim in it
+        entry = self._verifier.cached(ad.node_id)
+        if entry is UNKNOWN:
+            self._queue_unverified(ad)
+        else:
+            await self._admit(ad, entry)
 
     def _queue_unverified(self, ad: protocol.Advertisement) -> None:
         """Hold the newest advertisement of each unchecked node until the next batched token lookup."""

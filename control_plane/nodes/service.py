@@ -76,6 +76,13 @@ async def authenticate_token(db: Database, token: str) -> NodeLogin:
     return NodeLogin(node_id, name=row["name"])
 
 
+async def set_node_models(db: Database, node: str, models: tuple[str, ...] | None, *, by_name: bool = True) -> dict | None:
+    """Replace the models an admin trusts a node with (None: none; every claim is then measured); None when no
+    such node. Replicas apply it when their cached registration expires (within a minute)."""
+    return await db.fetchone("set_node_models", {"node": node, "models": list(models) if models else None,
+                                                 "by_name": by_name})
+
+
 async def revoke_node(db: Database, node: str, *, by_name: bool = True) -> dict | None:
     """Mark a node (its id, or with `by_name` also its name) revoked; None when no such node. Disconnecting it
     is the caller's part."""
@@ -84,16 +91,19 @@ async def revoke_node(db: Database, node: str, *, by_name: bool = True) -> dict 
 
 @dataclass(frozen=True, slots=True)
 class NodeEntry:
-    """What the registration says about a node: its name, the slots it may claim, the models it may serve
-    (glob patterns; None: any), whether it is revoked."""
+    """What the registration says about a node: its name, the slots it may claim, the models an admin trusts it
+    with (glob patterns, '*' for any; None: none, so every model it claims is measured before it serves it:
+    control_plane/trust/claims.py), whether it is revoked."""
 
     name: str
     max_slots: int
     revoked: bool
     models: tuple[str, ...] | None = None
 
-    def allows(self, model: str) -> bool:
-        return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+    def trusts(self, model: str) -> bool:
+        """The admin vouched for this model on this node at registration: served without a measurement."""
+        return self.models is not None and any(pattern == "*" or fnmatch.fnmatchcase(model, pattern)
+                                               for pattern in self.models)
 
 
 #: `NodeRegistrations.cached` for a node only the database can tell about.

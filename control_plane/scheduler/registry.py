@@ -193,6 +193,7 @@ class NodeRegistry:
         self._gone: list[str] = []  # marked offline since the last expire() call
         self._trust: dict[str, tuple[int, bool]] = {}  # node id -> (trust tier, quarantined), from control_plane.trust
         self._measured: dict[str, dict[str, float]] = {}  # node id -> model -> tokens/sec the control plane measured
+        self._claims: dict[str, dict[str, ModelInfo]] = {}  # node id -> models it claims, unverified: probes only
 
     # -- feeding ---------------------------------------------------------------------------------
     def observe(self, ad: Advertisement) -> Change:
@@ -291,6 +292,7 @@ class NodeRegistry:
             self._agg.apply(node_id, node.contrib, NOTHING)
             node.contrib = NOTHING
             self._agg.removed(node_id)
+        self._claims.pop(node_id, None)
 
     def reserve(self, node_id: str, job_id: str, attempt: int = 1) -> bool:
         """Count a job this replica is offering to the node until it is refused or seen ending."""
@@ -407,6 +409,14 @@ class NodeRegistry:
         node = self._nodes.get(node_id)
         if node is not None:
             self._rerank(node)
+
+    def set_claims(self, node_id: str, claims: Mapping[str, ModelInfo]) -> None:
+        """Models the node advertises whose claim is not verified yet (control_plane/trust/claims.py): no user job
+        may run them on it, only the probe that measures the claim (score_of with probe=True)."""
+        if claims:
+            self._claims[node_id] = dict(claims)
+        else:
+            self._claims.pop(node_id, None)
 
     def set_measured_tps(self, node_id: str, model: str, tps: float) -> None:
         """Tokens/sec the control plane measured on the node's finished jobs: placement uses it instead of
@@ -551,14 +561,18 @@ class NodeRegistry:
     # -- placement support (see placement.candidates) --------------------------------------------
     def score_of(self, node_id: str, model: str, *, probe: bool = False) -> Score | None:
         """The node's score for the model if it is alive, accepting and serves it (free slot not required);
-        a quarantined node has none, except for a probe."""
+        a quarantined node has none, except for a probe, which may also run a model the node claims unverified."""
         node = self._nodes.get(node_id)
-        if node is None or not node.accepting(self._now()) or model not in node.indexed:
+        if node is None or not node.accepting(self._now()):
+            return None
+        info = node.indexed.get(model)
+        if info is None and probe:  # a claim being measured: the probe is the measurement
+            info = self._claims.get(node_id, {}).get(model)
+        if info is None:
             return None
         tier, quarantined = self._trust.get(node_id, (0, False))
         if quarantined and not probe:
             return None
-        info = node.indexed[model]
         tps = known_tps(info.tokens_per_second) or self.tps_prior(model)
         return Score(0 if info.loaded else 1,
                      load_band(node.est_active, node.slots) - tps_band(tps) + tier * TIER_BANDS,

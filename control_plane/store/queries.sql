@@ -35,7 +35,7 @@ WHERE k.key_hash = %(key_hash)s;
 
 -- name: insert_node
 -- Register a node (token hash only) for an optional operator account, with the most slots it may claim and
--- the models it may serve (NULL: any).
+-- the models an admin trusts it with (glob patterns; NULL: none, each model it claims is measured first).
 INSERT INTO nodes (id, name, operator_account_id, token_hash, max_slots, models)
 VALUES (%(id)s, %(name)s, %(operator_account_id)s, %(token_hash)s, %(max_slots)s, %(models)s)
 RETURNING id, name, created_at;
@@ -59,6 +59,11 @@ RETURNING id, name, revoked_at;
 -- name: set_node_max_slots
 -- Change how many slots a node may claim.
 UPDATE nodes SET max_slots = %(max_slots)s WHERE id = %(id)s RETURNING id;
+
+-- name: set_node_models
+-- Change the models an admin trusts a node with (glob patterns; NULL: none, every claim is measured), by id or name.
+UPDATE nodes SET models = %(models)s WHERE id = %(node)s OR (%(by_name)s AND name = %(node)s)
+RETURNING id, name, models;
 
 -- name: touch_nodes_seen
 -- Batch-record that nodes were seen (their advertisement, already stored, did not change); one jsonb array
@@ -881,6 +886,31 @@ INSERT INTO trust_settlements (key) VALUES (%(key)s) ON CONFLICT DO NOTHING RETU
 -- name: trust_now
 -- The database clock (standings written since are read from here on).
 SELECT now() AS now;
+
+-- name: model_claim_start
+-- Take the measurement of a node's model claim (verification by a known-answer probe): a new claim, or one whose
+-- last measurement failed or never finished long enough ago (the wait doubles per attempt, at most max_wait_s).
+-- No row: it is verified, or being measured (by this or another replica), or not due yet.
+INSERT INTO node_model_claims (node_id, model, state, reference_node_id)
+VALUES (%(node_id)s, %(model)s, 'pending', %(reference)s)
+ON CONFLICT (node_id, model) DO UPDATE
+SET state = 'pending', attempts = node_model_claims.attempts + 1, reference_node_id = EXCLUDED.reference_node_id,
+    updated_at = now()
+WHERE node_model_claims.state <> 'verified'
+  AND node_model_claims.updated_at < now() - make_interval(secs => LEAST(
+      %(max_wait_s)s::float8, %(retry_s)s::float8 * power(2, LEAST(node_model_claims.attempts - 1, 30))))
+RETURNING node_id, model, state, attempts, updated_at;
+
+-- name: model_claim_settle
+-- The measurement of a claim came back: verified or failed (only a claim being measured changes).
+UPDATE node_model_claims SET state = %(state)s, updated_at = now()
+WHERE node_id = %(node_id)s AND model = %(model)s AND state = 'pending'
+RETURNING node_id, model, state, attempts, updated_at;
+
+-- name: model_claims_changed_since
+-- Claims measured or taken since a moment (by any replica); all of them when null.
+SELECT node_id, model, state, attempts, updated_at FROM node_model_claims
+WHERE %(since)s::timestamptz IS NULL OR updated_at > %(since)s;
 
 -- ==== the job path in fewer round trips (perf) ====
 

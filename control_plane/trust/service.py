@@ -25,6 +25,7 @@ from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
 from control_plane.store.database import jsonb
 from control_plane.trust import reputation as rep
+from control_plane.trust.claims import ModelClaims
 from control_plane.trust.reputation import Evidence, Standing
 from control_plane.trust.verify import Verifier
 
@@ -95,7 +96,10 @@ class TrustService:
         self._holdback_s = settings.payout_holdback_s
         self.policy = settings.trust_policy()
         self._clock = clock
-        self.verifier = Verifier(db, registry, settings, self.add, standing=self.view)
+        self.verifier = Verifier(db, registry, settings, self.add, standing=self.view,
+                                 claim_settled=self._claim_settled)
+        #: Models nodes claim outside their registration, verified by known-answer probes.
+        self.claims = ModelClaims(db, registry, settings, probe=self.verifier.probe_claim)
         self._nodes: dict[str, _Node] = {}
         self._pending: dict[str, _Pending] = defaultdict(_Pending)
         self._since: datetime | None = None
@@ -178,6 +182,7 @@ class TrustService:
         self._since = (await self._db.fetchone("trust_now"))["now"]
         for row in await self._db.fetchall("trust_changed_since", {"since": None}):
             self._load_row(row)
+        await self.claims.start()
 
     async def run(self) -> None:
         while True:
@@ -205,6 +210,7 @@ class TrustService:
             if row["node_id"] not in mine:  # evidence queued meanwhile is already in memory
                 self._load_row(row)
         self._since = now
+        await self.claims.sync()
 
     async def flush(self) -> None:
         if not self._pending:
@@ -242,6 +248,9 @@ class TrustService:
         for row in written:
             if row["node_id"] not in self._pending:
                 self._load_row(row)
+
+    async def _claim_settled(self, node_id: str, model: str, passed: bool) -> None:
+        await self.claims.settled(node_id, model, passed)
 
     # -- internals -----------------------------------------------------------------------------
     def _node(self, node_id: str) -> _Node:

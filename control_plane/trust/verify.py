@@ -59,7 +59,7 @@ class Verifier:
     """Schedules checks of finished jobs and settles them when they finish."""
 
     def __init__(self, db: Database, registry: NodeRegistry, settings: Settings, evidence, *,
-                 standing=None, rng: random.Random | None = None) -> None:
+                 standing=None, rng: random.Random | None = None, claim_settled=None) -> None:
         self._db = db
         self._registry = registry
         self._settings = settings
@@ -70,12 +70,14 @@ class Verifier:
         self._probing: dict[str, tuple[str, float]] = {}  # node id -> (probe or reference job in flight, since)
         #: The standing of a node: set by the trust service (node id -> object with quarantined/probation).
         self._standing = standing or (lambda node_id: None)
+        #: async (node id, model, passed): the probe measuring a model claim came back (control_plane/trust/claims.py).
+        self._claim_settled = claim_settled
 
     async def start(self) -> None:
-        if self._settings.verify_rate > 0 or self._settings.trust_probe_nodes:
-            from control_plane.accounts.service import ensure_account
+        # Always: model claims outside a node's registration are measured with probes whatever the other knobs.
+        from control_plane.accounts.service import ensure_account
 
-            self._account_id = (await ensure_account(self._db, self._settings.verify_account))["id"]
+        self._account_id = (await ensure_account(self._db, self._settings.verify_account))["id"]
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -223,16 +225,30 @@ class Verifier:
                 ref = next((t for t in trusted if self._registry.score_of(t, model) is not None), None)
                 if ref is None or view.models[model].embeddings:
                     continue
-                words = " ".join(self._rng.choice(_PROBE_WORDS) for _ in range(3))
-                request = {"messages": [{"role": "user", "content": f"Write one short sentence about {words}."}],
-                           "params": {"max_tokens": 16, "temperature": 0.0, "top_p": 1.0,
-                                      "seed": self._rng.randrange(1 << 31)},
-                           "stream": True, "trust": {"probe_ref": True, "target": view.node_id}}
+                request = self._probe_request({"probe_ref": True, "target": view.node_id})
                 job_id = await self._insert(model, request, ref)
                 if job_id is not None:
                     self._probing[view.node_id] = (job_id, time.monotonic())
                     log.info("probe_reference_scheduled", node_id=view.node_id, reference_node=ref, job_id=job_id)
                 return
+
+    async def probe_claim(self, target: str, model: str, reference: str) -> str | None:
+        """Measure a model claim: a fresh deterministic job on `reference` (a node trusted for the model), then
+        the same job on `target`; the answers are compared when both are in (`_settle_probe_async`)."""
+        if self._account_id is None:
+            return None
+        request = self._probe_request({"probe_ref": True, "target": target, "claim": model})
+        job_id = await self._insert(model, request, reference)
+        if job_id is not None:
+            log.info("probe_reference_scheduled", node_id=target, reference_node=reference, job_id=job_id, model=model)
+        return job_id
+
+    def _probe_request(self, trust: dict[str, Any]) -> dict[str, Any]:
+        """A fresh deterministic prompt (random words, temperature 0, random seed) a node cannot have seen."""
+        words = " ".join(self._rng.choice(_PROBE_WORDS) for _ in range(3))
+        return {"messages": [{"role": "user", "content": f"Write one short sentence about {words}."}],
+                "params": {"max_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": self._rng.randrange(1 << 31)},
+                "stream": True, "trust": trust}
 
     def _busy_probing(self, node_id: str) -> bool:
         """A probe for the node is in flight (one that failed or never ran is forgotten after PROBE_TIMEOUT_S)."""
@@ -259,6 +275,8 @@ class Verifier:
         target = meta["target"]
         request = {k: v for k, v in (reference.get("request") or {}).items() if k not in _PRIVATE_KEYS}
         request["trust"] = {"probe_of": reference["id"], "target": target, "probe": True}
+        if meta.get("claim"):
+            request["trust"]["claim"] = meta["claim"]
         job_id = await self._insert(reference["model"], request, target)
         if job_id is None:
             self._probing.pop(target, None)
@@ -282,6 +300,8 @@ class Verifier:
             else:
                 log.warning("probe_failed", node_id=target, job_id=row["id"],
                             detail="its answer differs from a trusted node's to the same deterministic job")
+            if meta.get("claim") and self._claim_settled is not None:
+                await self._claim_settled(target, meta["claim"], passed)
         finally:
             if self._probing.get(target, (None,))[0] == row["id"]:
                 del self._probing[target]

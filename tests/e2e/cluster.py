@@ -53,8 +53,10 @@ class Cluster:
     def key(self, account: str = "alice") -> str:
         return cli("keys", "create", "--account", account, env=self.env())
 
-    def register_node(self, name: str) -> str:
-        return cli("nodes", "register", name, env=self.env())
+    def register_node(self, name: str, *models: str) -> str:
+        """A node token; the admin vouches for `models` (default every model: '*'), so jobs need no measurement."""
+        flags = [a for m in (models or ("*",)) for a in ("--model", m)]
+        return cli("nodes", "register", name, *flags, env=self.env())
 
     def start_double(self, models: str = "qwen2.5:7b,llama3.2:3b", *extra: str, name: str = "ollama") -> tuple[ManagedProcess, str]:
         port = free_port()

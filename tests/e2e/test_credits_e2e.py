@@ -28,8 +28,8 @@ async def test_credits_settle_once_when_a_node_dies_and_the_control_plane_restar
     _, slow = cluster.start_double(MODEL, "--delay-ms", "100", "--token-count", "10", name="ollama-slow")
     key = cli("keys", "create", "--account", "payer", "--credits", str(GRANT), env=cluster.env())
     operator_key = cli("keys", "create", "--account", "operator", "--credits", "0", env=cluster.env())
-    token_a = cli("nodes", "register", "a", "--operator", "operator", env=cluster.env())
-    token_b = cli("nodes", "register", "b", "--operator", "operator", env=cluster.env())
+    token_a = cli("nodes", "register", "a", "--operator", "operator", "--model", "*", env=cluster.env())
+    token_b = cli("nodes", "register", "b", "--operator", "operator", "--model", "*", env=cluster.env())
     cp, url = cluster.start_control_plane(name="cp")
     node_a = cluster.start_node(token_a, stalls, name="node-a", slots=4)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:

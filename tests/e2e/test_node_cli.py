@@ -103,11 +103,59 @@ async def test_doctor_reports_a_token_the_control_plane_does_not_accept(stack, d
     assert "nodes register" in out
 
 
+def nats_line(out: str) -> str:
+    [line] = [line for line in out.splitlines() if line[7:].startswith("nats")]
+    return line
+
+
+async def test_doctor_names_a_tls_failure_and_the_ca_fix(tmp_path: Path, double):
+    """The bus runs TLS with a private CA this node was not given: doctor says TLS, not "cannot connect"."""
+    import trustme
+
+    from control_plane.bus.natsconf import TlsFiles
+    from control_plane.lib.ids import new_id, new_node_token
+    from tests.fixtures.nats import NatsServer
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    server = NatsServer(tmp_path / "nats", tls=TlsFiles(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))).start()
+    try:
+        code, out = await run_cli("doctor", "--engine-url", double.url, "--nats-url", server.public_url,
+                                  "--node-token", new_node_token(new_id("node", 6)),
+                                  env={"XDG_CONFIG_HOME": str(tmp_path)})
+    finally:
+        server.stop()
+    assert code == 1, out
+    line = nats_line(out)
+    assert line.startswith("[FAIL]") and f"TLS with {server.public_url} failed" in line, out
+    assert "nats_tls_ca" in out and "nodes register" not in out  # the fix is the CA, not a new registration
+
+
+async def test_doctor_says_no_control_plane_checked_the_token_when_none_runs(tmp_path: Path, double):
+    """NATS answers but no control plane answers its auth callout: doctor says so, not "token refused"."""
+    from control_plane.lib.ids import new_id, new_node_token
+    from tests.fixtures.nats import NatsServer
+
+    server = NatsServer(tmp_path / "nats").start()  # secured like every bus we ship; no control plane on it
+    try:
+        code, out = await run_cli("doctor", "--engine-url", double.url, "--nats-url", server.public_url,
+                                  "--node-token", new_node_token(new_id("node", 6)),
+                                  env={"XDG_CONFIG_HOME": str(tmp_path)})
+    finally:
+        server.stop()
+    assert code == 1, out
+    line = nats_line(out)
+    assert line.startswith("[FAIL]") and "no control plane checked this node's token in time" in line, out
+    assert "infernet-control-plane serve" in out and "nodes register" not in out
+
+
 async def test_start_status_and_sigterm_drain(stack, processes, tmp_path: Path):
     engine = processes.start([sys.executable, "-m", "tests.doubles.ollama_double", "--port", "0",
                               "--models", "llama3.2:1b,qwen2.5:7b"], name="ollama-double")
     engine_url = (await engine.wait_for_log_async(r"listening on (\S+)")).group(1)
-    registered = await register_node(stack.runtime.db, "cli-node")
+    registered = await register_node(stack.runtime.db, "cli-node", models=("*",))
     metrics_port = free_port()
     config = tmp_path / "node.toml"
     code, out = await run_cli("init", "--config", str(config), "--node-token", registered.token,

@@ -3,6 +3,7 @@ copy what exists and run a real command, systemd units parse and run real comman
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import json
 import os
@@ -60,12 +61,9 @@ def test_nats_configs_require_tls_and_authentication(conf):
 
 async def test_the_shipped_single_server_config_refuses_anonymous_and_plaintext_clients(deploy_env, tmp_path):
     env, creds, d = deploy_env
-    port, http = free_ports(2)
-    # The shipped file with only its addresses and store directory moved to this test's.
-    text = (DEPLOY / "nats" / "nats-server.conf").read_text()
-    conf = tmp_path / "nats-server.conf"
-    conf.write_text(text.replace("0.0.0.0:4222", f"{HOST}:{port}").replace("127.0.0.1:8222", f"{HOST}:{http}")
-                    .replace("/var/lib/nats", str(tmp_path / "js")))
+    port, http, leaf = free_ports(3)
+    conf = shipped(tmp_path, "nats-server.conf", {"0.0.0.0:4222": f"{HOST}:{port}", "127.0.0.1:8222": f"{HOST}:{http}",
+                                                  "0.0.0.0:7422": f"{HOST}:{leaf}", "/var/lib/nats": str(tmp_path / "js")})
     proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -87,6 +85,67 @@ async def test_the_shipped_single_server_config_refuses_anonymous_and_plaintext_
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def shipped(tmp_path: Path, name: str, moves: dict[str, str]) -> Path:
+    """A copy of deploy/nats/NAME with only its addresses and directories moved to this test's (each must occur)."""
+    text = (DEPLOY / "nats" / name).read_text()
+    for old, new in moves.items():
+        assert old in text, f"{name} no longer has {old}"
+        text = text.replace(old, new)
+    conf = tmp_path / name
+    conf.write_text(text)
+    return conf
+
+
+async def test_a_node_behind_the_shipped_leaf_config_serves_a_job_through_the_shipped_hub(
+        deploy_env, tmp_path, database_url, processes):
+    """An operator behind NAT: the local leaf server (leafnode-operator.conf) dials the network's server
+    (nats-server.conf) over TLS with the node's token; the agent talks only to the leaf, and a job runs."""
+    from control_plane.nodes.service import register_node
+    from node_agent.agent import NodeAgent
+    from node_agent.engines.registry import create_engine
+    from tests.doubles.ollama_double import OllamaDouble
+    from tests.harness import RunningNode, Stack
+
+    env, creds, d = deploy_env
+    port, http, leaf_port, local = free_ports(4)
+    hub = shipped(tmp_path, "nats-server.conf", {"0.0.0.0:4222": f"{HOST}:{port}", "127.0.0.1:8222": f"{HOST}:{http}",
+                                                 "0.0.0.0:7422": f"{HOST}:{leaf_port}",
+                                                 "/var/lib/nats": str(tmp_path / "js")})
+    await processes.start([nats_server_binary(), "-c", str(hub)], env=env, name="hub").wait_for_port_async(port, timeout=30)
+    cp, system = creds.control_planes[0], creds.systems[0]
+    stack = await Stack(f"tls://{HOST}:{port}", database_url, overrides=dict(
+        nats_user=cp.user, nats_password=cp.password, nats_system_user=system.user,
+        nats_system_password=system.password, nats_auth_seed=creds.issuer_seed, nats_account=creds.account,
+        nats_tls_ca=str(d / "ca.pem"))).start()
+    try:
+        registered = await register_node(stack.runtime.db, "behind-nat", models=("*",))
+        leaf = shipped(tmp_path, "leafnode-operator.conf", {"127.0.0.1:4222": f"{HOST}:{local}"})
+        leaf_env = dict(env, INFERNET_NODE_TOKEN=registered.token, INFERNET_NATS_TLS_CA=str(d / "ca.pem"),
+                        INFERNET_NATS_LEAF_URL=f"tls://{registered.token}@{HOST}:{leaf_port}")
+        leaf_proc = processes.start([nats_server_binary(), "-c", str(leaf)], env=leaf_env, name="leaf")
+        await leaf_proc.wait_for_port_async(local, timeout=30)
+        async with OllamaDouble(models=["llama3.2:3b"], tokens=("Through", " the", " leaf.")) as engine:
+            settings = NodeSettings(nats_url=f"nats://{HOST}:{local}", node_token=registered.token,
+                                    engine_url=engine.url, advertise_interval_s=0.5, log_format="console",
+                                    log_level="warning")
+            agent = NodeAgent(settings, create_engine("ollama", engine.url), node_id=registered.node_id)
+            node = RunningNode(agent, asyncio.create_task(agent.run()), "behind-nat")
+            stack.nodes.append(node)
+            await stack.wait_nodes_serving("llama3.2:3b")
+            key = await stack.key("alice")
+            r = await stack.submit(key, model="llama3.2:3b", stream=False)
+            job = await stack.wait_job(key, r.json()["id"])
+            assert job["status"] == "completed" and job["node_id"] == registered.node_id, job
+            assert job["result"]["content"] == "Through the leaf."
+            await stack.stop_node(node)
+        # The leaf's local port is not open either: without the node's token nobody gets in.
+        with pytest.raises(Exception, match="Authorization Violation"):
+            nc = await nats.connect(f"nats://{HOST}:{local}", allow_reconnect=False, connect_timeout=5)
+            await nc.close()
+    finally:
+        await stack.stop()
 
 
 async def _try(url: str, tls) -> str | None:

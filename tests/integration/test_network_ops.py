@@ -195,7 +195,7 @@ async def test_a_node_that_never_answers_offers_is_skipped(stack, nats_url):
     async with OllamaDouble(models=["qwen2.5:7b"], loaded=[], load_on_use=False) as d:
         key = await stack.key()
         real = await stack.add_node(d.url)
-        zombie = await register_node(stack.runtime.db, "zombie")
+        zombie = await register_node(stack.runtime.db, "zombie", models=("*",))
         # A registered node (its own bus identity) that receives its offers (so they are not "no responders")
         # and never answers them.
         nc = await nats.connect(public(nats_url), token=zombie.token,

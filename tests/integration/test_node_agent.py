@@ -28,7 +28,7 @@ A100 = {"name": "NVIDIA A100-SXM4-80GB", "total_mb": 81920, "free_mb": 80000, "u
 async def start_agent(stack: Stack, engine, *, name: str = "node", gpu_probe: GpuProbe | None = None,
                       **settings) -> RunningNode:
     """A node agent with any engine and settings, registered on the stack and stopped with it."""
-    registered = await register_node(stack.runtime.db, name)
+    registered = await register_node(stack.runtime.db, name, models=("*",))
     settings.setdefault("advertise_interval_s", 0.3)
     node_settings = NodeSettings(nats_url=stack.nats_url, node_token=registered.token, engine=engine.name,
                                  engine_url=getattr(engine, "url", ""), log_format="console", log_level="warning",

@@ -21,7 +21,8 @@ def advert(node, *, models=("m1",), state="online", active=0) -> protocol.Advert
 async def network(stack):
     """12 nodes heard (8 serving m1, 4 serving m2, one of the m2 ones draining) and 7 registered but silent."""
     operator = (await ensure_account(stack.runtime.db, "alice"))["id"]
-    heard = [await register_node(stack.runtime.db, f"heard-{i}", operator if i == 0 else None) for i in range(12)]
+    heard = [await register_node(stack.runtime.db, f"heard-{i}", operator if i == 0 else None,
+                                 models=("*",)) for i in range(12)]
     silent = [await register_node(stack.runtime.db, f"silent-{i}") for i in range(7)]
     nc = await nats.connect(stack.nats_url)
     try:
@@ -102,7 +103,7 @@ async def test_first_advertisements_share_one_registration_lookup(stack):
 async def test_node_rows_are_written_only_when_the_advertisement_changes(stack):
     db = stack.runtime.db
     writer = stack.runtime.heartbeats.writer
-    node = await register_node(db, "steady")
+    node = await register_node(db, "steady", models=("*",))
     nc = await nats.connect(stack.nats_url)
 
     async def advertise(**kw) -> None:

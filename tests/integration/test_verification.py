@@ -149,7 +149,7 @@ async def test_two_honest_nodes_on_real_smollm2_agree_on_50_checked_jobs(stack):
     nodes = []
     for i, threads in enumerate((1, 2)):
         operator = (await ensure_account(stack.runtime.db, f"op-{i}"))["id"]
-        registered = await register_node(stack.runtime.db, f"llama-{i}", operator)
+        registered = await register_node(stack.runtime.db, f"llama-{i}", operator, models=("*",))
         engine = LlamaCppEngine(n_threads=threads)
         settings = NodeSettings(nats_url=stack.nats_url, node_token=registered.token, engine="llamacpp",
                                 log_format="console", log_level="warning", advertise_interval_s=0.3)

@@ -60,3 +60,20 @@ def test_measured_speed_comes_from_the_control_plane_clock_and_needs_enough_to_m
     assert measured_tps(row | {"first_token_at": t0 + timedelta(seconds=1)}) == 20.0
     assert measured_tps(row | {"completion_tokens": 1}) is None
     assert measured_tps(row | {"completed_at": None}) is None
+
+
+def test_an_unverified_claim_takes_probes_only_and_a_registration_trusts_only_what_it_names():
+    from control_plane.nodes.service import NodeEntry
+
+    reg = NodeRegistry(now=Clock())
+    reg.observe(ad("new", models=()))  # its claim of llama3 was withheld from the advertisement
+    reg.set_claims("new", {"llama3": model()})
+    assert best(reg) == [] and best(reg, pinned="new") == []  # no user job, also not pinned
+    assert best(reg, pinned="new", probe=True) == ["new"]  # the probe that measures the claim
+    reg.set_claims("new", {})
+    assert best(reg, pinned="new", probe=True) == []
+
+    assert not NodeEntry("n", 4, False, None).trusts("llama3")  # no patterns: every claim is measured
+    assert NodeEntry("n", 4, False, ("*",)).trusts("anything:1b")  # the admin vouches for every model
+    trusted = NodeEntry("n", 4, False, ("llama3*",))
+    assert trusted.trusts("llama3") and not trusted.trusts("qwen2.5:7b")
