@@ -148,7 +148,7 @@ async def test_operator_payout_matches_the_charged_jobs_its_nodes_served(stack):
         nodes = []
         for name in ("op-a", "op-b"):
             reg = (await stack.client.post("/api/v1/admin/nodes", headers=admin,
-                                           json={"name": name, "operator": "gpu-operator"})).json()
+                                           json={"name": name, "operator": "gpu-operator", "models": ["*"]})).json()
             nodes.append(start_agent(stack, d.url, reg["node_id"], reg["token"], name))
         unowned = await stack.add_node(d.url, name="someone-else")
         await stack.wait_nodes_serving("qwen2.5:7b", count=3)
