@@ -52,7 +52,9 @@ def serve(**flags) -> None:
     """Run the HTTP API, the dispatcher and the result recorder."""
     settings = _settings(**flags)
     _need_db(settings)
-    asyncio.run(_serve(settings))
+    from control_plane.lib import loop
+
+    loop.run(_serve(settings))
 
 
 async def _serve(settings: Settings, *, ready=None) -> None:

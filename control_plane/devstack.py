@@ -136,8 +136,9 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
                                nats_url=nats_url, console=f"{url}/console/login/{console_token}"), err=True)
 
         from control_plane.cli import _serve
+        from control_plane.lib import loop
 
-        asyncio.run(_serve(settings, ready=banner))
+        loop.run(_serve(settings, ready=banner))
     except EmbeddedError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -150,7 +150,9 @@ def start(config_path: Path | None, **flags: Any) -> None:
     if node_id is None:
         _fail("the node token is malformed (expected infnode_<id>_<secret>); "
               "copy it exactly as 'nodes register' printed it.")
-    asyncio.run(_serve(settings, node_id))
+    from node_agent import loop
+
+    loop.run(_serve(settings, node_id))
 
 
 async def _serve(settings: NodeSettings, node_id: str) -> None:
