@@ -129,7 +129,6 @@ class Runtime:
                  directory=NodeDirectory(db, registry, trust=trust), trust=trust, registrations=registrations,
                  system=system, presence=presence)
         await heartbeats.start()
-        await recorder.observe()
         rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)
         await rt.key_events.start()
         rt.relay = TokenRelay(db, bus, recorder, settings)

@@ -65,7 +65,7 @@ class JobRunner:
 
     def failure(self, job: RunningJob, code: str, message: str, *, produced: bool = False) -> protocol.JobFailure:
         a = job.assignment
-        produced = produced or job.chunks > 0
+        produced = produced or job.chunks > 0 or bool(job.parts)
         return protocol.JobFailure(
             job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=self.node_id, error=code, message=message,
             partial_content="".join(job.parts), chunks=job.chunks,
@@ -123,6 +123,8 @@ class JobRunner:
             if timer is None:
                 timer = loop.call_later(coalesce, lambda: asyncio.ensure_future(flush()))
 
+        # Nobody can stream the job (a non-streamed /v1 request waits for its result): no chunks, only the result.
+        streamed = a.stream
         try:
             async with aclosing(self.engine.chat(a.model, a.messages, a.params)) as stream:
                 async for item in stream:
@@ -130,6 +132,10 @@ class JobRunner:
                         if not item.text:
                             continue
                         job.parts.append(item.text)
+                        if not streamed:
+                            if ttft is None:
+                                ttft = (time.monotonic() - started) * 1000
+                            continue
                         pending.append(item.text)
                         now = time.monotonic()
                         if ttft is None:

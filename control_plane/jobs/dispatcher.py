@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,8 +72,17 @@ class QueuedJob:
                 top_p=params.get("top_p", 1.0), stop=tuple(params.get("stop") or ()), seed=params.get("seed"),
                 format=params.get("format"), **extra,
             ),
-            deadline=self.deadline, stream=bool(req.get("stream", True)),
+            deadline=self.deadline, stream=self.streamed,
         )
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the node publishes the job's token chunks. Any job of the native API may be streamed
+        (GET /api/v1/jobs/{id}/stream, whatever `stream` it was submitted with), so its chunks always go out; a
+        non-streamed OpenAI-style request (/v1, and the Ollama API over it) only waits for the result, so its
+        node publishes nothing but that. Such a job streamed anyway gets its text in one piece at the end."""
+        req = self.request
+        return bool(req.get("stream", True)) or req.get("api") != "openai"
 
 
 #: Generation parameters a request payload may carry beyond the basic sampling ones (tools, logprobs ...).
@@ -99,6 +109,14 @@ class Placement:
     model: str
     #: The node answered the offer with "accepted" (before that, an outcome may belong to a reverted offer).
     accepted: bool = False
+    #: Called once the node's answer to the offer is processed (accepted or not): a request holding the attempt's
+    #: result, which arrived first, may then answer from it (jobs/early.py).
+    on_decided: Callable[[], None] | None = None
+
+    def decided(self) -> None:
+        if self.on_decided is not None:
+            self.on_decided()
+            self.on_decided = None
 
 
 #: Placements kept after their job ended, so a waiting request still finds the one its outcome answers.
@@ -328,11 +346,13 @@ class Dispatcher:
             # built after its admission no longer lists it.
             self._registry.accepted(node_id, job.id, job.attempt, reply.admitted)
             placed.accepted = True
+            placed.decided()
             self._let_go(job)
             bound.info("job_assigned")
             return
         if self._placed.get(job.id) is placed:
             del self._placed[job.id]
+        placed.decided()
         self._registry.release(node_id, job.id, job.attempt)
         if unreachable:
             # Nobody received the offer (the agent is not connected): no attempt was used, and the node gets no

@@ -19,6 +19,17 @@ from control_plane.jobs.dispatcher import Placement
 from control_plane.jobs.recorder import result_payload
 
 
+#: What `early` answers while the result is provably the job's except that the node's reply to the offer is
+#: still on its way (the result overtook it): ask again once the placement is decided, rather than wait for the row.
+UNDECIDED: dict[str, Any] = {}
+
+
+def awaiting_reply(placed: Placement | None, outcome: protocol.JobOutcome) -> bool:
+    """The outcome is a result of the attempt this replica offered, whose node has not been heard to accept yet."""
+    return (placed is not None and not placed.accepted and isinstance(outcome, protocol.JobResult)
+            and (outcome.attempt, outcome.lease, outcome.node_id) == (placed.attempt, placed.lease, placed.node_id))
+
+
 def final_row(row: dict[str, Any], placed: Placement | None, outcome: protocol.JobOutcome) -> dict[str, Any] | None:
     """The completed row `outcome` implies for the job submitted as `row`, or None to wait for the real one.
 

@@ -66,17 +66,10 @@ class OutcomeRecorder:
         self._check_s = 2.0
 
     # -- local observers (every replica sees every outcome on core NATS) -------------------------
-    async def observe(self) -> None:
-        """Subscribe to outcomes to free local reservations and wake local waiters at once."""
-        async def on_outcome(msg) -> None:
-            try:
-                outcome = protocol.decode(msg.data, protocol.JobOutcome)
-            except protocol.DecodeError:
-                return  # the durable consumer logs malformed messages once
-            if subjects.publisher_and_job(msg.subject) != (outcome.node_id, outcome.job_id):
-                return  # not what its publisher may say: the durable consumer logs it
-            self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
-        await self._bus.subscribe(subjects.all_job_results(), on_outcome)
+    def seen(self, outcome: protocol.JobOutcome) -> None:
+        """An outcome arrived on core NATS (the relay's subscription, checked against its subject): free the
+        attempt's reservation here at once, whichever replica records it."""
+        self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
 
     def waiter(self, job_id: str) -> asyncio.Future:
         """A future resolved with the job's final row once this replica records or sees it recorded."""

@@ -17,7 +17,7 @@ from litestar.response import Stream
 from control_plane.accounts.auth import Principal
 from control_plane.credits.ledger import credits_used_header
 from control_plane.errors import BadRequest, InfernetError, ModelNotFound
-from control_plane.jobs.early import final_row
+from control_plane.jobs.early import UNDECIDED, awaiting_reply, final_row
 from control_plane.jobs.schemas import JobCreate, MessageIn
 from control_plane.idempotency.service import fingerprint
 from control_plane.routing import fallback
@@ -278,12 +278,16 @@ class OpenAIService:
         try:
             budget = row["deadline"].timestamp() - row["created_at"].timestamp() + DEADLINE_GRACE_S
             def early(outcome):  # answer from the result message; the recorder writes the row behind it
-                final = final_row(row, self._jobs.placement_of(row["id"]), outcome)
+                placed = self._jobs.placement_of(row["id"])
+                final = final_row(row, placed, outcome)
                 if final is not None:
                     self._jobs.answered_early(row["id"])
+                elif awaiting_reply(placed, outcome):  # the result overtook the node's "accepted": wait for it
+                    placed.on_decided = watch.wake.set
+                    return UNDECIDED
                 return final
             try:
-                final = await self._relay.wait_final(watch, budget, early=early)
+                final = await self._relay.wait_final(watch, budget, early=early, undecided=UNDECIDED)
             except TimeoutError as exc:
                 raise JobFailed("timeout", str(exc)) from None
         finally:

@@ -1,5 +1,7 @@
 """The token relay: one wildcard subscription each for token chunks and outcomes, dispatched to per-job watches.
 
+The outcome subscription is the replica's only core one: it also frees the attempt's slot (OutcomeRecorder.seen).
+
 Whoever streams a job (or waits for it) registers a JobWatch before the job can be assigned; the relay's
 subscriptions are always open, so nothing published after that is missed, and what was published before is
 replayed from the INFERNET_TOKENS JetStream stream (`stored_chunks`). Jobs that end without an outcome message
@@ -236,16 +238,19 @@ class TokenRelay:
             w.wake.set()
 
     async def _on_outcome(self, msg) -> None:
-        parts = msg.subject.split(".")  # infernet.v1.node.<node>.job.<job>.result
-        watches = self._watches.get(parts[subjects.JOB_FIELD]) if len(parts) == 7 else None
-        if not watches:
-            return
+        """The replica's one core subscription to outcomes: frees the attempt's slot, then wakes who waits."""
         try:
             outcome = protocol.decode(msg.data, protocol.JobOutcome)
         except protocol.DecodeError:
-            return  # the recorder logs malformed outcomes
-        if outcome.node_id != parts[subjects.NODE_FIELD] or outcome.job_id != parts[subjects.JOB_FIELD]:
-            return  # forged (the recorder logs it)
+            return  # the recorder's durable consumer logs malformed outcomes
+        if subjects.publisher_and_job(msg.subject) != (outcome.node_id, outcome.job_id):
+            return  # not what its publisher may say (forged): the recorder's durable consumer logs it
+        # The slot first: a request answered from this outcome may submit its next job at once, and that job should
+        # find the slot free (placed at submission, one commit) rather than queue behind a stale reservation.
+        self._recorder.seen(outcome)
+        watches = self._watches.get(outcome.job_id)
+        if not watches:
+            return
         now = self._clock()
         for w in watches:
             if w.outcome is None or outcome.attempt >= w.outcome.attempt:
@@ -321,18 +326,24 @@ class TokenRelay:
                 await asyncio.sleep(delay)
 
     async def wait_final(self, w: JobWatch, timeout: float, *,
-                         early: Callable[[protocol.JobOutcome], dict | None] | None = None) -> dict | None:
+                         early: Callable[[protocol.JobOutcome], dict | None] | None = None,
+                         undecided: object = None) -> dict | None:
         """Wait (up to `timeout` s) until the watched job has ended and its row is written; returns that row.
 
         `early` may answer from the outcome message itself, before the row is written: it returns the final
-        row that outcome implies, or None to wait for the recorder as usual."""
+        row that outcome implies, None to wait for the recorder as usual, or `undecided` (an object of the
+        caller's) to be asked again when the watch is woken (the caller arranges that), unless the recorder
+        answers first."""
         deadline = self._clock() + timeout
         while True:
             w.wake.clear()
             outcome = w.outcome
+            wait = False
             if outcome is not None and early is not None and (row := early(outcome)) is not None:
-                return row
-            if w.ending:
+                if row is not undecided:
+                    return row
+                wait = not w.ended and (w.waiter is None or not w.waiter.done())
+            if w.ending and not wait:
                 row = await self.settle(w)
                 if row is None or row["status"] in ENDED:
                     return row

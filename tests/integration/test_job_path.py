@@ -10,6 +10,7 @@ import psycopg
 from control_plane.accounts.service import create_key, ensure_account
 from tests.doubles.ollama_double import OllamaDouble, default_tokens
 from tests.fixtures.waiting import wait_until
+from tests.sse import collect, tokens
 
 MODEL = "qwen2.5:7b"
 PROMPT = "Count to three"
@@ -128,3 +129,31 @@ async def test_submission_on_a_free_node_is_one_statement_and_the_job_is_process
         d.release()
         job = await stack.wait_job(key, job_id)
     assert job["status"] == "completed" and job["attempt"] == 1 and job["node_id"] == node.node_id
+
+
+async def test_only_a_job_someone_may_stream_has_its_token_chunks_published(stack):
+    """A non-streamed /v1 request only waits for its result: its node publishes no token chunk (none reaches the
+    token replay stream), only the result. A native job may be streamed whatever it was submitted with, so its
+    chunks go out; and the /v1 job streamed anyway through GET /api/v1/jobs/{id}/stream gets its whole text."""
+    async with OllamaDouble(models=[MODEL], token_count=8) as d:
+        key = await stack.key()
+        await stack.add_node(d.url)
+        await stack.wait_nodes_serving(MODEL)
+        text = "".join(default_tokens(PROMPT, 8))
+        r = await stack.client.post("/v1/chat/completions", headers=stack.auth(key),
+                                    json={"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == text
+        quiet = r.headers["x-job-id"]
+        assert (await stack.wait_job(key, quiet))["result"]["content"] == text
+        # Published chunks precede the result on the node's connection, so the stream holds them by now.
+        assert (await stack.runtime.relay.stored_chunks(quiet))[0] == []
+
+        native = (await stack.submit(key, model=MODEL, messages=[{"role": "user", "content": PROMPT}])).json()["id"]
+        assert (await stack.wait_job(key, native))["result"]["content"] == text
+        chunks = (await stack.runtime.relay.stored_chunks(native))[0]
+        assert chunks and "".join(c.text for c in chunks) == text
+
+        async with stack.client.stream("GET", f"/api/v1/jobs/{quiet}/stream", headers=stack.auth(key)) as s:
+            events = await collect(s)
+    assert "".join(t for _, t in tokens(events)) == text and events[-1].event == "done"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import protocol
 from control_plane.credits import pricing
 from control_plane.jobs.dispatcher import Placement
-from control_plane.jobs.early import final_row
+from control_plane.jobs.early import awaiting_reply, final_row
 
 ROW = {"id": "job_1", "model": "m", "amount": 1000, "price_input": 100_000, "price_output": 200_000,
        "status": "pending", "request": {"messages": [{"role": "user", "content": "Say hello"}],
@@ -47,3 +47,27 @@ def test_usage_the_recorder_would_cut_to_its_bounds_waits_for_the_row():
     assert final_row(ROW, PLACED, result(content="hi", usage=protocol.Usage(3, 4, 7))) is None
     assert final_row(ROW, PLACED, result(usage=protocol.Usage(10_000, 3, 10_003))) is None
     assert final_row(ROW, PLACED, result(content="hi", usage=protocol.Usage(3, 3, 6))) is not None
+
+
+def test_a_result_that_overtook_the_nodes_accept_waits_for_the_reply_not_the_row():
+    offered = Placement("node_a", "lease1", 1, "m")  # offered, the node's reply not processed yet
+    assert final_row(ROW, offered, result()) is None
+    assert awaiting_reply(offered, result())
+    woken = []
+    offered.on_decided = lambda: woken.append(True)
+    offered.accepted = True
+    offered.decided()
+    offered.decided()  # called once however often the dispatcher says so
+    assert woken == [True] and final_row(ROW, offered, result()) is not None
+
+
+def test_only_the_offered_attempts_result_waits_for_the_reply():
+    offered = Placement("node_a", "lease1", 1, "m")
+    assert not awaiting_reply(None, result())  # placed by another replica
+    assert not awaiting_reply(PLACED, result())  # accepted already: answered or refused by final_row itself
+    assert not awaiting_reply(offered, result(lease="other"))
+    assert not awaiting_reply(offered, result(node_id="node_b"))
+    assert not awaiting_reply(offered, result(attempt=2))
+    failure = protocol.JobFailure(job_id="job_1", attempt=1, lease="lease1", node_id="node_a", error="engine_error",
+                                  message="boom")
+    assert not awaiting_reply(offered, failure)
