@@ -131,7 +131,7 @@ class Runtime:
         await heartbeats.start()
         rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)
         await rt.key_events.start()
-        rt.relay = TokenRelay(db, bus, recorder, settings)
+        rt.relay = TokenRelay(db, bus, recorder, dispatcher, settings)
         await rt.relay.start()
         rt.openai = OpenAIService(rt.jobs, rt.relay, registry, settings=settings)  # idempotency attached below
         rt.gateway = SubmitGateway.build(db, registry, dispatcher, sweeper, settings)

@@ -275,6 +275,19 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND status <> 'pending' AND node_id 
   AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING first_token_at;
 
+-- name: fail_overtaken_stream
+-- A stream showed the first tokens of an attempt (this replica placed it there) and the job was sent back for
+-- another attempt before mark_first_token landed (its node declared lost in that instant): fail it, node_lost, as
+-- the sweeper would have once the write landed, so no client sees a second attempt. Returns where a newer attempt
+-- runs (to stop it); nothing when the job ended meanwhile.
+UPDATE jobs AS j
+SET status = 'failed', completed_at = now(), error = 'node_lost', error_message = %(error_message)s,
+    claimed_by = NULL, claim_expires_at = NULL
+FROM (SELECT id, status AS previous_status, node_id AS previous_node_id, attempt AS previous_attempt
+      FROM jobs WHERE id = %(id)s FOR UPDATE) AS before
+WHERE j.id = before.id AND j.status IN ('pending', 'processing') AND j.attempt >= %(attempt)s
+RETURNING before.previous_status, before.previous_node_id, before.previous_attempt;
+
 -- name: ended_jobs
 -- Which of the given jobs have ended (jobs finalised without an outcome message: node lost, deadline, cancel).
 SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND status IN ('completed', 'failed', 'cancelled');

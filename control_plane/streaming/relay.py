@@ -22,6 +22,7 @@ import structlog
 import protocol
 from control_plane.bus import Bus
 from control_plane.errors import RateLimited
+from control_plane.jobs.dispatcher import Dispatcher
 from control_plane.jobs.recorder import OutcomeRecorder
 from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
@@ -33,6 +34,11 @@ log = structlog.get_logger("control_plane.streaming")
 ENDED = ("completed", "failed", "cancelled")
 #: How long `settle` polls a row that an outcome should have ended before handing back to the caller.
 SETTLE_GIVE_UP_S = 2.0
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # its awaiter (if any) re-raises it; unawaited, it is not "never retrieved"
 
 
 class JobWatch:
@@ -90,11 +96,12 @@ class Slot:
 class TokenRelay:
     """Per-replica fan-out of token chunks and outcomes to the streams and waiters that asked for them."""
 
-    def __init__(self, db: Database, bus: Bus, recorder: OutcomeRecorder, settings: Settings, *,
-                 clock=time.monotonic) -> None:
+    def __init__(self, db: Database, bus: Bus, recorder: OutcomeRecorder, dispatcher: Dispatcher, settings: Settings,
+                 *, clock=time.monotonic) -> None:
         self._db = db
         self._bus = bus
         self._recorder = recorder
+        self._dispatcher = dispatcher  # what this replica placed where (the first token's check), and cancels
         self._settings = settings
         self._clock = clock
         self._watches: dict[str, list[JobWatch]] = {}
@@ -120,11 +127,14 @@ class TokenRelay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run cleanup that must outlive a cancelled request (e.g. cancelling a job whose client left)."""
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """Run work that must outlive a cancelled request (e.g. cancelling a job whose client left); whoever
+        awaits the task gets its result or exception, and nobody needs to."""
         task = asyncio.create_task(coro)
         self._background.add(task)
+        task.add_done_callback(_retrieved)
         task.add_done_callback(self._background.discard)
+        return task
 
     # -- watches -------------------------------------------------------------------------------------
     def watch(self, job_id: str, *, tokens: bool = True) -> JobWatch:
@@ -298,6 +308,26 @@ class TokenRelay:
         its tokens must not be shown."""
         row = await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt, "node_id": node_id})
         return None if row is None else row["first_token_at"]
+
+    def placed_here(self, job_id: str, attempt: int | None, node_id: str | None) -> bool:
+        """This replica wrote that attempt of the job to that node and offered it there, and has not taken the offer
+        back: what `mark_first_token` checks in the row, known here without the round trip."""
+        placed = self._dispatcher.placement_of(job_id)
+        return placed is not None and placed.attempt == attempt and placed.node_id == node_id
+
+    async def overtaken(self, job_id: str, attempt: int) -> None:
+        """The first tokens of `attempt` reached a client, but the job was sent back for another attempt before
+        their `mark_first_token` landed (its node was declared lost in that instant): fail the job, node_lost,
+        as the sweeper does once tokens were shown, and stop a newer attempt if one started."""
+        row = await self._db.fetchone("fail_overtaken_stream", {
+            "id": job_id, "attempt": attempt,
+            "error_message": f"the node running attempt {attempt} was lost after its first tokens reached a client"})
+        self._dispatcher.forget(job_id)  # a copy queued here must not be placed again
+        log.warning("stream_overtaken_by_replacement", job_id=job_id, attempt=attempt, failed=row is not None,
+                    detail="tokens of an attempt re-placed before its first-token write landed were shown: job failed")
+        if row is not None and row["previous_status"] == "processing" and row["previous_node_id"]:
+            await self._dispatcher.cancel_on_node(row["previous_node_id"], job_id, row["previous_attempt"],
+                                                  reason="node_lost")
 
     async def current(self, job_id: str) -> dict | None:
         """The job's row as it is now (status, attempt, node), or None when it no longer exists."""

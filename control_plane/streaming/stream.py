@@ -3,8 +3,12 @@
 `JobStream.events()` yields `Tokens` (chunks ready for the client, in sequence order, each exactly once),
 `HEARTBEAT` when nothing happened for `heartbeat_s`, and finally `Ended` with the job's recorded row; it raises
 BusError when this replica's NATS connection stayed lost past the relay's grace (the job keeps running).
-Only one attempt's chunks ever reach the client: the first chunk shown is preceded by `mark_first_token`
-(one UPDATE per job), after which the job is never re-placed; chunks of any other attempt are dropped.
+Only one attempt's chunks ever reach the client: before the first chunk shown, the attempt must be the job's
+on that node, and `mark_first_token` (one UPDATE per job) records that a token was shown, after which the job is
+never re-placed; chunks of any other attempt are dropped. When this replica placed that attempt on that node
+itself (the usual case) it knows so without a query, and the write follows the first chunk instead of
+preceding it (off the time-to-first-token path); should the job have been sent back for another attempt in
+that instant, the write finds so and the job is failed (node_lost), as it would have been after the write.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class JobStream:
         self._shown = 0  # chunks shown by this stream
         #: When the first token reached a client (this stream's mark, or an earlier one); None: not yet.
         self._marked = row.get("first_token_at")
+        #: This stream's mark_first_token, running behind the tokens it already showed (see _mark_behind).
+        self._marking: asyncio.Task | None = None
         self._live = status not in ENDED  # opened before the job ended (not a replay of a finished job)
         self._gap_retry_at = 0.0
         self._replayed_upto = 1  # JetStream stream sequence the next backfill starts at
@@ -188,7 +194,11 @@ class JobStream:
     async def _ready(self, *, mark: bool) -> list[tuple[int, str]]:
         ready: list[tuple[int, str]] = []
         while self._next in self._pending:
-            if mark and self._marked is None:
+            if mark and self._marked is None and self._marking is None:
+                if self._relay.placed_here(self.job_id, self._attempt, self._node):
+                    # The row says what this replica wrote there itself: show now, record behind.
+                    self._marking = self._relay.spawn(self._mark_behind(self._attempt, self._node))
+                    continue
                 self._marked = await self._relay.mark_first_token(self.job_id, self._attempt, self._node)
                 if self._marked is None:
                     row = await self._relay.current(self.job_id)
@@ -204,9 +214,24 @@ class JobStream:
         self._shown += len(ready)
         return ready
 
+    async def _mark_behind(self, attempt: int, node: str | None):
+        """The first-token write of an attempt whose tokens are already being shown. Finding the attempt sent back
+        meanwhile (its node declared lost in that instant), it fails the job (node_lost) and ends the stream."""
+        marked = await self._relay.mark_first_token(self.job_id, attempt, node)
+        if marked is None:
+            await self._relay.overtaken(self.job_id, attempt)
+            self._watch.ended = True
+        self._watch.wake.set()
+        return marked
+
     # -- the end -------------------------------------------------------------------------------------
     async def _finish(self, row: dict | None, outcome: protocol.JobOutcome | None) -> AsyncIterator[Tokens | Ended]:
         """Show whatever the ended attempt produced that this client has not seen, then the end."""
+        if self._marking is not None:
+            marked, self._marking = await self._marking, None
+            if marked is None:  # failed as overtaken: end with the row that says so
+                row = await self._relay.current(self.job_id) or row
+            self._marked = marked
         if row is None:
             row = {**self.row, "status": "failed", "error": "not_found",
                    "error_message": f"job {self.job_id} no longer exists"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import psycopg
 import pytest
 
 import protocol
@@ -337,3 +338,42 @@ async def test_held_tokens_reach_the_client_while_the_engine_pauses(stack):
                     break
             assert d.active_streams == 1
             d.release()
+
+
+async def test_the_first_token_reaches_the_client_before_its_write_and_a_lost_race_fails_the_job(stack, database_url):
+    """This replica placed the attempt, so its first token goes out while mark_first_token is still blocked (a
+    transaction holds the job's row). That transaction then sends the job back for another attempt, as the sweeper
+    does when a node is declared lost: the write finds the attempt gone, and the job is failed (node_lost) instead
+    of run again, so the client, who saw the first attempt's token, never sees a second attempt's."""
+    async with OllamaDouble(models=[MODEL], token_count=6, stall_after=0) as d:
+        key = await _ready(stack, d)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
+        async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
+            reader = SSEReader(r)
+            events = []
+            async for event in reader.events():
+                events.append(event)
+                if event.event == "job":
+                    break
+            job_id = events[-1].json()["id"]
+            await wait_until(lambda: d.active_streams >= 1, timeout=30, message="the engine never started the job")
+            async with await psycopg.AsyncConnection.connect(database_url) as holder:
+                await holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,))  # the write waits
+                d.release()
+                async for event in reader.events():
+                    events.append(event)
+                    if event.event == "token":
+                        break
+                assert tokens(events)[0][0] == 1  # shown while its write is held
+                async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as peek:
+                    marked = await (await peek.execute("SELECT first_token_at FROM jobs WHERE id = %s",
+                                                       (job_id,))).fetchone()
+                assert marked == (None,)
+                await holder.execute("UPDATE jobs SET status = 'pending', node_id = NULL, lease = NULL "
+                                     "WHERE id = %s", (job_id,))
+                await holder.commit()
+            events += [e async for e in reader.events()]
+    assert events[-1].event == "error" and events[-1].json()["error"] == "node_lost", events[-1].data
+    job = await stack.wait_job(key, job_id)
+    assert job["status"] == "failed" and job["error"] == "node_lost"
+    assert job.get("credits_charged", 0) == 0

@@ -18,20 +18,37 @@ JOB = "job_00000000000000aa"
 class FakeRelay:
     """The relay surface JobStream uses: JetStream's stored chunks, the first-token mark and the final row."""
 
-    def __init__(self, stored: list[protocol.TokenChunk], final: dict, *, mark_ok=lambda attempt: True) -> None:
+    def __init__(self, stored: list[protocol.TokenChunk], final: dict, *, mark_ok=lambda attempt: True,
+                 placed: bool = False, mark_gate: asyncio.Event | None = None) -> None:
         self.stored = stored
         self.final = final
         self.mark_ok = mark_ok
         self.marks: list[int] = []
+        self.placed = placed  # this replica placed the attempt on that node: the mark runs behind the tokens
+        self.mark_gate = mark_gate  # holds the mark (a slow write) until set
+        self.overtaken_row: dict | None = None
 
     async def stored_chunks(self, job_id: str, *, start: int = 1):
         return self.stored[start - 1:], len(self.stored) + 1
 
+    def placed_here(self, job_id: str, attempt: int | None, node_id: str | None) -> bool:
+        return self.placed
+
+    def spawn(self, coro):
+        return asyncio.get_running_loop().create_task(coro)
+
     async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None):
         self.marks.append(attempt)
+        if self.mark_gate is not None:
+            await self.mark_gate.wait()
         return datetime.now(timezone.utc) if self.mark_ok(attempt) else None
 
+    async def overtaken(self, job_id: str, attempt: int) -> None:
+        self.overtaken_row = {"id": job_id, "status": "failed", "attempt": attempt, "error": "node_lost"}
+
     async def current(self, job_id: str):
+        if self.overtaken_row is not None:
+            return self.overtaken_row
         return {"id": job_id, "status": "pending", "attempt": max(self.marks, default=1)}
 
     async def settle(self, watch):
@@ -90,7 +107,7 @@ def test_any_mix_of_live_replayed_lost_and_duplicated_chunks_is_shown_once_in_or
     dups = data.draw(st.lists(st.sampled_from(chunks), max_size=5), label="duplicates")
     live = sorted(delivered + dups, key=lambda c: c.seq)
     row, outcome = result(chunks)
-    relay = FakeRelay(chunks, row)
+    relay = FakeRelay(chunks, row, placed=data.draw(st.booleans(), label="placed by this replica"))
     start = {"id": JOB, "status": "processing" if stored_before else "pending", "attempt": 1 if stored_before else 0}
     shown, ended = asyncio.run(run_stream(relay, start, live, outcome))
     assert [s for s, _ in shown] == list(range(1, n + 1))
@@ -140,3 +157,43 @@ def test_text_no_chunk_carried_is_sent_from_the_recorded_result():
                                       chunks[:2], outcome))
     assert shown == [(1, " w1"), (2, " w2"), (4, " w3 w4")]
     assert "".join(t for _, t in shown) == row["result"]["content"]
+
+
+def test_first_tokens_of_an_attempt_placed_here_are_shown_before_their_mark_lands():
+    """This replica placed the attempt on that node: the first chunk goes out while the first-token write is still
+    held, and the final row carries the mark once it lands."""
+    async def scenario():
+        chunks = [chunk(i) for i in range(1, 4)]
+        row, outcome = result(chunks)
+        gate = asyncio.Event()
+        relay = FakeRelay(chunks, row, placed=True, mark_gate=gate)
+        watch = JobWatch(JOB, True, None, 0.0)
+        stream = JobStream(relay, watch, {"id": JOB, "status": "pending", "attempt": 0}, heartbeat_s=60).events()
+        watch.chunks.append(chunks[0])
+        watch.wake.set()
+        async with asyncio.timeout(10):
+            first = await anext(stream)
+        assert isinstance(first, Tokens) and first.items == [(1, " w1")]
+        await asyncio.sleep(0)  # the write starts behind the shown token, and waits
+        assert relay.marks == [1] and not gate.is_set()
+        gate.set()
+        watch.chunks.extend(chunks[1:])
+        watch.outcome = outcome
+        watch.wake.set()
+        async with asyncio.timeout(10):
+            rest = [item async for item in stream]
+        assert isinstance(rest[-1], Ended) and rest[-1].row["first_token_at"] is not None
+    asyncio.run(scenario())
+
+
+def test_an_attempt_sent_back_before_its_first_token_write_landed_fails_the_job():
+    """The write finds the attempt re-placed in the instant after its first chunk was shown: the job is failed
+    (node_lost) rather than run again, and the stream ends with that row; no other attempt's chunk is shown."""
+    first = [chunk(i, attempt=1, text=f" old{i}") for i in range(1, 3)]
+    second = [chunk(i, attempt=2, text=f" new{i}") for i in range(1, 3)]
+    row, outcome = result(second, attempt=2)
+    relay = FakeRelay(first, row, placed=True, mark_ok=lambda attempt: False)
+    shown, ended = asyncio.run(run_stream(relay, {"id": JOB, "status": "pending", "attempt": 0}, first + second,
+                                          outcome))
+    assert "new" not in "".join(t for _, t in shown) and shown[0] == (1, " old1")
+    assert ended.row["status"] == "failed" and ended.row["error"] == "node_lost"
