@@ -145,7 +145,7 @@ class Simulator:
         subject = subjects.node_job_tokens(node.node_id, a.job_id)
         for seq, text in enumerate(chunks, 1):
             await self.nc.publish(subject, protocol.encode(protocol.TokenChunk(a.job_id, a.attempt, seq, text,
-                                                                               node.node_id)))
+                                                                               node.node_id, a.lease)))
         result = protocol.JobResult(
             job_id=a.job_id, attempt=a.attempt, lease=a.lease, node_id=node.node_id, content="".join(words),
             usage=protocol.Usage(10, len(words), 10 + len(words)), chunks=len(chunks),

@@ -115,7 +115,7 @@ class JobRunner:
                 text = "".join(pending)
                 pending.clear()
                 last_flush = time.monotonic()
-                await publish(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text, self.node_id))
+                await publish(protocol.TokenChunk(a.job_id, a.attempt, job.chunks, text, self.node_id, a.lease))
 
         def flush_later() -> None:
             # Held text goes out at most coalesce_ms after it arrived, even if the engine pauses.

@@ -51,8 +51,9 @@ class SlotTable:
         #: Assignments admitted so far (advertised as `admitted`).
         self.admitted = 0
         self._on_change = on_change
-        #: (job, attempt) -> lease ("" = any) of cancels that arrived before their assignment.
-        self._early_cancels: OrderedDict[tuple[str, int], str] = OrderedDict()
+        #: Cancels for offers not running here (yet): (job, attempt, "") for every lease of that attempt, or
+        #: (job, 0, lease) for one offer (a lease is unique per offer; an attempt number may be offered again).
+        self._early_cancels: OrderedDict[tuple[str, int, str], None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.running)
@@ -61,8 +62,7 @@ class SlotTable:
         """Why this assignment cannot run here now (reason, detail), or None when it can."""
         if draining:
             return "draining", "node is draining"
-        early = self._early_cancels.get((a.job_id, a.attempt))
-        if early is not None and early in ("", a.lease):
+        if (a.job_id, a.attempt, "") in self._early_cancels or (a.job_id, 0, a.lease) in self._early_cancels:
             return "cancelled", "the job was cancelled before its assignment arrived"
         if a.job_id in self.running:
             return "at_capacity", "job already running here"
@@ -100,12 +100,11 @@ class SlotTable:
     def cancel(self, job_id: str, attempt: int, reason: str, lease: str = "") -> RunningJob | None:
         """Ask a running attempt to stop; a cancel for an attempt not seen yet refuses it when it arrives."""
         job = self.running.get(job_id)
-        if job is None or job.assignment.attempt != attempt:
-            self._early_cancels[(job_id, attempt)] = lease
+        if job is None or job.assignment.attempt != attempt or (lease and job.assignment.lease != lease):
+            # Not the run here (none, or another offer of the job): refuse that offer if it arrives later.
+            self._early_cancels[(job_id, 0, lease) if lease else (job_id, attempt, "")] = None
             while len(self._early_cancels) > _EARLY_CANCELS:
                 self._early_cancels.popitem(last=False)
-            return None
-        if lease and job.assignment.lease != lease:
             return None
         stop(job, reason)
         return job

@@ -150,6 +150,9 @@ class TokenChunk(_Wire, tag="token"):
     text: str
     #: The node that generated it; must equal the node named by the subject it was published on.
     node_id: str = ""
+    #: The lease of the offer this run answers: unique per offer, so it tells apart two runs of one attempt
+    #: number (an offer the node did not answer in time is offered again under the same attempt).
+    lease: str = ""
 
 
 class Usage(_Wire):

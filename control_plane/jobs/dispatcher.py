@@ -207,17 +207,18 @@ class Dispatcher:
         node_id = self._pick(probe)
         if node_id is None:
             return None
-        self._registry.reserve(node_id, job_id, 1)
-        return Placement(node_id, secrets.token_hex(8), 1, model)
+        placed = Placement(node_id, secrets.token_hex(8), 1, model)
+        self._registry.reserve(node_id, job_id, 1, placed.lease)
+        return placed
 
     def unplace(self, job_id: str, placed: Placement) -> None:
         """Give back the slot of a placement whose job was never written."""
-        self._registry.release(placed.node_id, job_id, placed.attempt)
+        self._registry.release(placed.node_id, job_id, placed.attempt, placed.lease)
 
     def offer_placed(self, job: QueuedJob, placed: Placement) -> None:
         """Offer a job whose row already records its attempt on `placed`'s node."""
         self._held[job.id] = job
-        self._spawn(self._offer(job, placed.node_id, placed=placed))
+        self._spawn(self._offer(job, placed, recorded=True))
 
     def placement_of(self, job_id: str) -> Placement | None:
         """The latest attempt of a job this replica placed (kept a while after the job ended)."""
@@ -262,8 +263,9 @@ class Dispatcher:
                 if node_id is None:
                     break  # FIFO per model: later jobs wait behind the head
                 queue.popleft()
-                self._registry.reserve(node_id, job.id, job.attempt)
-                self._spawn(self._offer(job, node_id))
+                placed = Placement(node_id, secrets.token_hex(8), job.attempt, job.model)
+                self._registry.reserve(node_id, job.id, job.attempt, placed.lease)
+                self._spawn(self._offer(job, placed, recorded=False))
             if not queue:
                 del self._queues[key]
 
@@ -300,35 +302,34 @@ class Dispatcher:
                       exc_info=exc)
 
     # -- offering --------------------------------------------------------------------------------
-    async def _offer(self, job: QueuedJob, node_id: str, *, placed: Placement | None = None) -> None:
+    async def _offer(self, job: QueuedJob, placed: Placement, *, recorded: bool) -> None:
         self._offering.add(job.id)
         try:
-            await self._offer_once(job, node_id, placed)
+            await self._offer_once(job, placed, recorded)
         finally:
             self._offering.discard(job.id)
 
-    async def _offer_once(self, job: QueuedJob, node_id: str, placed: Placement | None) -> None:
-        """Offer one attempt to a node. `placed`: the attempt is already recorded (at submission); otherwise it
-        is recorded here first."""
+    async def _offer_once(self, job: QueuedJob, placed: Placement, recorded: bool) -> None:
+        """Offer one attempt to a node under the placement's fresh lease. `recorded`: the attempt is already on
+        the job's row (at submission); otherwise it is recorded here first."""
+        node_id, lease = placed.node_id, placed.lease
         bound = log.bind(job_id=job.id, node_id=node_id, attempt=job.attempt)
-        if placed is None:
-            placed = Placement(node_id, secrets.token_hex(8), job.attempt, job.model)
+        if not recorded:
             try:
                 started = await self._db.execute(
                     "start_attempt", {"id": job.id, "attempt": job.attempt, "lease": placed.lease,
                                       "node_id": node_id}
                 )
             except StoreError as exc:
-                self._registry.release(node_id, job.id, job.attempt)
+                self._registry.release(node_id, job.id, job.attempt, lease)
                 bound.warning("placement_db_error", error=str(exc), action="job stays queued; retrying")
                 self.enqueue(job, front=True)
                 return
             if not started:
                 # Cancelled or finished meanwhile: nothing to place.
-                self._registry.release(node_id, job.id, job.attempt)
+                self._registry.release(node_id, job.id, job.attempt, lease)
                 self._let_go(job)
                 return
-        lease = placed.lease
         self._remember(job.id, placed)
         unreachable = False
         try:
@@ -350,31 +351,26 @@ class Dispatcher:
             self._let_go(job)
             bound.info("job_assigned")
             return
-        if self._placed.get(job.id) is placed:
-            del self._placed[job.id]
-        placed.decided()
-        self._registry.release(node_id, job.id, job.attempt)
+        unanswered = reply is None and not unreachable
         if unreachable:
             # Nobody received the offer (the agent is not connected): no attempt was used, and the node gets no
             # more offers until it advertises again.
             self._registry.mark_unreachable(node_id)
             bound.warning("node_unreachable", detail="no agent listening for its assignments; no offers to it until "
                                                      "it advertises again")
-        elif reply is None:
+        elif unanswered:
             bound.warning("assignment_unanswered", detail="node did not answer in time; trying the next node")
             if self._trust is not None:
                 self._trust.unanswered(node_id)
-            await self._bus_quiet_cancel(node_id, job, lease)
         else:
             bound.info("assignment_rejected", reason=reply.reason, detail=reply.detail)
             if reply.reason == "at_capacity":
                 self._registry.mark_full(node_id)
         job.tried.add(node_id)
-        if reply is None and not unreachable:
-            # The silent node may have started it anyway: the next offer is a new attempt number, so stream
-            # clients never see its chunks mixed with the next node's (chunks carry the attempt). Refusals and
-            # offers nobody received use no attempt: the number counts runs (that may have happened).
-            job.attempt += 1
+        # No offer that was not accepted uses an attempt: the number counts runs. A silent node may have started
+        # this one anyway, but its run is told apart by its lease (unique per offer), which its chunks and its
+        # outcome carry: the row moves on to the next offer's lease, so that run is never shown, recorded or
+        # charged, and it is told to stop.
         try:
             reverted = await self._db.execute(
                 "revert_attempt",
@@ -384,6 +380,21 @@ class Dispatcher:
         except StoreError as exc:
             bound.warning("revert_failed", error=str(exc), detail="the sweeper will re-place the job")
             reverted = False
+        if not reverted and unanswered and await self._runs_anyway(job.id, lease):
+            # The node's tokens for this offer already reached a client: it runs the job (its reply was late or
+            # lost), and the job can no longer move. Keep it there, as if the reply had said accepted.
+            placed.accepted = True
+            placed.decided()
+            self._let_go(job)
+            bound.warning("assignment_unanswered_but_running", detail="its first token reached a client; the job "
+                                                                      "stays on the node")
+            return
+        if self._placed.get(job.id) is placed:
+            del self._placed[job.id]
+        placed.decided()
+        self._registry.release(node_id, job.id, job.attempt, lease)
+        if unanswered:
+            await self._bus_quiet_cancel(node_id, job, lease)
         if not reverted:
             # The row is no longer this offer's (cancelled, lost and re-placed by the sweeper, or the revert
             # failed): this copy is stale, so queueing it would place the job twice.
@@ -395,6 +406,16 @@ class Dispatcher:
             # Every candidate refused once: start over with all of them at the next change or sweep.
             job.tried.clear()
             self.enqueue(job, front=True, wake=False)
+
+    async def _runs_anyway(self, job_id: str, lease: str) -> bool:
+        """The job still runs under this offer's lease and its first token reached a client (so it was not
+        reverted: a client never sees two runs)."""
+        try:
+            row = await self._db.fetchone("get_job_any", {"id": job_id})
+        except StoreError:
+            return False
+        return (row is not None and row["status"] == "processing" and row["lease"] == lease
+                and row["first_token_at"] is not None)
 
     def _pick_possible(self, job: QueuedJob) -> bool:
         return bool(placement.candidates(self._registry, job.model, pinned=job.pinned_node_id, exclude=job.tried, limit=1,
@@ -424,9 +445,9 @@ class Dispatcher:
             log.warning("expire_failed", job_id=job.id, error=str(exc))
 
     # -- outcomes --------------------------------------------------------------------------------
-    def job_ended(self, job_id: str, node_id: str | None, attempt: int | None = None) -> None:
+    def job_ended(self, job_id: str, node_id: str | None, attempt: int | None = None, lease: str = "") -> None:
         """A job's attempt on a node ended (any outcome, whoever placed it): its slot is free again."""
-        self._registry.ended(node_id, job_id, attempt)
+        self._registry.ended(node_id, job_id, attempt, lease or "")
         self._wake.set()
 
     async def close(self) -> None:

@@ -69,7 +69,7 @@ class OutcomeRecorder:
     def seen(self, outcome: protocol.JobOutcome) -> None:
         """An outcome arrived on core NATS (the relay's subscription, checked against its subject): free the
         attempt's reservation here at once, whichever replica records it."""
-        self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
+        self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt, outcome.lease)
 
     def waiter(self, job_id: str) -> asyncio.Future:
         """A future resolved with the job's final row once this replica records or sees it recorded."""
@@ -157,7 +157,7 @@ class OutcomeRecorder:
             await msg.nak(delay=1.0)
             return
         # Core NATS (observe) may have missed it, e.g. across a NATS restart: free the slot here too (idempotent).
-        self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
+        self._dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt, outcome.lease)
         await msg.ack()
 
     async def _keep_partial(self, outcome: protocol.JobOutcome, content: str) -> None:

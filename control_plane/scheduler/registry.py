@@ -101,10 +101,10 @@ class _Node:
     # busy = (advertised jobs not seen ending) + (this replica's reservations the advertisement does not list).
     held: frozenset[str] = frozenset()  # the jobs the last advertisement listed (`running`)
     ended: set[str] = field(default_factory=set)  # jobs seen ending, kept while advertisements still list them
-    # job id -> (attempt, admission number or 0 until the node's reply says, boot id) of this replica's offers
-    # not yet ended; an advertisement built after the admission that does not list the job ends it (an outcome
+    # job id -> (attempt, admission number or 0 until the node's reply says, boot id, lease or "") of this
+    # replica's offers not yet ended; an advertisement built after the admission that does not list the job ends it (an outcome
     # missed on core NATS, e.g. across a NATS restart, cannot hold the slot forever).
-    mine: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    mine: dict[str, tuple[int, int, str, str]] = field(default_factory=dict)
     held_live: int = 0  # |held - ended|
     extra: int = 0  # |mine - held|
     anon: int = 0  # a node that does not list its jobs: its advertised count beyond `mine`, less ends seen since
@@ -294,14 +294,15 @@ class NodeRegistry:
             self._agg.removed(node_id)
         self._claims.pop(node_id, None)
 
-    def reserve(self, node_id: str, job_id: str, attempt: int = 1) -> bool:
-        """Count a job this replica is offering to the node until it is refused or seen ending."""
+    def reserve(self, node_id: str, job_id: str, attempt: int = 1, lease: str = "") -> bool:
+        """Count a job this replica is offering to the node until it is refused or seen ending. `lease` names the
+        offer, so the end of another offer of the same attempt (one the node did not answer in time) is told apart."""
         node = self._nodes.get(node_id)
         if node is None:
             return False
         if job_id not in node.mine and job_id not in node.held:
             node.extra += 1
-        node.mine[job_id] = (attempt, 0, node.ad.boot_id)
+        node.mine[job_id] = (attempt, 0, node.ad.boot_id, lease)
         self._rerank(node)
         return True
 
@@ -310,29 +311,29 @@ class NodeRegistry:
         node = self._nodes.get(node_id)
         mine = node.mine.get(job_id) if node is not None else None
         if mine is not None and mine[0] == attempt and admitted > 0:
-            node.mine[job_id] = (attempt, admitted, node.ad.boot_id if boot_id is None else boot_id)
+            node.mine[job_id] = (attempt, admitted, node.ad.boot_id if boot_id is None else boot_id, mine[3])
 
-    def release(self, node_id: str, job_id: str, attempt: int | None = None) -> bool:
+    def release(self, node_id: str, job_id: str, attempt: int | None = None, lease: str = "") -> bool:
         """An offer of this replica was not taken (refused, unanswered, never sent): drop its reservation.
         True when the node now has a free slot."""
         node = self._nodes.get(node_id)
         if node is None:
             return False
-        self._unreserve(node, job_id, attempt)
+        self._unreserve(node, job_id, attempt, lease)
         node.full = False
         self._rerank(node)
         return node.accepting(self._now()) and node.free > 0
 
-    def ended(self, node_id: str | None, job_id: str, attempt: int | None = None) -> bool:
+    def ended(self, node_id: str | None, job_id: str, attempt: int | None = None, lease: str = "") -> bool:
         """A job on the node ended (its outcome was seen, or it was lost), whoever placed it: its slot is free.
-        Idempotent; True when the node now has a free slot."""
+        Idempotent; True when the node now has a free slot. `attempt` and `lease` (when known) name the run."""
         node = self._nodes.get(node_id) if node_id else None
         if node is None:
             return False
         mine = node.mine.get(job_id)
-        if mine is not None and attempt is not None and mine[0] != attempt:
-            return False  # an older attempt's outcome: the job's id holds this node's slot again
-        ours = self._unreserve(node, job_id, attempt)
+        if mine is not None and not _same_run(mine, attempt, lease):
+            return False  # another run's outcome (older attempt or offer): the job's id holds this node's slot again
+        ours = self._unreserve(node, job_id, attempt, lease)
         if job_id in node.held:
             if job_id not in node.ended:
                 node.ended.add(job_id)
@@ -345,9 +346,9 @@ class NodeRegistry:
         self._rerank(node)
         return node.accepting(self._now()) and node.free > 0
 
-    def _unreserve(self, node: _Node, job_id: str, attempt: int | None) -> bool:
+    def _unreserve(self, node: _Node, job_id: str, attempt: int | None, lease: str = "") -> bool:
         mine = node.mine.get(job_id)
-        if mine is None or (attempt is not None and mine[0] != attempt):
+        if mine is None or not _same_run(mine, attempt, lease):
             return False
         del node.mine[job_id]
         if job_id not in node.held:
@@ -358,7 +359,7 @@ class NodeRegistry:
         """Start counting from what the node says it holds (ends seen before it still count as ended)."""
         if node.mine and ad.running is not None:
             listed = set(ad.running)
-            for job_id, (_, admitted, boot_id) in list(node.mine.items()):
+            for job_id, (_, admitted, boot_id, _) in list(node.mine.items()):
                 if admitted and job_id not in listed and (boot_id != ad.boot_id or ad.admitted >= admitted):
                     del node.mine[job_id]  # accepted, then ended (or lost in a restart) before this advertisement
         if ad.running is None:  # assume it counts every offer made so far, like the jobs it lists would
@@ -708,3 +709,8 @@ class NodeRegistry:
             gpus=ad.gpus, labels=MappingProxyType(dict(ad.labels)), interval_s=node.interval_s,
             last_seen=node.last_seen, success_rate=node.success_rate,
         )
+
+
+def _same_run(mine: tuple[int, int, str, str], attempt: int | None, lease: str) -> bool:
+    """A reservation (attempt, admitted, boot, lease) is the run named by attempt and lease (each when known)."""
+    return (attempt is None or mine[0] == attempt) and (not lease or not mine[3] or mine[3] == lease)

@@ -218,11 +218,12 @@ WHERE id = %(id)s AND attempt = %(attempt)s AND status = 'processing'
 RETURNING id;
 
 -- name: revert_attempt
--- Undo an assignment the node did not accept: back to pending, held by this replica.
+-- Undo an assignment the node did not accept: back to pending, held by this replica; not once that offer's
+-- first token reached a client (the node runs it although its reply never came: a client never sees two runs).
 UPDATE jobs
 SET status = 'pending', node_id = NULL, lease = NULL,
     claimed_by = %(claimed_by)s, claim_expires_at = now() + make_interval(secs => %(claim_secs)s)
-WHERE id = %(id)s AND lease = %(lease)s AND status = 'processing'
+WHERE id = %(id)s AND lease = %(lease)s AND status = 'processing' AND first_token_at IS NULL
 RETURNING id;
 
 -- name: fail_processing_streamed
@@ -267,11 +268,13 @@ SELECT id, name, first_seen_at, last_seen_at FROM nodes;
 
 -- name: mark_first_token
 -- Record when the first token of the running attempt reached a client (one write per job); no row when that
--- attempt was re-placed meanwhile or runs on another node, so its tokens must not be shown. It sits on the time-to-first-token path,
+-- run (attempt, offer lease, node) is not the job's: re-placed meanwhile, an offer the node did not answer in
+-- time, or another node, so its tokens must not be shown. It sits on the time-to-first-token path,
 -- so it commits without waiting for the WAL flush (set_config: synchronous_commit off for this transaction
 -- only): visible to every replica at once; only a crash of PostgreSQL itself right after could undo it.
 UPDATE jobs SET first_token_at = COALESCE(first_token_at, now())
 WHERE id = %(id)s AND attempt = %(attempt)s AND status <> 'pending' AND node_id = %(node_id)s
+  AND lease = %(lease)s
   AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING first_token_at;
 

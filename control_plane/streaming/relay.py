@@ -302,18 +302,21 @@ class TokenRelay:
                         detail="streaming live chunks only; check JetStream health")
             return [], start
 
-    async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None) -> datetime | None:
-        """Record that the attempt's first token is reaching a client: the job's first_token_at, or None when
-        that attempt is not running on that node (re-placed, or a node publishing for a job it does not run):
-        its tokens must not be shown."""
-        row = await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt, "node_id": node_id})
+    async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None,
+                               lease: str = "") -> datetime | None:
+        """Record that the run's first token is reaching a client: the job's first_token_at, or None when that
+        run (attempt, offer lease, node) is not the job's (re-placed, an offer the node did not answer in time,
+        or a node publishing for a job it does not run): its tokens must not be shown."""
+        row = await self._db.fetchone("mark_first_token", {"id": job_id, "attempt": attempt, "node_id": node_id,
+                                                           "lease": lease})
         return None if row is None else row["first_token_at"]
 
-    def placed_here(self, job_id: str, attempt: int | None, node_id: str | None) -> bool:
-        """This replica wrote that attempt of the job to that node and offered it there, and has not taken the offer
-        back: what `mark_first_token` checks in the row, known here without the round trip."""
+    def placed_here(self, job_id: str, attempt: int | None, node_id: str | None, lease: str = "") -> bool:
+        """This replica wrote that run (attempt, offer lease) of the job to that node and offered it there, and has
+        not taken the offer back: what `mark_first_token` checks in the row, known here without the round trip."""
         placed = self._dispatcher.placement_of(job_id)
-        return placed is not None and placed.attempt == attempt and placed.node_id == node_id
+        return (placed is not None and placed.attempt == attempt and placed.node_id == node_id
+                and placed.lease == lease)
 
     async def overtaken(self, job_id: str, attempt: int) -> None:
         """The first tokens of `attempt` reached a client, but the job was sent back for another attempt before
@@ -349,8 +352,9 @@ class TokenRelay:
             row = await self._db.fetchone("get_job_any", {"id": w.job_id})
             if row is None or row["status"] in ENDED or row["status"] == "pending":
                 return row
-            if self._clock() - started > SETTLE_GIVE_UP_S or (w.outcome and row["attempt"] > w.outcome.attempt):
-                return row
+            if self._clock() - started > SETTLE_GIVE_UP_S or (w.outcome and (
+                    row["attempt"] > w.outcome.attempt or row.get("lease") != w.outcome.lease)):
+                return row  # the row has moved past that outcome's run (a stale outcome): nothing to wait for
             delay = min(delay * 2, 0.25)
             if w.waiter is None:
                 await asyncio.sleep(delay)

@@ -3,12 +3,14 @@
 `JobStream.events()` yields `Tokens` (chunks ready for the client, in sequence order, each exactly once),
 `HEARTBEAT` when nothing happened for `heartbeat_s`, and finally `Ended` with the job's recorded row; it raises
 BusError when this replica's NATS connection stayed lost past the relay's grace (the job keeps running).
-Only one attempt's chunks ever reach the client: before the first chunk shown, the attempt must be the job's
-on that node, and `mark_first_token` (one UPDATE per job) records that a token was shown, after which the job is
-never re-placed; chunks of any other attempt are dropped. When this replica placed that attempt on that node
-itself (the usual case) it knows so without a query, and the write follows the first chunk instead of
-preceding it (off the time-to-first-token path); should the job have been sent back for another attempt in
-that instant, the write finds so and the job is failed (node_lost), as it would have been after the write.
+Only one run's chunks ever reach the client: before the first chunk shown, the run must be the job's, and
+`mark_first_token` (one UPDATE per job) records that a token was shown, after which the job is never re-placed;
+chunks of any other run are dropped. A run is named by its attempt, its offer's lease and its node: the lease is
+unique per offer, so two runs of one attempt number (a node that did not answer its offer in time may have
+started it anyway) are told apart. When this replica placed that run itself (the usual case) it knows so without
+a query, and the write follows the first chunk instead of preceding it (off the time-to-first-token path);
+should the job have been sent back in that instant, the write finds so and the job is failed (node_lost), as it
+would have been after the write.
 """
 
 from __future__ import annotations
@@ -61,10 +63,16 @@ class JobStream:
         self._attempt: int | None = attempt if status != "pending" and attempt else None
         #: The node that attempt runs on (chunks name their node, and the bus proves it): others are ignored.
         self._node: str | None = row.get("node_id") if self._attempt is not None else None
-        #: (attempt, node) pairs found not to be the job's assignment: chunks from them are never shown.
-        self._refused: set[tuple[int, str]] = set()
-        #: Attempts known to be over without their tokens being shown (re-placed).
-        self._stale_upto = attempt if status == "pending" else 0
+        #: The lease of the offer that run answers (None: not known, any).
+        self._lease: str | None = row.get("lease") if self._attempt is not None else None
+        #: Runs (attempt, lease, node) found not to be the job's: chunks from them are never shown (a lease is
+        #: never offered twice, so a run the row has moved past never comes back).
+        self._refused: set[tuple[int, str, str]] = set()
+        #: Attempts known to be over without their tokens being shown. A pending row's own attempt number may
+        #: be offered again (after an offer nobody answered), so only the ones below it.
+        self._stale_upto = attempt - 1 if status == "pending" else 0
+        #: A chunk of another run of the adopted attempt arrived before anything was shown: ask the row which.
+        self._contested = False
         self._after = after_seq
         self._next = after_seq + 1
         self._pending: dict[int, str] = {}
@@ -102,6 +110,10 @@ class JobStream:
             elif self._gap() and self._clock() >= self._gap_retry_at:
                 self._gap_retry_at = self._clock() + GAP_RETRY_S
                 await self._backfill()
+            if self._contested and self._shown == 0 and self._marked is None:
+                self._contested = False
+                await self._follow_row()
+                await self._backfill()
             ready = await self._ready(mark=True)
             if ready:
                 yield Tokens(ready)
@@ -120,7 +132,7 @@ class JobStream:
                     w.outcome = None
                 w.ended = False
                 if row["status"] == "pending" and self._shown == 0:
-                    self._drop_attempt(row["attempt"])
+                    self._drop_attempt(row["attempt"] or 0)
                 continue
             if w.broken:
                 raise BusError(f"this control-plane replica lost its connection to NATS (the bus that carries "
@@ -142,45 +154,64 @@ class JobStream:
 
     # -- ordering ------------------------------------------------------------------------------------
     def _accept(self, chunk: protocol.TokenChunk) -> None:
-        if (chunk.attempt, chunk.node_id) in self._refused:
+        if (chunk.attempt, chunk.lease, chunk.node_id) in self._refused:
             return
         attempt = self._attempt
         if attempt is None or (chunk.attempt > attempt and self._shown == 0):
             if chunk.attempt <= self._stale_upto:
                 return
-            self._adopt(chunk.attempt, chunk.node_id)
-        elif chunk.attempt != attempt or (self._node is not None and chunk.node_id != self._node):
+            self._adopt(chunk.attempt, chunk.node_id, chunk.lease)
+        elif chunk.attempt != attempt or (self._node is not None and chunk.node_id != self._node) or (
+                self._lease is not None and chunk.lease != self._lease):
+            if chunk.attempt == attempt and self._shown == 0 and self._marked is None:
+                self._contested = True  # two runs of one attempt: the job's row says which one is its
             return
         if chunk.seq >= self._next:
             self._pending[chunk.seq] = chunk.text
         elif chunk.seq <= self._after:
             self._skipped[chunk.seq] = len(chunk.text)
 
-    def _adopt(self, attempt: int, node_id: str | None) -> None:
+    def _adopt(self, attempt: int, node_id: str | None, lease: str | None) -> None:
         self._attempt = attempt
         self._node = node_id
+        self._lease = lease
         self._pending.clear()
         self._skipped.clear()
         self._next = self._after + 1
 
-    def _drop_attempt(self, upto: int | None = None) -> None:
-        """The current attempt was re-placed before any of its tokens reached this client: forget it."""
-        self._stale_upto = max(self._stale_upto, upto or 0, self._attempt or 0)
-        self._attempt = None
-        self._node = None
-        self._pending.clear()
-
     def _refuse(self) -> None:
-        """The adopted (attempt, node) is not the job's assignment (a node publishing for a job it does not
-        run): never show its chunks, and read what JetStream kept again for the real one."""
+        """The adopted run is not the job's (re-placed, an offer nobody answered, or a node publishing for a job
+        it does not run): never show its chunks, and read what JetStream kept again for the job's run."""
         if self._attempt is not None and self._node is not None:
-            self._refused.add((self._attempt, self._node))
+            self._refused.add((self._attempt, self._lease or "", self._node))
         self._attempt = None
         self._node = None
+        self._lease = None
         self._pending.clear()
         self._skipped.clear()
         self._next = self._after + 1
         self._replayed_upto = 1
+
+    def _drop_attempt(self, row_attempt: int) -> None:
+        """The job went back to pending before any of the adopted run's tokens reached this client: that run is
+        over (its attempt number may run again, under another lease)."""
+        self._refuse()
+        self._stale_upto = max(self._stale_upto, row_attempt - 1)
+
+    async def _follow_row(self) -> None:
+        """The adopted run may not be the job's: take the run the job's row names (none while it is pending)."""
+        row = await self._relay.current(self.job_id)
+        if row is None:
+            return  # the job is gone: its end says so
+        status = row.get("status")
+        run = (row.get("attempt"), row.get("node_id"), row.get("lease")) if status == "processing" else None
+        if run is not None and run == (self._attempt, self._node, self._lease):
+            return  # the adopted run is the job's
+        self._refuse()
+        if status == "pending":
+            self._stale_upto = max(self._stale_upto, (row.get("attempt") or 0) - 1)
+        elif run is not None and run[0]:
+            self._adopt(*run)
 
     def _gap(self) -> bool:
         return bool(self._pending) and self._next not in self._pending
@@ -195,17 +226,14 @@ class JobStream:
         ready: list[tuple[int, str]] = []
         while self._next in self._pending:
             if mark and self._marked is None and self._marking is None:
-                if self._relay.placed_here(self.job_id, self._attempt, self._node):
+                if self._relay.placed_here(self.job_id, self._attempt, self._node, self._lease or ""):
                     # The row says what this replica wrote there itself: show now, record behind.
-                    self._marking = self._relay.spawn(self._mark_behind(self._attempt, self._node))
+                    self._marking = self._relay.spawn(self._mark_behind(self._attempt, self._node, self._lease or ""))
                     continue
-                self._marked = await self._relay.mark_first_token(self.job_id, self._attempt, self._node)
+                self._marked = await self._relay.mark_first_token(self.job_id, self._attempt, self._node,
+                                                                  self._lease or "")
                 if self._marked is None:
-                    row = await self._relay.current(self.job_id)
-                    if row is not None and row["status"] != "pending" and (row["attempt"] or 0) <= self._attempt:
-                        self._refuse()  # that attempt is not (yet) running on that node
-                    else:
-                        self._drop_attempt()  # re-placed before its tokens reached a client
+                    await self._follow_row()  # that run is not the job's (any more): never show it
                     return ready
             text = self._pending.pop(self._next)
             ready.append((self._next, text))
@@ -214,10 +242,10 @@ class JobStream:
         self._shown += len(ready)
         return ready
 
-    async def _mark_behind(self, attempt: int, node: str | None):
-        """The first-token write of an attempt whose tokens are already being shown. Finding the attempt sent back
+    async def _mark_behind(self, attempt: int, node: str | None, lease: str):
+        """The first-token write of a run whose tokens are already being shown. Finding the run sent back
         meanwhile (its node declared lost in that instant), it fails the job (node_lost) and ends the stream."""
-        marked = await self._relay.mark_first_token(self.job_id, attempt, node)
+        marked = await self._relay.mark_first_token(self.job_id, attempt, node, lease)
         if marked is None:
             await self._relay.overtaken(self.job_id, attempt)
             self._watch.ended = True
@@ -238,14 +266,18 @@ class JobStream:
             yield Ended(row, outcome)
             return
         attempt = row.get("attempt") or 0
-        if attempt and (self._attempt == attempt or self._shown == 0):
+        lease = row.get("lease")
+        same_run = self._attempt == attempt and (self._lease is None or lease is None or self._lease == lease)
+        if attempt and (same_run or self._shown == 0):
             node = row.get("node_id")
-            if self._attempt != attempt or (node is not None and self._node != node and self._shown == 0):
-                self._adopt(attempt, node)
-                self._replayed_upto = 1  # read that attempt's chunks from the start
+            if not same_run or (node is not None and self._node != node and self._shown == 0):
+                self._adopt(attempt, node, lease)
+                self._refused.discard((attempt, lease or "", node or ""))
+                self._replayed_upto = 1  # read that run's chunks from the start
             result = row.get("result") or {}
             total = result.get("chunks")
-            if total is None and outcome is not None and outcome.attempt == attempt:
+            if total is None and outcome is not None and outcome.attempt == attempt and (
+                    lease is None or outcome.lease == lease):
                 total = outcome.chunks
             w = self._watch
             while w.chunks:
@@ -263,7 +295,8 @@ class JobStream:
             if ready and self._marked is None and self._live:
                 # The job ended before its first token reached this client: record when it did (the job is
                 # final, so nothing depends on the answer any more).
-                self._marked = await self._relay.mark_first_token(self.job_id, attempt, self._node)
+                self._marked = await self._relay.mark_first_token(self.job_id, attempt, self._node,
+                                                                  self._lease or "")
             if ready:
                 yield Tokens(ready)
         if self._marked is not None and row.get("first_token_at") is None:

@@ -41,14 +41,19 @@ class JobTable:
 
     async def fetchall(self, name: str, params: dict) -> list[dict]:
         assert name == "processing_on_nodes"
-        return [{"id": job_id, "attempt": r["attempt"], "node_id": r["node_id"], "first_token_at": None,
+        return [{"id": job_id, "attempt": r["attempt"], "node_id": r["node_id"], "first_token_at": r["first_token_at"],
                  "started_at": None} for job_id, r in self.rows.items()
                 if r["status"] == "processing" and r["node_id"] in params["node_ids"]]
 
     async def fetchone(self, name: str, params: dict) -> dict | None:
+        if name == "get_job_any":
+            row = self.rows.get(params["id"])
+            return None if row is None else {"id": params["id"], **row}
         assert name == "requeue_attempt"
         row = self.rows.get(params["id"])
         if row is None or row["status"] != "processing" or row["attempt"] != params["attempt"]:
+            return None
+        if row["first_token_at"] is not None:
             return None
         if params["lease"] is not None and row["lease"] != params["lease"]:
             return None
@@ -67,7 +72,12 @@ class JobTable:
         if name == "fail_processing" and row["status"] == "processing" and row["attempt"] == params["attempt"]:
             row.update(status="failed")
             return 1
-        if name == "revert_attempt" and row["status"] == "processing" and row["lease"] == params["lease"]:
+        if (name == "fail_processing_streamed" and row["status"] == "processing" and row["attempt"] == params["attempt"]
+                and row["first_token_at"] is not None):
+            row.update(status="failed")
+            return 1
+        if (name == "revert_attempt" and row["status"] == "processing" and row["lease"] == params["lease"]
+                and row["first_token_at"] is None):
             row.update(status="pending", lease=None, node_id=None)
             return 1
         if name == "fail_pending" and row["status"] == "pending":
@@ -90,6 +100,7 @@ class HeldBus:
     async def publish(self, subject: str, message: object) -> None:  # cancels only
         assert subject == subjects.node_cancel(NODE)
         self.m.cancels.append(message)
+        self.m.cancels_sent.append(message)
 
 
 class Offer:
@@ -151,6 +162,7 @@ class CapacityMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.offers: list[Offer] = []
         self.cancels: list[protocol.Cancel] = []
+        self.cancels_sent: list[protocol.Cancel] = []
         self.outcomes: list[protocol.JobOutcome] = []
         self.ads: list[tuple[int, protocol.Advertisement]] = []  # in flight, delivered in order
         self.engine: dict[tuple[str, int], asyncio.Future] = {}
@@ -162,9 +174,13 @@ class CapacityMachine(RuleBasedStateMachine):
         self.dispatcher = Dispatcher(self.db, HeldBus(self), self.registry,  # type: ignore[arg-type]
                                      settings, clock=lambda: 0.0)
         self.sweeper = Sweeper(self.db, self.registry, self.dispatcher, settings, clock=lambda: 0.0)  # type: ignore[arg-type]
-        #: Per job, the events that may raise its attempt number: an offer the node did not answer in time (it may
-        #: have run it) and a lost attempt sent back to the queue. Refusals and offers nobody received never do.
+        #: Per job, the events that may raise its attempt number: only a lost attempt sent back to the queue.
+        #: Refusals, offers nobody received and offers the node did not answer in time never do.
         self.may_raise: dict[str, int] = {}
+        #: Per job whose first token reached a client: how many offers it had then (it must never get another).
+        self.offers_when_shown: dict[str, int] = {}
+        #: Leases of runs whose first token reached a client.
+        self.shown: set[str] = set()
         self.declared_lost: set[str] = set()
         self.last_delivered_ad: frozenset[str] = frozenset()
         self.lost_outcomes = False
@@ -214,7 +230,8 @@ class CapacityMachine(RuleBasedStateMachine):
     @rule()
     def submit(self) -> None:
         job_id = f"job_{next(self.ids)}"
-        self.db.rows[job_id] = {"status": "pending", "attempt": 1, "lease": None, "node_id": None}
+        self.db.rows[job_id] = {"status": "pending", "attempt": 1, "lease": None, "node_id": None,
+                                "first_token_at": None}
         self.dispatcher.enqueue(QueuedJob(job_id, MODEL, "chat", {"messages": []}, deadline=1e12), wake=False)
 
     @rule()
@@ -261,7 +278,6 @@ class CapacityMachine(RuleBasedStateMachine):
             if how == "no_responders":
                 offer.fut.set_exception(NoResponders("no agent listening"))
             else:
-                self.may_raise[job_id] = self.may_raise.get(job_id, 0) + 1
                 if how == "bus_error":
                     offer.fut.set_exception(BusError("connection closed"))
                 else:
@@ -302,8 +318,23 @@ class CapacityMachine(RuleBasedStateMachine):
     def outcome_arrives(self, pick: int) -> None:
         if self.outcomes:
             outcome = self.outcomes.pop(pick % len(self.outcomes))
-            self.dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt)
+            self.dispatcher.job_ended(outcome.job_id, outcome.node_id, outcome.attempt, outcome.lease)
             self.step()
+
+    @rule(pick=PICK)
+    def first_token_reaches_a_client(self, pick: int) -> None:
+        """A run on the node publishes its first chunk and a stream shows it: mark_first_token matches the row's
+        attempt, lease and node (the node may be running an offer whose reply has not arrived, or never will)."""
+        running = [j for j in self.slots.running.values() if j.started and j.cancel_reason is None]
+        if running:
+            a = running[pick % len(running)].assignment
+            row = self.db.rows[a.job_id]
+            if (row["status"] == "processing" and row["attempt"] == a.attempt and row["lease"] == a.lease
+                    and row["node_id"] == NODE):
+                if row["first_token_at"] is None:
+                    row["first_token_at"] = 1.0
+                    self.offers_when_shown[a.job_id] = sum(o.assignment.job_id == a.job_id for o in self.offers)
+                self.shown.add(a.lease)
 
     @rule(pick=PICK)
     def outcome_lost(self, pick: int) -> None:
@@ -367,6 +398,17 @@ class CapacityMachine(RuleBasedStateMachine):
         assert not [j for j in queued if self.dispatcher.offering(j)]
         for job_id in queued:  # the queued copy is the one held (claims are renewed for it)
             assert self.dispatcher._held.get(job_id) is not None
+
+    @invariant()
+    def a_job_whose_tokens_were_shown_never_moves(self) -> None:
+        """A client never sees two runs: after a first token is shown the job is not offered again, and its row
+        keeps that run (or ends)."""
+        for job_id, offers in self.offers_when_shown.items():
+            assert sum(o.assignment.job_id == job_id for o in self.offers) == offers, job_id
+            row = self.db.rows[job_id]
+            assert row["status"] != "pending" and (row["lease"] in self.shown or row["status"] != "processing")
+        # ...and a run the client is watching is never stopped for an unanswered offer.
+        assert not [c for c in self.cancels_sent if c.reason == "unanswered" and c.lease in self.shown]
 
     @invariant()
     def attempts_never_inflate(self) -> None:
@@ -491,7 +533,50 @@ def test_a_node_lost_while_its_offer_is_in_flight_places_the_job_once() -> None:
     m.offer_fails(0, "timeout")
     assert m.dispatcher.queued_count() == 1 and m.db.rows["job_0"]["status"] == "pending"
     m.dispatch()
-    assert m.offers[-1].assignment.attempt == 2  # the silent node may have run attempt 1
+    # The silent node may have run the first offer: the next one is told apart by its lease, not its attempt.
+    assert m.offers[-1].assignment.attempt == 1 and m.offers[-1].assignment.lease != m.offers[0].assignment.lease
+    assert m.cancels and m.cancels[-1].lease == m.offers[0].assignment.lease  # the silent run is told to stop
+    m.teardown()
+
+
+def test_a_node_that_runs_an_offer_it_did_not_answer_in_time_is_stopped_and_never_recorded() -> None:
+    """The silent node started the job; its reply is late. The job is offered again under attempt 1 with a new
+    lease; the stale run is cancelled by its lease and its outcome matches nothing; the new run completes."""
+    m = CapacityMachine()
+    m.start_node(slots=2)
+    m.submit()
+    m.dispatch()
+    stale = m.offers[0].assignment
+    m.node_receives_offer(0)  # the node admits it and starts it, but its reply never arrives in time
+    m.offer_fails(0, "timeout")
+    assert m.db.rows["job_0"]["status"] == "pending" and m.cancels[-1].lease == stale.lease
+    m.advertise()
+    m.deliver_all_ads()
+    m.dispatch()
+    fresh = m.offers[-1].assignment
+    assert (fresh.attempt, m.db.rows["job_0"]["lease"]) == (1, fresh.lease) and fresh.lease != stale.lease
+    m.cancel_arrives(0)  # stops the stale run only
+    m.node_receives_offer(0)
+    m.reply_arrives(0)
+    m.engine_finishes(0)
+    leases = {o.lease: o for o in m.outcomes}
+    assert leases[stale.lease].error == "unanswered"  # its failure carries its lease: it matches no row
+    assert isinstance(leases[fresh.lease], protocol.JobResult)
+    m.teardown()
+
+
+def test_an_unanswered_offer_whose_first_token_was_shown_stays_on_its_node() -> None:
+    """Its reply was lost but its tokens reached a client: moving the job would show the client two runs."""
+    m = CapacityMachine()
+    m.start_node(slots=1)
+    m.submit()
+    m.dispatch()
+    m.node_receives_offer(0)
+    m.first_token_reaches_a_client(0)
+    m.offer_fails(0, "timeout")
+    row = m.db.rows["job_0"]
+    assert row["status"] == "processing" and row["lease"] == m.offers[0].assignment.lease and not m.cancels
+    assert not m.dispatcher.queued_count() and m.dispatcher.placement_of("job_0").accepted
     m.teardown()
 
 

@@ -19,29 +19,34 @@ class FakeRelay:
     """The relay surface JobStream uses: JetStream's stored chunks, the first-token mark and the final row."""
 
     def __init__(self, stored: list[protocol.TokenChunk], final: dict, *, mark_ok=lambda attempt: True,
-                 placed: bool = False, mark_gate: asyncio.Event | None = None) -> None:
+                 placed: bool = False, mark_gate: asyncio.Event | None = None, lease_ok=lambda lease: True,
+                 row: dict | None = None) -> None:
         self.stored = stored
         self.final = final
         self.mark_ok = mark_ok
+        self.lease_ok = lease_ok
+        self.row = row  # what `current` answers (default: pending at the highest attempt marked)
         self.marks: list[int] = []
         self.placed = placed  # this replica placed the attempt on that node: the mark runs behind the tokens
         self.mark_gate = mark_gate  # holds the mark (a slow write) until set
         self.overtaken_row: dict | None = None
+        self.leases: list[str] = []
 
     async def stored_chunks(self, job_id: str, *, start: int = 1):
         return self.stored[start - 1:], len(self.stored) + 1
 
-    def placed_here(self, job_id: str, attempt: int | None, node_id: str | None) -> bool:
+    def placed_here(self, job_id: str, attempt: int | None, node_id: str | None, lease: str = "") -> bool:
         return self.placed
 
     def spawn(self, coro):
         return asyncio.get_running_loop().create_task(coro)
 
-    async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None):
+    async def mark_first_token(self, job_id: str, attempt: int, node_id: str | None, lease: str = ""):
         self.marks.append(attempt)
+        self.leases.append(lease)
         if self.mark_gate is not None:
             await self.mark_gate.wait()
-        return datetime.now(timezone.utc) if self.mark_ok(attempt) else None
+        return datetime.now(timezone.utc) if self.mark_ok(attempt) and self.lease_ok(lease) else None
 
     async def overtaken(self, job_id: str, attempt: int) -> None:
         self.overtaken_row = {"id": job_id, "status": "failed", "attempt": attempt, "error": "node_lost"}
@@ -49,14 +54,17 @@ class FakeRelay:
     async def current(self, job_id: str):
         if self.overtaken_row is not None:
             return self.overtaken_row
+        if self.row is not None:
+            return self.row
         return {"id": job_id, "status": "pending", "attempt": max(self.marks, default=1)}
 
     async def settle(self, watch):
         return self.final
 
 
-def chunk(seq: int, attempt: int = 1, text: str | None = None) -> protocol.TokenChunk:
-    return protocol.TokenChunk(job_id=JOB, attempt=attempt, seq=seq, text=f" w{seq}" if text is None else text)
+def chunk(seq: int, attempt: int = 1, text: str | None = None, lease: str = "l") -> protocol.TokenChunk:
+    return protocol.TokenChunk(job_id=JOB, attempt=attempt, seq=seq, text=f" w{seq}" if text is None else text,
+                               lease=lease)
 
 
 def result(chunks: list[protocol.TokenChunk], attempt: int = 1) -> tuple[dict, protocol.JobResult]:
@@ -197,3 +205,35 @@ def test_an_attempt_sent_back_before_its_first_token_write_landed_fails_the_job(
                                           outcome))
     assert "new" not in "".join(t for _, t in shown) and shown[0] == (1, " old1")
     assert ended.row["status"] == "failed" and ended.row["error"] == "node_lost"
+
+
+def test_a_run_of_an_offer_nobody_answered_is_never_shown_though_it_has_the_same_attempt():
+    """A silent node started attempt 1 under lease "stale"; the job was offered again as attempt 1 under "fresh".
+    The stale run's chunks come first and interleave: the mark (attempt, lease, node) refuses them, the row
+    names the fresh run, and only its text is shown."""
+    stale = [chunk(i, text=f" LEAK{i}", lease="stale") for i in range(1, 4)]
+    fresh = [chunk(i, text=f" ok{i}", lease="fresh") for i in range(1, 5)]
+    live = [stale[0], fresh[0], stale[1], fresh[1], stale[2], *fresh[2:]]
+    final = {"id": JOB, "status": "completed", "attempt": 1, "lease": "fresh", "first_token_at": None,
+             "result": {"content": " ok1 ok2 ok3 ok4", "chunks": 4}}
+    outcome = protocol.JobResult(job_id=JOB, attempt=1, lease="fresh", node_id="", content=" ok1 ok2 ok3 ok4",
+                                 chunks=4)
+    relay = FakeRelay(live, final, lease_ok=lambda lease: lease == "fresh",
+                      row={"id": JOB, "status": "processing", "attempt": 1, "lease": "fresh", "node_id": ""})
+    shown, _ = asyncio.run(run_stream(relay, {"id": JOB, "status": "pending", "attempt": 1}, live, outcome))
+    assert "".join(t for _, t in shown) == " ok1 ok2 ok3 ok4"
+    assert [s for s, _ in shown] == [1, 2, 3, 4]
+    assert "fresh" in relay.leases and relay.leases[-1] == "fresh"
+
+
+def test_a_stream_opened_on_the_fresh_run_ignores_the_stale_run_of_the_same_attempt():
+    stale = [chunk(i, text=f" LEAK{i}", lease="stale") for i in range(1, 4)]
+    fresh = [chunk(i, text=f" ok{i}", lease="fresh") for i in range(1, 3)]
+    final = {"id": JOB, "status": "completed", "attempt": 1, "lease": "fresh", "first_token_at": None,
+             "result": {"content": " ok1 ok2", "chunks": 2}}
+    outcome = protocol.JobResult(job_id=JOB, attempt=1, lease="stale", node_id="", content=" LEAK1 LEAK2 LEAK3",
+                                 chunks=3)  # the stale run's outcome arrives too: it is not the job's
+    start = {"id": JOB, "status": "processing", "attempt": 1, "lease": "fresh", "node_id": ""}
+    relay = FakeRelay(stale + fresh, final, lease_ok=lambda lease: lease == "fresh", row=start)
+    shown, ended = asyncio.run(run_stream(relay, start, [*stale, *fresh], outcome))
+    assert "".join(t for _, t in shown) == " ok1 ok2" and ended.row["result"]["content"] == " ok1 ok2"
