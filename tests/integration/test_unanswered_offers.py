@@ -28,7 +28,7 @@ async def test_a_node_that_runs_an_offer_it_answered_too_late_never_reaches_the_
     async with OllamaDouble(models=[MODEL], loaded=[], load_on_use=False, token_count=8, stall_after=0) as good:
         key = await stack.key()
         real = await stack.add_node(good.url)
-        silent = await register_node(stack.runtime.db, "silent")
+        silent = await register_node(stack.runtime.db, "silent", models=("*",))
         nc = await nats.connect(public(nats_url), token=silent.token,
                                 inbox_prefix=subjects.node_inbox_prefix(silent.node_id))
         offers: list[tuple[protocol.Assignment, object]] = []
