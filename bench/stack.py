@@ -71,7 +71,8 @@ def bench_stack(*, nodes: int = 1, slots: int = 64, double_args: tuple[str, ...]
         wait_for_port(port, proc=cp)
         node_procs = {}
         for i in range(nodes):
-            token = _cli(env, "nodes", "register", f"bench-{i}", "--model", "*")
+            # The registration bounds the slots the control plane counts (16 by default): allow what the node has.
+            token = _cli(env, "nodes", "register", f"bench-{i}", "--model", "*", "--max-slots", str(max(slots, 1)))
             proc = subprocess.Popen(
                 [PY, "-m", "node_agent.cli", "start"],
                 env=dict(env, INFERNET_NODE_TOKEN=token, OLLAMA_HOST=f"http://127.0.0.1:{dport}",

@@ -104,6 +104,16 @@ class Response:
         finally:
             self.close()
 
+    async def drain(self, timeout: float) -> None:
+        """Read (and drop) what is left of the body once the caller has what it needs (e.g. the chunked body's
+        end after a stream's last line), so the connection goes back to the pool; it is closed instead when
+        the rest does not come within `timeout`."""
+        try:
+            async for _ in self._pieces(timeout):
+                pass
+        except (ConnectionError, TimeoutError):
+            pass
+
     def close(self) -> None:
         """Give the connection back when the body was read whole; otherwise close it (the server sees that)."""
         if self._writer is None:

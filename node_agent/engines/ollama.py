@@ -49,6 +49,8 @@ DEFAULT_URL = "http://127.0.0.1:11434"
 _BUSY_STATUSES = frozenset({429, 503})
 #: Seconds to wait for /api/show while listing models; past it the model's capabilities are guessed this time.
 _SHOW_TIMEOUT_S = 2.0
+#: How long a finished chat waits for the rest of its HTTP body (a few bytes, normally sent with the last line).
+_DRAIN_S = 1.0
 #: Everything the client library can raise for a failed call; mapped by `_engine_error`.
 _DRIVER_ERRORS = (ollama.ResponseError, ollama.RequestError, httpx.TransportError, ConnectionError, ValueError)
 
@@ -283,6 +285,9 @@ class OllamaEngine:
                     completion = _part_completion(part, calls)
                     completion.logprobs = logprobs
                     yield completion
+                    # The body's end follows the last line at once: read it, so the connection is kept for the
+                    # next job (a new connection per job costs the node and the engine more than the job's tokens).
+                    await response.drain(_DRAIN_S)
                     return
             raise GenerationFailed("ollama: stream ended without a final message", produced_tokens=produced)
         except (ConnectionError, TimeoutError) as exc:

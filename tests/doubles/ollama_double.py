@@ -145,6 +145,8 @@ class RecordedRequest:
     method: str
     path: str
     body: Any
+    #: The client's (host, port): requests on one kept-alive connection share it.
+    client: tuple[str, int] | None = None
 
 
 class _Stream:
@@ -480,7 +482,8 @@ class OllamaDouble:
         except msgspec.DecodeError:
             body = raw
         self.total_requests += 1
-        self.requests.append(RecordedRequest(method, path, body))
+        client = scope.get("client")
+        self.requests.append(RecordedRequest(method, path, body, tuple(client) if client else None))
         try:
             handler = self._routes.get((method, path))
             if handler is None:

@@ -349,3 +349,12 @@ async def test_double_runs_as_a_process():
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+
+
+async def test_chats_in_a_row_reuse_one_kept_alive_connection(engine, double):
+    """A finished chat reads its HTTP body to the end, so the next one goes over the same connection."""
+    for _ in range(3):
+        deltas, done = await run_chat(engine)
+        assert deltas and done.finish_reason == "stop"
+    clients = {r.client for r in double.requests_to("/api/chat")}
+    assert len(double.requests_to("/api/chat")) == 3 and len(clients) == 1, clients
