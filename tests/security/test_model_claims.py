@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import protocol
 from control_plane.nodes.service import register_node
+from control_plane.scheduler.registry import NodeRegistry
+from control_plane.trust.claims import ModelClaims
 from protocol import subjects
 from tests.doubles.ollama_double import OllamaDouble
 from tests.fixtures.waiting import wait_until
@@ -66,7 +68,9 @@ async def test_an_honest_nodes_real_model_is_served_once_a_probe_verified_it(sta
         double.release()  # the reference answers; the same job then runs on the newcomer and agrees
         await wait_until(lambda: MODEL in (stack.runtime.registry.get(newcomer.node_id).models or {}), timeout=30,
                          message="the verified claim was never served")
-        assert await claim_state(stack, newcomer.node_id, MODEL) == "verified"  # shared, kept across restarts
+        restarted = ModelClaims(stack.runtime.db, NodeRegistry(), stack.settings, probe=None)
+        await restarted.start()  # what another replica, or this one after a restart, starts from
+        assert restarted.verified(newcomer.node_id, MODEL)
         assert stack.runtime.trust.view(newcomer.node_id).probes_passed == 1
 
         r = await stack.submit(key, model=MODEL, node_id=newcomer.node_id, stream=False)
