@@ -108,3 +108,30 @@ async def test_a_node_answering_garbage_for_a_real_model_fails_verification_and_
         # The only chat the liar's engine ever saw was the probe: no user prompt reached it.
         chats = [r for r in garbage.requests if r.path == "/api/chat"]
         assert chats and all(PROBE_PROMPT in str(r.body) for r in chats), [r.body for r in chats]
+
+
+async def test_two_replicas_measure_a_claim_once_and_both_serve_it(stack, double, nats_url, database_url):
+    """One replica takes the measurement (PostgreSQL decides which); the other learns the verdict from the
+    database and serves the model too, without probing the node a second time."""
+    from tests.harness import Stack
+
+    double.stall_after = None
+    other = await Stack(nats_url, database_url).start()  # a second replica: own bus identity, same database
+    try:
+        await stack.add_node(double.url, name="trusted")
+        await stack.wait_nodes_serving(MODEL)
+        await other.wait_nodes_serving(MODEL)
+        async with OllamaDouble(models=[MODEL], tokens=GENUINE) as engine:
+            newcomer = await stack.add_node(engine.url, name="newcomer", models=None)
+            for replica in (stack, other):
+                await wait_until(lambda r=replica: MODEL in getattr(r.runtime.registry.get(newcomer.node_id),
+                                                                    "models", {}),
+                                 timeout=30, message="a replica never served the verified claim")
+            probes = [r for r in engine.requests if r.path == "/api/chat"]
+            assert len(probes) == 1 and PROBE_PROMPT in str(probes[0].body), [r.body for r in probes]
+            key = await other.key("alice")
+            r = await other.submit(key, model=MODEL, node_id=newcomer.node_id, stream=False)
+            job = await other.wait_job(key, r.json()["id"])
+            assert job["status"] == "completed" and job["node_id"] == newcomer.node_id, job
+    finally:
+        await other.stop()
