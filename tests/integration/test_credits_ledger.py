@@ -204,8 +204,8 @@ async def run_outcome(r: Replica, job_id: str, node_id: str, spec: dict) -> None
         assert await r.recorder.record(result(1, lease1)) is None  # the dead node's late result is ignored
         assert await r.recorder.record(result(2, lease2)) is not None
     elif outcome == "node_lost_after_tokens":
-        await start(1)
-        await r.db.execute("mark_first_token", {"id": job_id, "attempt": 1, "node_id": node_id})
+        lease = await start(1)
+        await r.db.execute("mark_first_token", {"id": job_id, "attempt": 1, "node_id": node_id, "lease": lease})
         await r.sweeper.nodes_lost([node_id])
     elif outcome == "no_capacity":
         await r.db.execute("fail_pending", {"id": job_id, "error": "no_capacity", "error_message": "test"})
@@ -220,7 +220,7 @@ async def run_outcome(r: Replica, job_id: str, node_id: str, spec: dict) -> None
         assert await r.recorder.record(result(1, lease)) is None  # arrives after the cancel: kept, not charged
     elif outcome == "racing":  # a result, a lost node and a deadline all at once: one of them ends it
         lease = await start(1)
-        await r.db.execute("mark_first_token", {"id": job_id, "attempt": 1, "node_id": node_id})
+        await r.db.execute("mark_first_token", {"id": job_id, "attempt": 1, "node_id": node_id, "lease": lease})
         await asyncio.gather(r.recorder.record(result(1, lease)), r.sweeper.nodes_lost([node_id]),
                              r.db.execute("expire_processing", {"id": job_id, "attempt": 1}))
     row = await r.db.fetchone("get_job_any", {"id": job_id})
