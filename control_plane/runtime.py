@@ -113,7 +113,7 @@ class Runtime:
             await db.close()
             raise
         dispatcher = Dispatcher(db, bus, registry, settings, metrics=ControlPlaneMetrics(), trust=trust)
-        sweeper = Sweeper(db, registry, dispatcher, settings, link=bus.link)
+        sweeper = Sweeper(db, registry, dispatcher, settings, link=bus.link, outcome_waiting=bus.outcome_waiting)
         recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings, trust=trust)
         registrations = NodeRegistrations(db)
         heartbeats = HeartbeatHandler(db, bus, registry, registrations, dispatcher, sweeper,

@@ -116,6 +116,7 @@ class NodeAgent:
             await self.engine.aclose()
             return
         self.publisher.attach(self.nc)
+        await self.publisher.start_chunk_acks()
         await self.nc.subscribe(subjects.node_assign(self.node_id), cb=self.assignments.on_assign)
         await self.nc.subscribe(subjects.node_cancel(self.node_id), cb=self.assignments.on_cancel)
         await self.nc.subscribe(subjects.node_drain(self.node_id), cb=self._on_drain)
@@ -219,6 +220,7 @@ class NodeAgent:
     async def _shutdown(self) -> None:
         self.slots.stop_all("node_shutdown")
         await self.assignments.wait_all()
+        await self.publisher.close()
         if self.nc is not None:
             try:
                 await self.nc.drain()

@@ -201,6 +201,23 @@ class Bus:
         except NotFoundError:
             return False
 
+    async def outcome_waiting(self, node_id: str, job_id: str, attempt: int, lease: str | None) -> bool:
+        """The node stored an outcome of that attempt that no replica has recorded yet (the results stream keeps a
+        message until it is acked), or JetStream did not answer (so it may have): the attempt ended, it is not
+        lost. False only when the stream says it holds no such outcome."""
+        try:
+            stored = await self.js.get_last_msg(subjects.RESULTS_STREAM, subjects.node_job_result(node_id, job_id))
+        except NotFoundError:
+            return False
+        except Exception as exc:  # JetStream electing or down: ask again at the next check
+            log.debug("stored_outcome_unknown", job_id=job_id, error=str(exc) or type(exc).__name__)
+            return True
+        try:
+            outcome = protocol.decode(stored.data or b"", protocol.JobOutcome)
+        except protocol.DecodeError:
+            return False
+        return outcome.attempt == attempt and (lease is None or outcome.lease == lease)
+
     async def flush(self) -> None:
         await self.nc.flush()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -27,8 +27,11 @@ class Sweeper:
     """Keeps every job moving when nodes or replicas disappear."""
 
     def __init__(self, db: Database, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings,
-                 *, clock=time.monotonic, link: BusLink | None = None) -> None:
+                 *, clock=time.monotonic, link: BusLink | None = None,
+                 outcome_waiting: Callable[[str, str, int, str | None], Awaitable[bool]] | None = None) -> None:
         self._db = db
+        #: Whether a node stored an outcome of an attempt that is not recorded yet (Bus.outcome_waiting).
+        self._outcome_waiting = outcome_waiting
         #: This replica's NATS connection: while it is down (and shortly after) silent nodes are not lost.
         self._link = link
         self._registry = registry
@@ -122,6 +125,9 @@ class Sweeper:
             del self.reports.missing_since[key]  # ended normally after one missing report
         for row in rows:
             if self.reports.vanished(row["id"], row["attempt"], row["node_id"], row["assigned_at"]):
+                if self._outcome_waiting is not None and await self._outcome_waiting(
+                        row["node_id"], row["id"], row["attempt"], row.get("lease")):
+                    continue  # it ended: its outcome is stored and waits to be recorded (e.g. JetStream re-elected)
                 await self.lose_attempt(row, "not holding the job")
 
     async def nodes_lost(self, node_ids: Iterable[str], *, started_before=None) -> None:

@@ -521,7 +521,7 @@ ORDER BY n.id;
 -- name: unconfirmed_processing
 -- Processing attempts handed over more than min_age seconds ago (to check against their nodes' reports); reads
 -- the small partial index of processing jobs, so its cost follows the jobs running, not the nodes known.
-SELECT id, attempt, node_id, first_token_at, assigned_at FROM jobs
+SELECT id, attempt, lease, node_id, first_token_at, assigned_at FROM jobs
 WHERE status = 'processing' AND node_id IS NOT NULL
   AND assigned_at < now() - make_interval(secs => %(min_age)s);
 
