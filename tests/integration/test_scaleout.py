@@ -132,7 +132,7 @@ async def test_token_replay_survives_the_token_stream_leader_dying(nats_cluster,
             await wait_until(all_stored, timeout=30, message="the chunks sent before the stall were never all stored")
             await asyncio.to_thread(leader.kill)
 
-            async def new_leader():  # chunks published while the stream has no leader are not stored (core publish)
+            async def new_leader():  # (chunks published during the election: the test above)
                 info = await stack.runtime.bus.js.stream_info("INFERNET_TOKENS")
                 return info.cluster.leader not in (None, leader.name)
             await wait_until(new_leader, timeout=60, ignore=(Exception,), message="the token stream never re-elected")
