@@ -135,3 +135,30 @@ async def test_two_replicas_measure_a_claim_once_and_both_serve_it(stack, double
             assert job["status"] == "completed" and job["node_id"] == newcomer.node_id, job
     finally:
         await other.stop()
+
+
+async def test_an_admin_vouches_for_a_registered_nodes_models_with_the_cli(stack):
+    """`nodes set-models NODE --model GLOB` changes what the registration vouches for (no patterns: measure all)."""
+    import asyncio
+    import sys
+
+    from control_plane.nodes.service import NodeRegistrations
+
+    registered = await register_node(stack.runtime.db, "old-box")  # e.g. registered before claims were measured
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control_plane.cli", "nodes", "set-models", *args,
+            "--database-url", stack.database_url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+        return proc.returncode, out.decode()
+
+    code, out = await cli("old-box", "--model", "llama3.2:*")
+    assert code == 0 and registered.node_id in out and "llama3.2:*" in out, out
+    entry = await NodeRegistrations(stack.runtime.db).lookup(registered.node_id)
+    assert entry.trusts(MODEL) and not entry.trusts("qwen2.5:7b")
+    code, out = await cli(registered.node_id)  # by id, no --model: every claim is measured again
+    assert code == 0 and "none" in out, out
+    assert not (await NodeRegistrations(stack.runtime.db).lookup(registered.node_id)).trusts(MODEL)
+    code, out = await cli("no-such-node", "--model", "*")
+    assert code == 1 and "no node 'no-such-node'" in out, out
