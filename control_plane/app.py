@@ -20,6 +20,7 @@ from control_plane.health.metrics_controller import metrics
 from control_plane.jobs.controller import JobsController
 from control_plane.jobs.service import JobService
 from control_plane.lib import openapi
+from control_plane.lib.strict_body import strict_body
 from control_plane.lib.input_guard import GuardedRequest, input_guard_middleware
 from control_plane.lib.request_id import ensure_request_id, request_id_middleware
 from control_plane.ratelimit.headers import ratelimit_headers_middleware
@@ -47,6 +48,7 @@ async def provide_principal(request: Request) -> Principal:
     principal = await runtime.auth.authenticate(request.headers.get("authorization"))
     if runtime.gateway is not None:  # X-RateLimit-* on every authenticated response (submissions spend it)
         await runtime.gateway.limiter.peek(principal)
+    await strict_body(request)  # once the caller is known: 401/403 come before a body's 400
     return principal
 
 

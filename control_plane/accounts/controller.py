@@ -8,7 +8,8 @@ from litestar.params import FromPath, JSONBody
 
 from control_plane.accounts import policy, service
 from control_plane.accounts.auth import Principal, require_admin
-from control_plane.accounts.schemas import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyView, aware, key_view
+from control_plane.accounts.schemas import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyView, key_view
+from control_plane.lib.timestamps import parse_timestamp
 from control_plane.runtime import Runtime
 
 
@@ -21,7 +22,7 @@ class KeysController(Controller):
                          runtime: NamedDependency[Runtime]) -> KeyCreated:
         if data.admin:
             require_admin(principal, "creating an admin key")
-        expires_at = aware(data.expires_at, "expires_at") if data.expires_at is not None else None
+        expires_at = parse_timestamp(data.expires_at, "expires_at")
         bounded = policy.minted_key(principal, {"expires_at": expires_at, "rate_limit_rpm": data.rate_limit_rpm,
                                                 "rate_limit_tpm": data.rate_limit_tpm}, runtime.settings)
         created = await service.create_key(

@@ -9,6 +9,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from control_plane.errors import BadRequest
 from control_plane.jobs.schemas import iso
+from control_plane.lib.timestamps import Timestamp, parse_timestamp
 
 OptimizeMode = Literal["balanced", "quality", "cost", "latency"]
 ModelId = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -24,7 +25,7 @@ class KeyCreate(Struct, forbid_unknown_fields=True):
     name: KeyName = ""
     model_pool: ModelPool | None = None
     optimize_mode: OptimizeMode = "balanced"
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     rate_limit_rpm: PerMinute | None = None
     rate_limit_tpm: PerMinute | None = None
     #: Admin scope for the new key; only an admin key may grant it.
@@ -37,7 +38,7 @@ class KeyUpdate(Struct, forbid_unknown_fields=True):
     name: KeyName | UnsetType = UNSET
     model_pool: ModelPool | None | UnsetType = UNSET
     optimize_mode: OptimizeMode | UnsetType = UNSET
-    expires_at: datetime | None | UnsetType = UNSET
+    expires_at: Timestamp | None | UnsetType = UNSET
     rate_limit_rpm: PerMinute | None | UnsetType = UNSET
     rate_limit_tpm: PerMinute | None | UnsetType = UNSET
 
@@ -48,7 +49,7 @@ class KeyUpdate(Struct, forbid_unknown_fields=True):
         if "optimize_mode" in out and out["optimize_mode"] is None:
             raise BadRequest("optimize_mode cannot be null", param="optimize_mode")
         if out.get("expires_at") is not None:
-            out["expires_at"] = aware(out["expires_at"], "expires_at")
+            out["expires_at"] = parse_timestamp(out["expires_at"], "expires_at")
         return out
 
 
@@ -77,12 +78,6 @@ class KeyCreated(KeyView):
 
 class KeyList(Struct):
     keys: list[KeyView]
-
-
-def aware(ts: datetime, param: str) -> datetime:
-    if ts.tzinfo is None:
-        raise BadRequest(f"{param} must include a timezone (e.g. 2026-04-30T14:23:41Z)", param=param)
-    return ts
 
 
 def key_view(row: dict[str, Any], *, key: str | None = None) -> KeyView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from litestar import Controller, get
@@ -12,6 +13,7 @@ from control_plane.accounts import service as accounts
 from control_plane.accounts.auth import Principal
 from control_plane.credits import ledger, prices
 from control_plane.credits import usage as usage_db
+from control_plane.credits import usage_cursor
 from control_plane.credits.schemas import (
     CreditsView,
     DayTotals,
@@ -26,13 +28,20 @@ from control_plane.credits.schemas import (
     UsageTotals,
     earnings_view,
     page_limit,
-    parse_time,
     transaction_view,
     usage_record,
 )
 from control_plane.errors import BadRequest, NotFound
 from control_plane.jobs.schemas import iso
+from control_plane.lib.timestamps import DATE_TIME_SCHEMA, parse_timestamp
 from control_plane.runtime import Runtime
+
+
+#: A transactions cursor: a ledger entry id (at most 18 digits, so always within bigint).
+TRANSACTION_CURSOR = r"^[0-9]{1,18}$"
+_KIND = "(" + "|".join(ledger.KINDS) + ")"
+#: `kind`: one or more ledger entry kinds, comma-separated.
+KIND_LIST = f"^{_KIND}(,{_KIND})*$"
 
 
 class CreditsController(Controller):
@@ -48,26 +57,28 @@ class CreditsController(Controller):
     async def transactions(
         self, principal: NamedDependency[Principal], runtime: NamedDependency[Runtime],
         limit: Annotated[int | None, QueryParameter(ge=1, le=100, description="1-100, default 20")] = None,
-        cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
+        cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page",
+                                                     pattern=TRANSACTION_CURSOR)] = None,
         kind: Annotated[str | None, QueryParameter(
-            description="comma-separated: deposit, reserve, charge, release, refund, payout")] = None,
+            description="comma-separated: deposit, reserve, charge, release, refund, payout",
+            pattern=KIND_LIST)] = None,
         job_id: Annotated[str | None, QueryParameter(description="entries of one job")] = None,
-        since: Annotated[str | None, QueryParameter(description="ISO 8601, inclusive")] = None,
-        until: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,
+        since: Annotated[str | None, QueryParameter(description="RFC 3339 date-time, inclusive",
+                                                    schema_extra=DATE_TIME_SCHEMA)] = None,
+        until: Annotated[str | None, QueryParameter(description="RFC 3339 date-time, exclusive",
+                                                    schema_extra=DATE_TIME_SCHEMA)] = None,
     ) -> TransactionList:
         limit = page_limit(limit)
-        kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else None
-        unknown = sorted(set(kinds or ()) - set(ledger.KINDS))
-        if unknown:
-            raise BadRequest(f"kind must be among {', '.join(ledger.KINDS)}; got {', '.join(unknown)}", param="kind")
-        before = None
-        if cursor:
-            if not cursor.isdigit() or len(cursor) > 19 or int(cursor) > 2**63 - 1:
-                raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
-            before = int(cursor)
+        # Litestar checks the patterns with re.search, whose `$` also matches before a final newline: whole strings.
+        if kind is not None and not re.fullmatch(KIND_LIST, kind):
+            raise BadRequest(f"kind must be among {', '.join(ledger.KINDS)}, comma-separated", param="kind")
+        if cursor is not None and not re.fullmatch(TRANSACTION_CURSOR, cursor):
+            raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
+        kinds = kind.split(",") if kind is not None else None
+        before = int(cursor) if cursor is not None else None  # at most 18 digits: always a bigint
         rows = await ledger.transactions(runtime.db, principal.account_id, limit=limit, before=before, kinds=kinds,
-                                         job_id=job_id, since=parse_time(since, "since"),
-                                         until=parse_time(until, "until"))
+                                         job_id=job_id, since=parse_timestamp(since, "since"),
+                                         until=parse_timestamp(until, "until"))
         next_cursor = str(rows[-1]["id"]) if len(rows) == limit else None
         return TransactionList(transactions=[transaction_view(r) for r in rows], next_cursor=next_cursor)
 
@@ -90,29 +101,26 @@ class CreditsController(Controller):
     async def usage(
         self, principal: NamedDependency[Principal], runtime: NamedDependency[Runtime],
         limit: Annotated[int | None, QueryParameter(ge=1, le=100, description="1-100, default 20")] = None,
-        cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
-        since: Annotated[str | None, QueryParameter(description="ISO 8601, inclusive (job creation time)")] = None,
-        until: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,
+        cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page",
+                                                     pattern=usage_cursor.PATTERN)] = None,
+        since: Annotated[str | None, QueryParameter(description="RFC 3339 date-time, inclusive (job creation time)",
+                                                    schema_extra=DATE_TIME_SCHEMA)] = None,
+        until: Annotated[str | None, QueryParameter(description="RFC 3339 date-time, exclusive",
+                                                    schema_extra=DATE_TIME_SCHEMA)] = None,
         model: Annotated[str | None, QueryParameter(description="only this model")] = None,
         key_id: Annotated[str | None, QueryParameter(description="only jobs submitted with this key of yours")] = None,
     ) -> UsageList:
         limit = page_limit(limit)
         if key_id:
             await accounts.get_key(runtime.db, principal.account_id, key_id)  # 404 unless it is the caller's
-        before = None
-        if cursor:
-            if not cursor.startswith("job_") or len(cursor) > 64:
-                raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
-            before = await runtime.db.fetchone("get_job", {"id": cursor, "account_id": principal.account_id})
-            if before is None:
-                raise BadRequest("cursor must be the next_cursor of a previous page", param="cursor")
+        before = usage_cursor.decode(cursor) if cursor is not None else None
         rows, sums = await usage_db.usage(runtime.db, principal.account_id, limit=limit, before=before,
-                                          since=parse_time(since, "since"), until=parse_time(until, "until"),
+                                          since=parse_timestamp(since, "since"), until=parse_timestamp(until, "until"),
                                           model=model or None, key_id=key_id or None)
         totals = Totals(overall=UsageTotals(**sums["overall"]),
                         by_model=[ModelTotals(**m) for m in sums["by_model"]],
                         by_day=[DayTotals(**d) for d in sums["by_day"]])
-        next_cursor = rows[-1]["id"] if len(rows) == limit else None
+        next_cursor = usage_cursor.encode(rows[-1]) if len(rows) == limit else None
         return UsageList(usage=[usage_record(r) for r in rows], totals=totals, next_cursor=next_cursor)
 
     @get("/prices", summary="Model prices in credits per 1M input and output tokens")

@@ -159,19 +159,6 @@ def earnings_view(rows: list[dict[str, Any]]) -> EarningsView:
                         earnings=sum(n.earnings for n in nodes))
 
 
-def parse_time(value: str | None, param: str) -> datetime | None:
-    """An ISO 8601 timestamp with a timezone from a query parameter, or 400."""
-    if not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{param} must be an ISO 8601 timestamp, got {value!r}", param=param) from None
-    if ts.tzinfo is None:
-        raise BadRequest(f"{param} must include a timezone (e.g. 2026-04-30T14:23:41Z)", param=param)
-    return ts
-
-
 def page_limit(limit: int | None, default: int = 20, maximum: int = 100) -> int:
     limit = default if limit is None else limit
     if not 1 <= limit <= maximum:

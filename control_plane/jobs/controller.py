@@ -13,7 +13,8 @@ from control_plane.accounts.auth import Principal
 from control_plane.credits.ledger import credits_used_header
 from control_plane.jobs.schemas import JobCreate, JobList, JobView, job_view
 from control_plane.idempotency.service import fingerprint
-from control_plane.jobs.service import JobService
+from control_plane.jobs.service import JobService, StatusFilter
+from control_plane.lib.timestamps import DATE_TIME_SCHEMA
 from control_plane.routing import fallback
 from control_plane.runtime import Runtime
 from control_plane.streaming import TokenRelay, native
@@ -78,8 +79,10 @@ class JobsController(Controller):
     async def list_jobs(
         self, principal: NamedDependency[Principal], jobs: NamedDependency[JobService],
         limit: Annotated[int | None, QueryParameter(ge=1, le=100, description="1-100, default 20")] = None,
-        status: Annotated[str | None, QueryParameter(description="pending, processing, completed, failed, cancelled")] = None,
-        since: Annotated[str | None, QueryParameter(description="ISO 8601 timestamp")] = None,
+        status: Annotated[StatusFilter | None, QueryParameter(
+            description="all (the default), pending, processing, completed, failed or cancelled")] = None,
+        since: Annotated[str | None, QueryParameter(description="RFC 3339 date-time",
+                                                    schema_extra=DATE_TIME_SCHEMA)] = None,
     ) -> JobList:
         rows = await jobs.list(principal, limit=limit, status=status, since=since)
         return JobList(jobs=[job_view(r) for r in rows])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -25,6 +25,8 @@ class MessageIn(Struct, forbid_unknown_fields=False):
     tool_calls: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
     #: A tool message: the call it answers.
     tool_call_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+
+    __openapi__: ClassVar[dict] = {"tool_calls": tool_rules.TOOL_CALLS_SCHEMA, "": tool_rules.CALLS_ONLY_FROM_ASSISTANT}
 
 
 class JobCreate(Struct, forbid_unknown_fields=False):
@@ -51,6 +53,9 @@ class JobCreate(Struct, forbid_unknown_fields=False):
     #: "auto", "none", "required" or {"type": "function", "function": {"name": ...}}.
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+
+    __openapi__: ClassVar[dict] = {"tools": tool_rules.TOOLS_SCHEMA, "tool_choice": tool_rules.TOOL_CHOICE_SCHEMA,
+                                   "": tool_rules.CHOICE_NEEDS_TOOLS}
 
 
 class Usage(Struct):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from typing import Literal
 
 from control_plane.accounts.auth import Principal
 from control_plane.credits import ledger, pricing
@@ -14,6 +14,7 @@ from control_plane.jobs.dispatcher import Dispatcher, QueuedJob
 from control_plane.jobs.schemas import JobCreate, request_payload
 from control_plane.jobs.sweeper import Sweeper
 from control_plane.lib.ids import new_id
+from control_plane.lib.timestamps import parse_timestamp
 from control_plane.scheduler import capabilities as capability_check
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
@@ -21,6 +22,8 @@ from control_plane.store import Database
 from control_plane.store.database import jsonb
 
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+#: What `GET /api/v1/jobs?status=` takes: a status, or all of them.
+StatusFilter = Literal["all", "pending", "processing", "completed", "failed", "cancelled"]
 #: UTF-8 bytes per token the submit-time context check assumes. Real text averages 3-5 bytes per token, so
 #: only a prompt far too long is refused here; the node's engine counts exactly and refuses the rest with the
 #: same error (400 context_length_exceeded).
@@ -214,18 +217,11 @@ class JobService:
         limit = 20 if limit is None else limit
         if not 1 <= limit <= 100:
             raise BadRequest("limit must be between 1 and 100", param="limit")
-        if status in ("", "all"):
+        if status == "all":
             status = None
         if status is not None and status not in JOB_STATUSES:
-            raise BadRequest(f"status must be one of {', '.join(JOB_STATUSES)}", param="status")
-        since_ts = None
-        if since:
-            try:
-                since_ts = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            except ValueError:
-                raise BadRequest(f"since must be an ISO 8601 timestamp, got {since!r}", param="since") from None
-            if since_ts.tzinfo is None:
-                raise BadRequest("since must include a timezone (e.g. 2026-04-30T14:23:41Z)", param="since")
+            raise BadRequest(f"status must be all or one of {', '.join(JOB_STATUSES)}", param="status")
+        since_ts = parse_timestamp(since, "since")
         params = {"account_id": principal.account_id, "status": status, "since": since_ts, "limit": limit}
         if model:
             return await self._db.fetchall("list_jobs_of_model", params | {"model": model})

@@ -9,14 +9,47 @@ from typing import Any
 from control_plane.errors import BadRequest
 
 MAX_TOOLS = 128
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+# What these rules say, as JSON Schema for the OpenAPI document (bodies that take tools use them). Two rules have
+# no JSON Schema: tool names are unique, and a named tool_choice names one of the tools.
+_FUNCTION = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string", "pattern": "^" + _NAME.pattern + "$"},
+    "description": {"type": ["string", "null"]}, "parameters": {"type": ["object", "null"]}}}
+#: The Responses API's flat function tools ({"type": "function", "name", ...}).
+FLAT_TOOLS_SCHEMA = {"type": ["array", "null"], "maxItems": MAX_TOOLS, "items": {
+    **_FUNCTION, "required": ["type", "name"], "properties": {**_FUNCTION["properties"], "type": {"const": "function"}}}}
+FUNCTIONS_SCHEMA = {"type": ["array", "null"], "maxItems": MAX_TOOLS, "items": _FUNCTION}
+TOOLS_SCHEMA = {"type": ["array", "null"], "maxItems": MAX_TOOLS, "items": {
+    "type": "object", "required": ["function"],
+    "properties": {"type": {"const": "function"}, "function": _FUNCTION}}}
+TOOL_CHOICE_SCHEMA = {"anyOf": [
+    {"enum": ["auto", "none", "required"]},
+    {"type": "object", "required": ["function"], "properties": {
+        "type": {"const": "function"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+    {"type": "null"}]}
+#: Object-level: a tool_choice needs at least one tool.
+CHOICE_NEEDS_TOOLS = {"anyOf": [{"not": {"required": ["tool_choice"]}},
+                                {"properties": {"tool_choice": {"type": "null"}}},
+                                {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}]}
+#: An assistant message's calls.
+TOOL_CALLS_SCHEMA = {"type": ["array", "null"], "maxItems": MAX_TOOLS, "items": {
+    "type": "object", "required": ["id", "function"], "properties": {
+        "id": {"type": "string"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}}
+#: Object-level, on a message: only assistant messages carry tool_calls.
+CALLS_ONLY_FROM_ASSISTANT = {"anyOf": [{"properties": {"role": {"const": "assistant"}}},
+                                       {"not": {"required": ["tool_calls"]}},
+                                       {"properties": {"tool_calls": {"anyOf": [{"type": "null"},
+                                                                                {"type": "array", "maxItems": 0}]}}}]}
 
 
 def _function(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise BadRequest(f"{where} must be an object", param="tools")
     name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise BadRequest(f"{where}.name must be 1-64 letters, digits, '_', '-', '.' or ':'", param="tools")
     out: dict[str, Any] = {"name": name}
     if spec.get("description") is not None:

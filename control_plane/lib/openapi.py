@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 
@@ -72,12 +73,55 @@ def _body_types(app: Litestar) -> list[Any]:
 
 def _body_components(app: Litestar) -> dict[str, Any]:
     """msgspec's own JSON Schemas of the request bodies: every constraint (item lengths, patterns, unknown
-    fields refused) exactly as decoding enforces it, which Litestar's generator partly drops."""
+    fields refused) exactly as decoding enforces it, which Litestar's generator partly drops; then what each body
+    Struct says of the rules its handler checks itself (its `__openapi__`)."""
+    types = _body_types(app)
     try:
-        _, components = msgspec.json.schema_components(_body_types(app), ref_template="#/components/schemas/{name}")
+        _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     except Exception:  # an annotation msgspec cannot describe: keep Litestar's schemas
         return {}
+    for cls in _structs(types):
+        extra = getattr(cls, "__openapi__", None)
+        schema = components.get(cls.__name__)
+        if extra and schema is not None:
+            for field, fragment in extra.items():
+                if field == "":  # a rule about the whole object (one field depending on another)
+                    schema.setdefault("allOf", []).append(fragment)
+                else:
+                    schema["properties"][field] = {**fragment, **({"default": schema["properties"][field]["default"]}
+                                                                  if "default" in schema["properties"][field] else {})}
     return components
+
+
+def _structs(types: list[Any]) -> list[type]:
+    """Every Struct class the types use, nested ones included."""
+    seen: dict[type, None] = {}
+    stack = list(msgspec.inspect.multi_type_info(types))
+    while stack:
+        info = stack.pop()
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in seen:
+                continue
+            seen[info.cls] = None
+            stack.extend(f.type for f in info.fields)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            stack.extend(info.types)
+        elif isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType,
+                               msgspec.inspect.VarTupleType)):
+            stack.append(info.item_type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            stack.append(info.value_type)
+        elif isinstance(info, msgspec.inspect.Metadata):
+            stack.append(info.type)
+    return list(seen)
+
+
+def _no_null_string(parameter: dict[str, Any]) -> None:
+    """An optional string parameter is absent or a string: Litestar documents `str | None` as string-or-null,
+    and a client following that sends the text `null` (which the parameter's pattern or format then refuses)."""
+    schema = parameter.get("schema") or {}
+    if schema.get("oneOf") == [{"type": "string"}, {"type": "null"}]:
+        parameter["schema"] = {"type": "string", **{k: v for k, v in schema.items() if k != "oneOf"}}
 
 
 def complete(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +136,8 @@ def complete(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
                 continue
             handler = handlers.get((path, method.upper()))
             params = handler.parsed_fn_signature.parameters if handler is not None else {}
+            for parameter in operation.get("parameters") or ():
+                _no_null_string(parameter)
             keyed = "principal" in params
             if not keyed:
                 operation["security"] = []

@@ -60,7 +60,7 @@ def error_response(
 
 
 _MISSING = re.compile(r"missing required field `([^`]+)`")
-_AT = re.compile(r" - at `\$\.?([^`]*)`")
+_AT = re.compile(r" - at (?:`key` in )?`\$\.?([^`]*)`")  # "`key` in": a mapping's key was refused
 
 
 def _body_field(message: str) -> str | None:

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
 from control_plane.accounts.auth import Principal
-from control_plane.nodes.directory import NodeDirectory
+from control_plane.nodes.directory import NodeDirectory, StateFilter
 from control_plane.nodes.revocation import revoke_everywhere
 from control_plane.nodes.schemas import DrainAccepted, NodeEntry, NodeList, NodeModel, OperatorStats, Revoked
 from control_plane.nodes.service import drain_node
@@ -36,9 +36,8 @@ class NodesController(Controller):
         limit: Annotated[int | None, QueryParameter(ge=1, le=1000, description="1-1000, default 100")] = None,
         cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
         model: Annotated[str | None, QueryParameter(description="only nodes serving this model now")] = None,
-        node_state: Annotated[str | None, QueryParameter(name="state",
-                                                          description="online, draining, offline or quarantined")]
-        = None,
+        node_state: Annotated[StateFilter | None, QueryParameter(
+            name="state", description="online, draining, offline or quarantined")] = None,
     ) -> NodeList:
         return await directory.page(account_id=principal.account_id, limit=limit, cursor=cursor or None, model=model,
                                     state=node_state, is_admin=principal.is_admin)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Literal
 
 from control_plane.credits.usage import operator_node_stats
 from control_plane.errors import BadRequest
@@ -23,6 +24,8 @@ from control_plane.trust.service import TrustService
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 STATES = ("online", "draining", "offline", "quarantined")
+#: What `GET /api/v1/nodes?state=` takes.
+StateFilter = Literal["online", "draining", "offline", "quarantined"]
 #: Ids examined per page at most, as a multiple of `limit`: a filter that matches few nodes returns a short
 #: (even empty) page with a cursor rather than walking the whole network in one request.
 SCAN_FACTOR = 4

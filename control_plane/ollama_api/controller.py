@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -18,6 +18,7 @@ from msgspec import Meta, Struct
 
 from control_plane.accounts.auth import Principal
 from control_plane.errors import ModelNotFound
+from control_plane.jobs import tools as tool_rules
 from control_plane.jobs.schemas import ModelId
 from control_plane.jobs.service import JobService
 from control_plane.ollama_api import translate as tr
@@ -28,6 +29,21 @@ from control_plane.scheduler.registry import NodeRegistry
 
 _enc = msgspec.json.encode
 _NDJSON = "application/x-ndjson"
+
+
+#: `format`: "json", or a JSON Schema (an object with something in it); "" or null for none.
+_FORMAT = {"anyOf": [{"enum": ["json", ""]}, {"type": "object", "minProperties": 1}, {"type": "null"}]}
+#: `think`: no engine here thinks, so only its off values are taken.
+_NO_THINK = {"anyOf": [{"const": False}, {"const": ""}, {"type": "null"}]}
+#: A text to embed (empty ones are refused).
+_Text = Annotated[str, Meta(min_length=1)]
+#: An Ollama chat message as the handler reads it (other fields are ignored).
+_MESSAGE = {"type": "object", "required": ["role"], "properties": {
+    "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+    "content": {"type": ["string", "null"]},
+    "images": {"type": ["array", "null"], "items": {"type": "string"}}},
+    "anyOf": [{"properties": {"role": {"const": "user"}}}, {"not": {"required": ["images"]}},  # images: user only
+              {"properties": {"images": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}]}
 
 
 class ChatBody(Struct, forbid_unknown_fields=False):
@@ -41,6 +57,9 @@ class ChatBody(Struct, forbid_unknown_fields=False):
     stream: bool = True
     keep_alive: str | float | None = None
     think: bool | str | None = None
+
+    __openapi__: ClassVar[dict] = {"messages": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": _MESSAGE},
+                                   "think": _NO_THINK, "format": _FORMAT, "tools": tool_rules.TOOLS_SCHEMA}
 
 
 class GenerateBody(Struct, forbid_unknown_fields=False):
@@ -60,14 +79,22 @@ class GenerateBody(Struct, forbid_unknown_fields=False):
     keep_alive: str | float | None = None
     think: bool | str | None = None
 
+    #: What the handler refuses beyond the types: raw prompts, suffix, context, template, thinking.
+    __openapi__: ClassVar[dict] = {
+        "raw": {"anyOf": [{"const": False}, {"type": "null"}]},
+        "suffix": {"anyOf": [{"const": ""}, {"type": "null"}]},
+        "context": {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]},
+        "template": {"anyOf": [{"const": ""}, {"type": "null"}]},
+        "think": _NO_THINK, "format": _FORMAT}
+
 
 class EmbedBody(Struct, forbid_unknown_fields=False):
     """POST /api/embed (Ollama's shape)."""
 
     model: ModelId
-    input: str | Annotated[list[str], Meta(min_length=1, max_length=2048)]
+    input: _Text | Annotated[list[_Text], Meta(min_length=1, max_length=2048)]
     truncate: bool | None = None
-    dimensions: int | None = None
+    dimensions: oa.Dimensions | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
 

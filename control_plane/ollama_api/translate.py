@@ -63,14 +63,17 @@ def _messages(raw: list[Any]) -> list[dict[str, Any]]:
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}] must be an object", param="messages")
         role = m.get("role")
-        text = m.get("content") or ""
+        text = m.get("content")
+        text = "" if text is None else text
         if not isinstance(text, str):
             raise BadRequest(f"messages[{i}].content must be a string", param="messages")
+        images = m.get("images")
+        if images is not None and not (isinstance(images, list) and all(isinstance(b, str) for b in images)):
+            raise BadRequest(f"messages[{i}].images must be a list of base64 strings", param="messages")
         msg: dict[str, Any] = {"role": role, "content": text}
-        if m.get("images"):
+        if images:
             msg["content"] = ([{"type": "text", "text": text}] if text else []) + [
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}} for b64 in m["images"]
-                if isinstance(b64, str)]
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}} for b64 in images]
         if m.get("tool_calls"):
             calls = []
             for call in m["tool_calls"]:

@@ -4,7 +4,7 @@ through the model's chat template (engines here serve chat), so this is a chat c
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, post
@@ -36,7 +36,7 @@ class CompletionRequest(Struct, forbid_unknown_fields=False):
     max_tokens: Annotated[int, Meta(ge=1, le=131_072)] | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
-    n: int | None = None
+    n: Annotated[int, Meta(ge=1, le=8)] | None = None
     best_of: int | None = None
     stream: bool | None = None
     stream_options: oa.StreamOptions | None = None
@@ -48,8 +48,17 @@ class CompletionRequest(Struct, forbid_unknown_fields=False):
     suffix: str | None = None
     frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: oa.LogitBias | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
+
+    #: What the handler refuses beyond the types: several prompts or token arrays, echo, suffix, best_of > 1.
+    __openapi__: ClassVar[dict] = {
+        "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "maxItems": 1,
+                                                  "items": {"type": "string"}}]},
+        "echo": {"anyOf": [{"const": False}, {"type": "null"}]},
+        "suffix": {"anyOf": [{"const": ""}, {"type": "null"}]},
+        "best_of": {"anyOf": [{"const": 1}, {"type": "null"}]},
+        "": oa.STREAM_OPTIONS_NEED_STREAM}
 
 
 class CompletionChoice(Struct):

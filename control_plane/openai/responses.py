@@ -6,7 +6,7 @@ and the job row keeps what a later `previous_response_id` or GET needs."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -19,6 +19,7 @@ from msgspec import Meta, Struct
 from control_plane.accounts.auth import Principal
 from control_plane.errors import BadRequest, NotFound
 from control_plane.jobs.service import JobService
+from control_plane.jobs import tools as tool_rules
 from control_plane.jobs.tools import openai_calls
 from control_plane.openai import reshape
 from control_plane.openai import schemas as oa
@@ -55,7 +56,11 @@ class ResponseRequest(Struct, forbid_unknown_fields=False):
     metadata: dict[str, str] | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
     reasoning: dict[str, Any] | None = None
-    truncation: str | None = None
+    truncation: Literal["disabled"] | None = None
+
+    __openapi__: ClassVar[dict] = {"tools": tool_rules.FLAT_TOOLS_SCHEMA, "": {"anyOf": [  # parallel_tool_calls needs tools
+        {"not": {"required": ["parallel_tool_calls"]}}, {"properties": {"parallel_tool_calls": {"type": "null"}}},
+        {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}]}}
 
 
 # -- request -> chat ---------------------------------------------------------------------------------------------

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from msgspec import Meta, Struct
 
+from control_plane.jobs import tools as tool_rules
 from control_plane.jobs.schemas import ModelId
+from control_plane.openai.tokens import CL100K_ORDINARY
 
 MaxTokens = Annotated[int, Meta(ge=1, le=131_072)]
 
 
 # -- chat completions: request ---------------------------------------------------------------------
+#: Token id (digits) -> bias, -100..100.
+LogitBias = dict[Annotated[str, Meta(pattern=r"^[0-9]+$")], Annotated[float, Meta(ge=-100.0, le=100.0)]]
+_TEXT = {"type": "string", "minLength": 1}
+_TOKENS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": CL100K_ORDINARY - 1}}
+
+
+def _needs(field: str, then: dict) -> dict:
+    """Object-level JSON Schema: when `field` is given (not null), `then` holds too."""
+    return {"anyOf": [{"not": {"required": [field]}}, {"properties": {field: {"type": "null"}}}, then]}
+
+
+STREAM_OPTIONS_NEED_STREAM = _needs("stream_options", {"required": ["stream"], "properties": {"stream": {"const": True}}})
+_ANY_TOOLS = {"anyOf": [{"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+                        {"required": ["functions"], "properties": {"functions": {"type": "array", "minItems": 1}}}]}
+
+
 class ChatMessage(Struct, forbid_unknown_fields=False):
     """A message; `content` is a string, a list of content parts (text, image_url) or null; an assistant
     message may carry the `tool_calls` it made, a tool message the `tool_call_id` it answers."""
@@ -21,6 +39,12 @@ class ChatMessage(Struct, forbid_unknown_fields=False):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+
+    __openapi__: ClassVar[dict] = {"tool_calls": tool_rules.TOOL_CALLS_SCHEMA, "": {"allOf": [
+        tool_rules.CALLS_ONLY_FROM_ASSISTANT,
+        {"anyOf": [{"properties": {"role": {"not": {"const": "tool"}}}},  # a tool message names the call it answers
+                   {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}}]},
+    ]}}
 
 
 class StreamOptions(Struct, forbid_unknown_fields=False):
@@ -39,6 +63,11 @@ class ResponseFormat(Struct, forbid_unknown_fields=False):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
+    __openapi__: ClassVar[dict] = {"": {"anyOf": [  # json_schema needs a (non-empty) schema
+        {"properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"required": ["json_schema"], "properties": {"json_schema": {
+            "type": "object", "required": ["schema"], "properties": {"schema": {"type": "object", "minProperties": 1}}}}}]}}
+
 
 class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     """POST /v1/chat/completions body; fields Infernet does not use are accepted and ignored."""
@@ -51,7 +80,8 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     max_completion_tokens: MaxTokens | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     seed: int | None = None
-    n: int | None = None
+    #: Choices (1-8), each its own job.
+    n: Annotated[int, Meta(ge=1, le=8)] | None = None
     response_format: ResponseFormat | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
     stream: bool | None = None
@@ -69,7 +99,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     #: Token id -> bias (-100..100), passed to engines that have it.
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: LogitBias | None = None
     #: OpenAI features no engine here has: a 400 naming the field when set (modalities other than ["text"] too).
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
@@ -82,6 +112,17 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
     routing: dict[str, Any] | None = None
     fallback_models: list[str] | None = None
     webhook_url: str | None = None
+
+    __openapi__: ClassVar[dict] = {
+        "tools": tool_rules.TOOLS_SCHEMA, "tool_choice": tool_rules.TOOL_CHOICE_SCHEMA,
+        "functions": tool_rules.FUNCTIONS_SCHEMA,
+        **{name: {"type": "null"} for name in ("audio", "prediction", "reasoning_effort", "web_search_options")},
+        "modalities": {"anyOf": [{"type": "null"}, {"const": ["text"]}]},
+        "": {"allOf": [STREAM_OPTIONS_NEED_STREAM, _needs("top_logprobs", {"required": ["logprobs"], "properties": {
+            "logprobs": {"const": True}}}), *(_needs(name, _ANY_TOOLS) for name in (
+                "tool_choice", "function_call", "parallel_tool_calls")),
+            {"anyOf": [{"not": {"required": ["tools"]}}, {"not": {"required": ["functions"]}},  # not both
+                       {"properties": {"tools": {"maxItems": 0}}}, {"properties": {"functions": {"maxItems": 0}}}]}]}}
 
 
 # -- chat completions: response --------------------------------------------------------------------
@@ -161,12 +202,19 @@ class ModelList(Struct):
 
 
 # -- embeddings ------------------------------------------------------------------------------------
+#: The vector size asked of the engine.
+Dimensions = Annotated[int, Meta(ge=1, le=65_536)]
+
 class EmbeddingRequest(Struct, forbid_unknown_fields=False):
     model: ModelId
     #: A string, a list of strings, a token array or a list of token arrays (cl100k_base ids, decoded to text).
     input: str | Annotated[list[Any], Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: Dimensions | None = None
+
+    __openapi__: ClassVar[dict] = {"input": {"anyOf": [
+        _TEXT, *({"type": "array", "minItems": 1, "maxItems": 2048, "items": items} for items in (_TEXT, _TOKENS["items"])),
+        {"type": "array", "minItems": 1, "maxItems": 2048, "items": _TOKENS}]}}
     user: Annotated[str, Meta(max_length=256)] | None = None
 
 

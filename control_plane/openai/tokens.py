@@ -10,6 +10,8 @@ from control_plane.errors import BadRequest
 
 #: The encoding token arrays are read in (what tiktoken-based clients use for non-OpenAI model names).
 ENCODING = "cl100k_base"
+#: Its ordinary tokens, 0 .. CL100K_ORDINARY - 1 (the special ones after them are not text).
+CL100K_ORDINARY = 100_256
 
 
 @lru_cache(maxsize=1)
@@ -19,13 +21,21 @@ def _encoding() -> Any:
     return bpe_openai.get_encoding(ENCODING)
 
 
+def _token_id(t: Any) -> int | None:
+    """A JSON integer (2.0 included, as JSON Schema counts it) as an int; None for anything else."""
+    if isinstance(t, float) and t.is_integer():
+        return int(t)
+    return t if isinstance(t, int) and not isinstance(t, bool) else None
+
+
 def decode(tokens: list[Any], where: str) -> str:
-    """One token array as text; ids that are not cl100k_base tokens are a 400."""
+    """One token array as text; ids that are not ordinary cl100k_base tokens are a 400."""
     encoding = _encoding()
-    if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < encoding.n_vocab
-                             for t in tokens):
-        raise BadRequest(f"{where} must be a non-empty list of {ENCODING} token ids (0-{encoding.n_vocab - 1})",
+    ids = [_token_id(t) for t in tokens]
+    if not ids or not all(t is not None and 0 <= t < CL100K_ORDINARY for t in ids):
+        raise BadRequest(f"{where} must be a non-empty list of {ENCODING} token ids (0-{CL100K_ORDINARY - 1})",
                          param="input")
+    tokens = ids
     try:
         return encoding.decode(tokens)
     except (KeyError, ValueError) as exc:
@@ -38,7 +48,7 @@ def texts(raw: str | list[Any]) -> list[str]:
         return [raw]
     if all(isinstance(item, str) for item in raw):
         return list(raw)
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in raw):
+    if all(_token_id(item) is not None for item in raw):
         return [decode(raw, "input")]
     if all(isinstance(item, list) for item in raw):
         return [decode(item, f"input[{i}]") for i, item in enumerate(raw)]

@@ -99,6 +99,27 @@ async def test_out_of_range_cursors_are_a_400(stack, key):
     assert_clear(r, 404, "not_found", None)
 
 
+async def test_bodies_and_parameters_are_read_as_strictly_as_the_document_types_them(stack, key):
+    """What only a lax conversion took (0 as false, a number as a timestamp, "5" as an integer, a newline after a
+    cursor, a date without its time) is a 400 naming the field; a whole number written 5.0 is an integer."""
+    admin = await stack.key("ops", admin=True)
+    for body, field in (({"admin": 0}, "admin"), ({"expires_at": 1893456000}, "expires_at"),
+                        ({"rate_limit_rpm": "5"}, "rate_limit_rpm"), ({"expires_at": "2030-01-01"}, "expires_at"),
+                        ({"expires_at": "2030-02-30T00:00:00Z"}, "expires_at")):
+        r = await stack.client.post("/api/v1/keys", json=body, headers=stack.auth(admin))
+        assert_clear(r, 400, "bad_request", field)
+    r = await stack.client.post("/api/v1/keys", json={"rate_limit_rpm": 5.0, "expires_at": "2030-01-01t00:00:00z"},
+                                headers=stack.auth(admin))
+    assert r.status_code == 201, r.text
+    assert (r.json()["rate_limit_rpm"], r.json()["expires_at"]) == (5, "2030-01-01T00:00:00Z")
+    for query, field in (("/api/v1/credits/transactions?cursor=12%0A", "cursor"),
+                         ("/api/v1/credits/transactions?kind=charge,%20refund", "kind"),
+                         ("/api/v1/jobs?since=2026-01-01", "since"), ("/api/v1/jobs?status=", "status"),
+                         ("/api/v1/usage?cursor=job_0123456789abcdef", "cursor"), ("/api/v1/nodes?state=gone", "state")):
+        r = await stack.client.get(query, headers=stack.auth(key))
+        assert_clear(r, 400, "bad_request", field)
+
+
 async def test_oversized_request_headers_are_refused(stack, key):
     r = await stack.client.get("/api/v1/jobs", headers=stack.auth(key) | {"X-Big": "a" * 1_000_000})
     assert r.status_code == 431

@@ -120,7 +120,9 @@ async def test_losing_nats_mid_stream_ends_every_stream_with_an_error_event_and_
 
 async def test_a_nats_restart_within_the_grace_does_not_break_a_stream(stack, nats_server):
     """NATS SIGKILLed and back within the grace (10 s by default), the engine finishing while it is down: the
-    stream carries on and ends `done` with every token exactly once."""
+    stream carries on and ends `done`, its token texts in order and together the whole result. (Chunks the node
+    wrote into the dead connection before noticing are lost on core NATS; the stream then brings the rest of the
+    recorded text as one later token, so ids may skip but nothing is missing or repeated.)"""
     s = stack
     async with OllamaDouble(models=[MODEL], token_count=12, stall_after=3) as d:
         key = await s.key()
@@ -138,6 +140,7 @@ async def test_a_nats_restart_within_the_grace_does_not_break_a_stream(stack, na
             rest = [e async for e in reader.events()]
     assert rest[-1].event == "done", [(e.event, e.data) for e in rest]
     got = tokens([seen, *rest])
-    assert [seq for seq, _ in got] == list(range(1, len(got) + 1))
+    ids = [seq for seq, _ in got]
+    assert ids == sorted(set(ids)) and ids[0] == 1, ids
     assert "".join(t for _, t in got) == rest[-1].json()["result"]["content"]
     assert rest[-1].json()["credits_charged"] > 0

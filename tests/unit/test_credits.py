@@ -8,10 +8,11 @@ import pytest
 
 from control_plane.accounts.auth import Authenticator
 from control_plane.credits.ledger import Credits, credits_used_header
-from control_plane.credits.schemas import parse_time, usage_record
+from control_plane.credits.schemas import usage_record
 from control_plane.credits.usage import totals
 from control_plane.errors import BadRequest, Forbidden, Unauthorized
 from control_plane.lib.ids import secret_hash
+from control_plane.lib.timestamps import PATTERN, parse_timestamp
 
 
 def test_totals_fold_groups_per_model_and_per_day():
@@ -51,12 +52,28 @@ def test_usage_record_from_a_row():
     assert rec.created_at == "2026-01-01T00:00:00Z"
 
 
-def test_parse_time():
-    assert parse_time(None, "since") is None
-    assert parse_time("2026-01-01T00:00:00Z", "since") == datetime(2026, 1, 1, tzinfo=timezone.utc)
-    for bad in ("yesterday", "2026-01-01T00:00:00"):
-        with pytest.raises(BadRequest):
-            parse_time(bad, "since")
+def test_timestamps_are_exactly_rfc_3339_date_times():
+    assert parse_timestamp(None, "since") is None
+    assert parse_timestamp("2026-01-01T00:00:00Z", "since") == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert parse_timestamp("2026-01-01t01:30:00.1234567+01:30", "since") == \
+        datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
+    assert parse_timestamp("2026-01-01T00:00:00-00:00", "since") == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    # Not RFC 3339 (Python's fromisoformat takes several of these), or not a calendar instant.
+    for bad in ("yesterday", "", "2026-01-01T00:00:00", "2026-01-01 00:00:00Z", "2026-01-01", "20260101T000000Z",
+                "2026-01-01T00:00Z", "2026-01-01T00:00:00+0100", "2026-01-01T23:59:60Z", "2026-02-30T00:00:00Z",
+                "0000-01-01T00:00:00Z", "2026-01-01T00:00:00+24:00", "2026-01-01T00:00:00Z\n", "null"):
+        with pytest.raises(BadRequest) as refused:
+            parse_timestamp(bad, "since")
+        assert refused.value.param == "since"
+
+
+def test_the_documented_timestamp_pattern_is_what_the_parser_reads():
+    import re
+
+    for good in ("2026-01-01T00:00:00Z", "1999-12-31t23:59:59.5z", "0001-01-01T00:00:00+23:59"):
+        assert re.fullmatch(PATTERN, good) and parse_timestamp(good, "t") is not None
+    for bad in ("2026-01-01 00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T24:00:00Z", "0000-01-01T00:00:00Z"):
+        assert not re.fullmatch(PATTERN, bad)
 
 
 class FakeKeys:
