@@ -30,8 +30,7 @@ TOOL_CHOICE_SCHEMA = {"anyOf": [
         "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
     {"type": "null"}]}
 #: Object-level: a tool_choice needs at least one tool.
-CHOICE_NEEDS_TOOLS = {"anyOf": [{"not": {"required": ["tool_choice"]}},
-                                {"properties": {"tool_choice": {"type": "null"}}},
+CHOICE_NEEDS_TOOLS = {"anyOf": [{"properties": {"tool_choice": {"type": "null"}}},  # absent or null
                                 {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}]}
 #: An assistant message's calls.
 TOOL_CALLS_SCHEMA = {"type": ["array", "null"], "maxItems": MAX_TOOLS, "items": {
@@ -40,7 +39,6 @@ TOOL_CALLS_SCHEMA = {"type": ["array", "null"], "maxItems": MAX_TOOLS, "items": 
         "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}}
 #: Object-level, on a message: only assistant messages carry tool_calls.
 CALLS_ONLY_FROM_ASSISTANT = {"anyOf": [{"properties": {"role": {"const": "assistant"}}},
-                                       {"not": {"required": ["tool_calls"]}},
                                        {"properties": {"tool_calls": {"anyOf": [{"type": "null"},
                                                                                 {"type": "array", "maxItems": 0}]}}}]}
 

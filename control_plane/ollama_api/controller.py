@@ -42,7 +42,7 @@ _MESSAGE = {"type": "object", "required": ["role"], "properties": {
     "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
     "content": {"type": ["string", "null"]},
     "images": {"type": ["array", "null"], "items": {"type": "string"}}},
-    "anyOf": [{"properties": {"role": {"const": "user"}}}, {"not": {"required": ["images"]}},  # images: user only
+    "anyOf": [{"properties": {"role": {"const": "user"}}},  # images: user messages only
               {"properties": {"images": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}}]}
 
 

@@ -59,7 +59,7 @@ class ResponseRequest(Struct, forbid_unknown_fields=False):
     truncation: Literal["disabled"] | None = None
 
     __openapi__: ClassVar[dict] = {"tools": tool_rules.FLAT_TOOLS_SCHEMA, "": {"anyOf": [  # parallel_tool_calls needs tools
-        {"not": {"required": ["parallel_tool_calls"]}}, {"properties": {"parallel_tool_calls": {"type": "null"}}},
+        {"properties": {"parallel_tool_calls": {"type": "null"}}},  # absent or null
         {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}]}}
 
 

@@ -22,7 +22,7 @@ _TOKENS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum
 
 def _needs(field: str, then: dict) -> dict:
     """Object-level JSON Schema: when `field` is given (not null), `then` holds too."""
-    return {"anyOf": [{"not": {"required": [field]}}, {"properties": {field: {"type": "null"}}}, then]}
+    return {"anyOf": [{"properties": {field: {"type": "null"}}}, then]}  # `properties` holds when it is absent
 
 
 STREAM_OPTIONS_NEED_STREAM = _needs("stream_options", {"required": ["stream"], "properties": {"stream": {"const": True}}})
@@ -42,7 +42,8 @@ class ChatMessage(Struct, forbid_unknown_fields=False):
 
     __openapi__: ClassVar[dict] = {"tool_calls": tool_rules.TOOL_CALLS_SCHEMA, "": {"allOf": [
         tool_rules.CALLS_ONLY_FROM_ASSISTANT,
-        {"anyOf": [{"properties": {"role": {"not": {"const": "tool"}}}},  # a tool message names the call it answers
+        {"anyOf": [{"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}}},
+                   # a tool message names the call it answers
                    {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}}]},
     ]}}
 
@@ -121,8 +122,8 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=False):
         "": {"allOf": [STREAM_OPTIONS_NEED_STREAM, _needs("top_logprobs", {"required": ["logprobs"], "properties": {
             "logprobs": {"const": True}}}), *(_needs(name, _ANY_TOOLS) for name in (
                 "tool_choice", "function_call", "parallel_tool_calls")),
-            {"anyOf": [{"not": {"required": ["tools"]}}, {"not": {"required": ["functions"]}},  # not both
-                       {"properties": {"tools": {"maxItems": 0}}}, {"properties": {"functions": {"maxItems": 0}}}]}]}}
+            {"anyOf": [{"properties": {"tools": {"maxItems": 0}}},  # not both (absent, null or [] is none)
+                       {"properties": {"functions": {"maxItems": 0}}}]}]}}
 
 
 # -- chat completions: response --------------------------------------------------------------------
