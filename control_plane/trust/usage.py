@@ -15,19 +15,22 @@ from typing import Any
 from control_plane.trust.tokenizers import TokenCounter
 
 #: Completion tokens an honest engine may count beyond the relayed text's own count: an end-of-generation
-#: token (engines that count it), a multi-byte character cut at max_tokens (its bytes are dropped, not sent),
-#: and a sampled answer whose tokens are not the ones the tokenizer would choose for the same text.
+#: token (engines that count it) and a multi-byte character cut at max_tokens (its bytes are dropped, not sent).
 COMPLETION_SLACK = 2
-#: ... and per 16 tokens of text, for the same reason (sampling at high temperature writes text in more
-#: pieces than the tokenizer's own split of it).
-COMPLETION_SLACK_PER_16 = 1
-#: Per tool call: an engine's call framing (e.g. <tool_call> ... </tool_call> markers) around the call's JSON.
+#: ... and one per 32 tokens of text: a sampled answer's tokens need not be the ones the tokenizer would choose
+#: for the same text ("hel" + "lo" for "hello"). Measured on SmolLM2 (bench/usage_bound.py, 80 jobs of up to
+#: 128 tokens, temperature 0 to 2): at most 2 more than the count, so this is about 3x what was seen.
+COMPLETION_SLACK_PER_32 = 1
+#: Per tool call: an engine's own JSON spacing and call framing (e.g. <tool_call> markers) around the call.
+#: Measured: a forced call on SmolLM2 took up to 11 tokens more than its name and arguments counted here.
 TOOL_CALL_SLACK = 16
-#: Prompt tokens beyond the count with the model's own chat template: another engine's template of the same
-#: model (e.g. Ollama's) may add a few markers or newlines, per prompt and per message.
+#: Prompt tokens beyond the count with the model's own chat template. llama.cpp counts exactly this (measured:
+#: 0 difference without tools); another engine's template of the same model (e.g. Ollama's) may add a few
+#: markers or newlines, per prompt and per message (not measured here: no such engine on this machine).
 PROMPT_SLACK = 16
 PROMPT_SLACK_PER_MESSAGE = 4
-#: Per offered tool: the engine's wording around the tool's JSON description; per image, what a vision encoder
+#: Per offered tool: the engine's wording around the tool's JSON description (the built-in engine's: 67 tokens
+#: more than the template for one tool, of which the tool's JSON is counted); per image, what a vision encoder
 #: makes of one image (as the byte bound of migration 0080).
 TOOL_SPEC_SLACK = 64
 IMAGE_TOKENS = 1024
@@ -65,7 +68,7 @@ def completion_bound(text_tokens: int, call_tokens: Sequence[int] = ()) -> int:
     """The most completion tokens an honest engine reports for a relayed answer of `text_tokens` tokens of
     content and `call_tokens` tokens per tool call (without the stop-string part the trigger adds)."""
     counted = text_tokens + sum(call_tokens)
-    return counted + COMPLETION_SLACK + COMPLETION_SLACK_PER_16 * (counted // 16) + TOOL_CALL_SLACK * len(call_tokens)
+    return counted + COMPLETION_SLACK + COMPLETION_SLACK_PER_32 * (counted // 32) + TOOL_CALL_SLACK * len(call_tokens)
 
 
 async def request_prompt_bound(counter: TokenCounter, model: str, request: dict[str, Any]) -> int | None:

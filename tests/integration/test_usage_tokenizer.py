@@ -75,7 +75,7 @@ async def run(stack, key, node, **body) -> dict:
     r = await stack.submit(key, model=MODEL, node_id=node.node_id, **body)
     assert r.status_code == 200, r.text
     job = await stack.wait_job(key, r.json()["id"], timeout=180)
-    assert job["status"] == "completed", job
+    assert job["status"] == "completed", (job.get("error"), job.get("error_message"), body)
     return job
 
 
@@ -108,14 +108,14 @@ async def test_honest_llamacpp_is_never_capped_and_a_node_claiming_one_and_a_hal
     await wait_until(lambda: trust.view(honest.node_id).served >= 30, timeout=30, message="evidence not applied")
     assert trust.view(honest.node_id).usage_capped == 0
 
-    # The cheat: short answers that end before max_tokens, so max_tokens does not bound them; a prompt long
-    # enough that 1.5x its template's count is past the prompt slack.
+    # The cheat: short answers (10 to 33 tokens at temperature 0) that end before max_tokens, so max_tokens does
+    # not bound them; a prompt long enough that 1.5x its template's count is past the prompt slack.
     price = Price(stack.settings.default_price_input, stack.settings.default_price_output)
     long_system = ("You are a careful assistant. You answer every question in one short sentence, plainly, "
                    "without lists, without headings and without any introduction. ") * 3
     let_through_by_bytes = 0
-    for i, question in enumerate(["Why is the sky blue?", "Why do cats purr?",
-                                  "What is bread made of?", "Why does it rain?"]):
+    for i, question in enumerate(["How many legs does a cat have?", "Name one planet.",
+                                  "Who wrote Hamlet?", "What do bees make?"]):
         job = await run(stack, user, cheat, temperature=0, seed=1, max_tokens=200,
                         messages=[{"role": "system", "content": long_system},
                                   {"role": "user", "content": question}])

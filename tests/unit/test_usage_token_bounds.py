@@ -16,22 +16,20 @@ needs_smollm2 = pytest.mark.skipif(bundled_model_path() is None, reason="needs t
 
 def test_completion_bound_is_the_count_plus_the_measured_slack():
     assert usage.completion_bound(0) == usage.COMPLETION_SLACK
-    assert usage.completion_bound(15) == 15 + usage.COMPLETION_SLACK
-    assert usage.completion_bound(16) == 16 + usage.COMPLETION_SLACK + usage.COMPLETION_SLACK_PER_16
-    assert usage.completion_bound(160) == 160 + usage.COMPLETION_SLACK + 10 * usage.COMPLETION_SLACK_PER_16
+    assert usage.completion_bound(31) == 31 + usage.COMPLETION_SLACK
+    assert usage.completion_bound(32) == 32 + usage.COMPLETION_SLACK + usage.COMPLETION_SLACK_PER_32
+    assert usage.completion_bound(320) == 320 + usage.COMPLETION_SLACK + 10 * usage.COMPLETION_SLACK_PER_32
     # Each tool call adds its own count and the framing an engine may write around it.
-    assert usage.completion_bound(10, [20, 5]) == (35 + usage.COMPLETION_SLACK + 2 * usage.COMPLETION_SLACK_PER_16
+    assert usage.completion_bound(10, [20, 5]) == (35 + usage.COMPLETION_SLACK + usage.COMPLETION_SLACK_PER_32
                                                    + 2 * usage.TOOL_CALL_SLACK)
 
 
-@pytest.mark.parametrize("count", [1, 8, 20, 64, 200, 1000])
-def test_an_inflation_of_a_quarter_or_more_is_above_the_bound_from_eight_tokens_on(count):
-    """The bound is tight enough that a node claiming 1.25x what it produced is charged down (except for tiny
-    answers, where the fixed slack of a few tokens is all a node can add)."""
-    bound = usage.completion_bound(count)
-    assert bound >= count
-    if count >= 8:
-        assert int(count * 1.25) > bound
+@pytest.mark.parametrize("factor, from_tokens", [(1.5, 6), (1.25, 12), (1.1, 40)])
+def test_an_inflation_is_caught_once_the_answer_is_a_few_tokens_long(factor, from_tokens):
+    """A node claiming 1.5x what it produced is always charged down from 6 tokens on, 1.25x from 12, 1.1x from
+    40; on shorter answers the slack (two tokens, and one per 32) may hold the claim."""
+    caught = [int(count * factor) > usage.completion_bound(count) for count in range(1, 20_000)]
+    assert all(caught[from_tokens - 1:]) and not caught[from_tokens - 2]
 
 
 def test_prompt_bound_adds_template_slack_per_message_tool_and_image():
