@@ -26,9 +26,23 @@ def _token(value: str) -> str:
     return value
 
 
+#: The wildcard for one subject token (any node, any job).
+_ANY = "*"
+
+
+def _node_scoped(node: str, kind: str) -> str:
+    """infernet.v1.node.<node>.<kind>; `node` is a checked id or `_ANY`."""
+    return f"{PREFIX}.node.{node}.{kind}"
+
+
+def _job_scoped(node: str, job: str, kind: str) -> str:
+    """infernet.v1.node.<node>.job.<job>.<kind>; each id is a checked one or `_ANY`."""
+    return _node_scoped(node, f"job.{job}.{kind}")
+
+
 def advertisements() -> str:
     """Every node's advertisement (a wildcard): each replica subscribes, with no queue group."""
-    return f"{PREFIX}.node.*.advertise"
+    return _node_scoped(_ANY, "advertise")
 
 
 def advertisement_requests() -> str:
@@ -38,72 +52,72 @@ def advertisement_requests() -> str:
 
 def node_advertise(node_id: str) -> str:
     """A node publishes its advertisement (heartbeat) here; only that node may (server-enforced)."""
-    return f"{PREFIX}.node.{_token(node_id)}.advertise"
+    return _node_scoped(_token(node_id), "advertise")
 
 
 def node_verify(node_id: str) -> str:
     """Request/reply: a node asks the control plane how it sees it (infernet-node doctor); one replica answers."""
-    return f"{PREFIX}.node.{_token(node_id)}.verify"
+    return _node_scoped(_token(node_id), "verify")
 
 
 def all_node_verify() -> str:
     """Wildcard the control plane answers verify requests on (a queue group)."""
-    return f"{PREFIX}.node.*.verify"
+    return _node_scoped(_ANY, "verify")
 
 
 def node_assign(node_id: str) -> str:
     """Request/reply: a control plane offers one job to one node."""
-    return f"{PREFIX}.node.{_token(node_id)}.assign"
+    return _node_scoped(_token(node_id), "assign")
 
 
 def node_cancel(node_id: str) -> str:
     """A control plane tells a node to stop a job."""
-    return f"{PREFIX}.node.{_token(node_id)}.cancel"
+    return _node_scoped(_token(node_id), "cancel")
 
 
 def node_drain(node_id: str) -> str:
     """A control plane tells a node to drain (take no new jobs, finish in-flight ones)."""
-    return f"{PREFIX}.node.{_token(node_id)}.drain"
+    return _node_scoped(_token(node_id), "drain")
 
 
 def node_job_tokens(node_id: str, job_id: str) -> str:
     """Token chunks one node publishes for one job; the node id in the subject names the publisher."""
-    return f"{PREFIX}.node.{_token(node_id)}.job.{_token(job_id)}.tokens"
+    return _job_scoped(_token(node_id), _token(job_id), "tokens")
 
 
 def node_job_result(node_id: str, job_id: str) -> str:
     """The outcome one node publishes for one job (captured by the results stream)."""
-    return f"{PREFIX}.node.{_token(node_id)}.job.{_token(job_id)}.result"
+    return _job_scoped(_token(node_id), _token(job_id), "result")
 
 
 def node_all_job_tokens(node_id: str) -> str:
     """Every job's token subject of one node (that node's publish permission)."""
-    return f"{PREFIX}.node.{_token(node_id)}.job.*.tokens"
+    return _job_scoped(_token(node_id), _ANY, "tokens")
 
 
 def node_all_job_results(node_id: str) -> str:
     """Every job's outcome subject of one node (that node's publish permission)."""
-    return f"{PREFIX}.node.{_token(node_id)}.job.*.result"
+    return _job_scoped(_token(node_id), _ANY, "result")
 
 
 def job_tokens(job_id: str) -> str:
     """Token chunks of one job from any node (a filter: replay reads a job's chunks with it)."""
-    return f"{PREFIX}.node.*.job.{_token(job_id)}.tokens"
+    return _job_scoped(_ANY, _token(job_id), "tokens")
 
 
 def job_result(job_id: str) -> str:
     """Outcomes of one job from any node (a filter)."""
-    return f"{PREFIX}.node.*.job.{_token(job_id)}.result"
+    return _job_scoped(_ANY, _token(job_id), "result")
 
 
 def all_job_results() -> str:
     """Wildcard the results stream captures."""
-    return f"{PREFIX}.node.*.job.*.result"
+    return _job_scoped(_ANY, _ANY, "result")
 
 
 def all_job_tokens() -> str:
     """Wildcard the tokens replay stream captures."""
-    return f"{PREFIX}.node.*.job.*.tokens"
+    return _job_scoped(_ANY, _ANY, "tokens")
 
 
 #: Positions of the node id and job id in node-scoped job subjects (infernet.v1.node.<node>.job.<job>.<kind>).
