@@ -71,12 +71,7 @@ async def list_keys(db: Database, account_id: str) -> list[dict]:
 
 async def get_key(db: Database, account_id: str, key_id: str) -> dict:
     """One key of the account; 404 for unknown keys and for other accounts' keys alike."""
-    row = None
-    if key_id.startswith("key_") and len(key_id) <= 64:
-        row = await db.fetchone("get_api_key", {"id": key_id, "account_id": account_id})
-    if row is None:
-        raise NotFound(f"API key {key_id} not found")
-    return row
+    return await _own_key(db, "get_api_key", account_id, key_id)
 
 
 async def update_key(db: Database, account_id: str, key_id: str, changes: dict,
@@ -103,9 +98,15 @@ async def update_key(db: Database, account_id: str, key_id: str, changes: dict,
 
 async def revoke_key(db: Database, account_id: str, key_id: str) -> dict:
     """Revoke a key at once (idempotent); callers broadcast the invalidation to every replica."""
+    return await _own_key(db, "revoke_api_key", account_id, key_id)
+
+
+async def _own_key(db: Database, query: str, account_id: str, key_id: str) -> dict:
+    """The row `query` returns for one of the account's keys; 404 for unknown keys and other accounts' keys alike
+    (an id that cannot be a key's never reaches the database)."""
     row = None
     if key_id.startswith("key_") and len(key_id) <= 64:
-        row = await db.fetchone("revoke_api_key", {"id": key_id, "account_id": account_id})
+        row = await db.fetchone(query, {"id": key_id, "account_id": account_id})
     if row is None:
         raise NotFound(f"API key {key_id} not found")
     return row
