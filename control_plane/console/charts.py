@@ -46,6 +46,21 @@ def _empty(width: int, height: int, label: str, message: str) -> Markup:
         f"</text></svg>")
 
 
+def _open(width: int, height: int, label: str) -> list[str]:
+    """The parts a chart starts with: its <svg> element named by `label` (aria-label and <title>)."""
+    return [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">',
+            f"<title>{escape(label)}</title>"]
+
+
+def _value_axis(parts: list[str], *, left: int, right: int, top: int, plot_h: float, top_value: float) -> None:
+    """Grid lines with their values at 0, half and the top of a vertical value axis."""
+    for frac in (0, 0.5, 1):
+        y = top + plot_h * (1 - frac)
+        parts.append(f'<line class="chart-grid" x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(f'<text class="chart-axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                     f"{_fmt(top_value * frac)}</text>")
+
+
 def bar_chart(points: Sequence[tuple[str, float]], *, label: str, unit: str = "", width: int = 640,
               height: int = 200, empty: str = "No data yet") -> Markup:
     """Vertical bars, one per (label, value), oldest first; a <title> on each bar gives its exact value."""
@@ -56,13 +71,8 @@ def bar_chart(points: Sequence[tuple[str, float]], *, label: str, unit: str = ""
     top_value = _nice_max(max(v for _, v in points))
     slot = plot_w / len(points)
     bar_w = max(2.0, slot * 0.7)
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">',
-             f"<title>{escape(label)}</title>"]
-    for frac in (0, 0.5, 1):
-        y = top + plot_h * (1 - frac)
-        parts.append(f'<line class="chart-grid" x1="{left}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="chart-axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                     f"{_fmt(top_value * frac)}</text>")
+    parts = _open(width, height, label)
+    _value_axis(parts, left=left, right=width - 8, top=top, plot_h=plot_h, top_value=top_value)
     every = max(1, math.ceil(len(points) / 8))
     for i, (name, value) in enumerate(points):
         h = plot_h * max(value, 0) / top_value
@@ -86,8 +96,7 @@ def hbar_chart(items: Sequence[tuple[str, float]], *, label: str, unit: str = ""
     name_w = 180
     plot_w = width - name_w - 70
     top_value = max(v for _, v in items) or 1
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">',
-             f"<title>{escape(label)}</title>"]
+    parts = _open(width, height, label)
     for i, (name, value) in enumerate(items):
         y = 4 + i * row_h
         w = max(2.0, plot_w * max(value, 0) / top_value)
@@ -110,13 +119,8 @@ def line_chart(values: Sequence[float | None], *, label: str, unit: str = "", x_
     plot_w, plot_h = width - left - 8, height - bottom - top
     top_value = _nice_max(max(known))
     step = plot_w / max(len(values) - 1, 1)
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">',
-             f"<title>{escape(label)}</title>"]
-    for frac in (0, 0.5, 1):
-        y = top + plot_h * (1 - frac)
-        parts.append(f'<line class="chart-grid" x1="{left}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="chart-axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                     f"{_fmt(top_value * frac)}</text>")
+    parts = _open(width, height, label)
+    _value_axis(parts, left=left, right=width - 8, top=top, plot_h=plot_h, top_value=top_value)
     segments: list[list[str]] = [[]]
     for i, v in enumerate(values):
         if v is None:

@@ -3,7 +3,7 @@ same services as /api/v1 with the signed-in key's Principal, so account boundari
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from datetime import datetime, timedelta, timezone
 
@@ -26,6 +26,8 @@ from control_plane.jobs.schemas import JobCreate, job_view
 from control_plane.jobs.service import JOB_STATUSES
 from control_plane.runtime import Runtime
 from control_plane.streaming import native
+
+KeyForm = TypeVar("KeyForm", KeyCreate, KeyUpdate)
 
 
 def filters_of(status: str | None, model: str | None) -> tuple[str | None, str | None]:
@@ -116,11 +118,7 @@ class ConsumerController(Controller):
     async def create_key(self, request: Request, user: NamedDependency[ConsoleUser],
                          runtime: NamedDependency[Runtime]) -> object:
         await require_csrf(request, user.csrf)
-        form = await request.form()
-        data = convert({"name": str(form.get("name") or "").strip(), "model_pool": _pool(form),
-                        "optimize_mode": form.get("optimize_mode") or "balanced",
-                        "rate_limit_rpm": optional_int(form, "rate_limit_rpm"),
-                        "rate_limit_tpm": optional_int(form, "rate_limit_tpm")}, KeyCreate)
+        data = _key_form(await request.form(), KeyCreate)
         # The API's rule (accounts.policy): a non-admin key mints keys no wider than itself.
         bounded = policy.minted_key(user.principal, {"expires_at": None, "rate_limit_rpm": data.rate_limit_rpm,
                                                      "rate_limit_tpm": data.rate_limit_tpm}, runtime.settings)
@@ -132,11 +130,7 @@ class ConsumerController(Controller):
     async def update_key(self, request: Request, key_id: FromPath[str], user: NamedDependency[ConsoleUser],
                          runtime: NamedDependency[Runtime]) -> object:
         await require_csrf(request, user.csrf)
-        form = await request.form()
-        data = convert({"name": str(form.get("name") or "").strip(), "model_pool": _pool(form),
-                        "optimize_mode": form.get("optimize_mode") or "balanced",
-                        "rate_limit_rpm": optional_int(form, "rate_limit_rpm"),
-                        "rate_limit_tpm": optional_int(form, "rate_limit_tpm")}, KeyUpdate)
+        data = _key_form(await request.form(), KeyUpdate)
         changes = data.changes()
         await accounts.update_key(runtime.db, user.principal.account_id, key_id, changes,
                                   check=lambda current: policy.check_update(user.principal, current, changes,
@@ -163,6 +157,14 @@ class ConsumerController(Controller):
         per_day, per_model = views.usage_charts(totals)
         return render(request, user, "credits.html", active="credits", balance=balance, totals=totals,
                       entries=[transaction_view(e) for e in entries], per_day=per_day, per_model=per_model)
+
+
+def _key_form(form, schema: type[KeyForm]) -> KeyForm:
+    """The keys page's form (create and edit have the same fields) as the API's request body."""
+    return convert({"name": str(form.get("name") or "").strip(), "model_pool": _pool(form),
+                    "optimize_mode": form.get("optimize_mode") or "balanced",
+                    "rate_limit_rpm": optional_int(form, "rate_limit_rpm"),
+                    "rate_limit_tpm": optional_int(form, "rate_limit_tpm")}, schema)
 
 
 def _pool(form) -> list[str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,26 +31,25 @@ def ms(value: Any) -> str:
     return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
 
 
-def since(iso: str | None) -> str:
-    """'5 s ago' for an ISO 8601 timestamp."""
+def _timestamp(iso: str | None, words: Callable[[datetime], str]) -> str:
+    """`words` of an ISO 8601 timestamp; a dash for none, the text itself when it is not one."""
     if not iso:
         return "–"
     try:
         ts = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         return iso
-    return ago((datetime.now(timezone.utc) - ts).total_seconds())
+    return words(ts)
+
+
+def since(iso: str | None) -> str:
+    """'5 s ago' for an ISO 8601 timestamp."""
+    return _timestamp(iso, lambda ts: ago((datetime.now(timezone.utc) - ts).total_seconds()))
 
 
 def when(iso: str | None) -> str:
     """A readable UTC time for an ISO 8601 timestamp."""
-    if not iso:
-        return "–"
-    try:
-        ts = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return iso
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return _timestamp(iso, lambda ts: ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
 def install(env) -> None:
