@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 import httpx
 
+from bench.load import closed_loop
 from bench.stack import bench_stack, percentile, wait_all_completed
 
 BODY = {"model": "bench:1b", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}
@@ -18,42 +18,26 @@ BODY = {"model": "bench:1b", "messages": [{"role": "user", "content": "Say hello
 
 async def run_jobs(url: str, key: str, jobs: int, concurrency: int, poll_s: float) -> tuple[list[float], float]:
     headers = {"Authorization": f"Bearer {key}"}
-    latencies: list[float] = []
-    todo = iter(range(jobs))
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
-        async def worker():
-            for _ in todo:
-                t0 = time.perf_counter()
-                job_id = (await client.post("/api/v1/jobs", json=BODY)).json()["id"]
-                while True:
-                    status = (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"]
-                    if status == "completed":
-                        break
-                    if status in ("failed", "cancelled"):
-                        raise RuntimeError(f"job {job_id} {status}")
-                    await asyncio.sleep(poll_s)
-                latencies.append((time.perf_counter() - t0) * 1000)
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, jobs / elapsed
+        async def one() -> None:
+            job_id = (await client.post("/api/v1/jobs", json=BODY)).json()["id"]
+            while True:
+                status = (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"]
+                if status == "completed":
+                    return
+                if status in ("failed", "cancelled"):
+                    raise RuntimeError(f"job {job_id} {status}")
+                await asyncio.sleep(poll_s)
+        return await closed_loop(one, jobs, concurrency)
 
 
 async def run_direct(url: str, jobs: int, concurrency: int) -> tuple[list[float], float]:
     body = {"model": "bench:1b", "messages": BODY["messages"], "stream": False, "options": {"num_predict": 16}}
-    latencies: list[float] = []
-    todo = iter(range(jobs))
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        async def worker():
-            for _ in todo:
-                t0 = time.perf_counter()
-                (await client.post("/api/chat", json=body)).raise_for_status()
-                latencies.append((time.perf_counter() - t0) * 1000)
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, jobs / elapsed
+        async def one() -> None:
+            (await client.post("/api/chat", json=body)).raise_for_status()
+        return await closed_loop(one, jobs, concurrency)
 
 
 async def run_throughput(url: str, key: str, database_url: str, jobs: int, concurrency: int) -> tuple[list[float], float]:
@@ -61,17 +45,15 @@ async def run_throughput(url: str, key: str, database_url: str, jobs: int, concu
     import psycopg
 
     headers = {"Authorization": f"Bearer {key}"}
-    todo = iter(range(jobs))
     ids: list[str] = []
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
-        async def worker():
-            for _ in todo:
-                r = await client.post("/api/v1/jobs", json=BODY)
-                if r.status_code != 200:
-                    raise RuntimeError(f"submit failed: {r.status_code} {r.text}")
-                ids.append(r.json()["id"])
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def one() -> None:
+            r = await client.post("/api/v1/jobs", json=BODY)
+            if r.status_code != 200:
+                raise RuntimeError(f"submit failed: {r.status_code} {r.text}")
+            ids.append(r.json()["id"])
+        await closed_loop(one, jobs, concurrency)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         first, last = await wait_all_completed(conn, ids)
         cur = await conn.execute(

@@ -26,6 +26,7 @@ async def run(args: argparse.Namespace) -> None:
     import httpx
     import uvicorn
 
+    from bench.load import closed_loop
     from control_plane.accounts.service import create_key, ensure_account
     from control_plane.app import create_app
     from control_plane.embedded import free_port, start_nats, start_postgres, wait_for_port
@@ -65,14 +66,12 @@ async def run(args: argparse.Namespace) -> None:
         body = {"model": "bench:1b", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 32}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
-            async def jobs(n: int) -> None:
-                todo = iter(range(n))
+            async def one() -> None:
+                r = await client.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
 
-                async def worker():
-                    for _ in todo:
-                        r = await client.post("/v1/chat/completions", json=body)
-                        assert r.status_code == 200, r.text
-                await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            async def jobs(n: int) -> None:
+                await closed_loop(one, n, args.concurrency)
 
             await jobs(args.warm)
             await asyncio.sleep(3)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 import httpx
 
+from bench.load import closed_loop
 from bench.stack import bench_stack, percentile
 
 MODEL = "bench:1b"
@@ -23,20 +23,12 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 async def run(client: httpx.AsyncClient, path: str, body: dict, requests: int,
               concurrency: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    todo = iter(range(requests))
+    async def one() -> None:
+        r = await client.post(path, json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"{path} answered {r.status_code}: {r.text}")
 
-    async def worker() -> None:
-        for _ in todo:
-            t0 = time.perf_counter()
-            r = await client.post(path, json=body)
-            if r.status_code != 200:
-                raise RuntimeError(f"{path} answered {r.status_code}: {r.text}")
-            latencies.append((time.perf_counter() - t0) * 1000)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, requests / (time.perf_counter() - start)
+    return await closed_loop(one, requests, concurrency)
 
 
 async def measure(stack, requests: int) -> None:

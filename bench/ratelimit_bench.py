@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.load import closed_loop
 from bench.stack import percentile
 from control_plane.accounts.auth import Principal
 from control_plane.accounts.service import create_key, ensure_account
@@ -24,21 +25,6 @@ from control_plane.settings import Settings
 from control_plane.store import Database
 from control_plane.store.migrate import apply_migrations
 from protocol.messages import Advertisement, ModelInfo
-
-
-async def timed(fn, n: int, concurrency: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    todo = iter(range(n))
-
-    async def worker():
-        for _ in todo:
-            t0 = time.perf_counter()
-            await fn()
-            latencies.append((time.perf_counter() - t0) * 1000)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, n / (time.perf_counter() - t0)
 
 
 def report(name: str, latencies: list[float], rate: float) -> None:
@@ -58,13 +44,13 @@ async def main(requests: int) -> None:
         for concurrency in (1, 32):
             # Default plan (600/min, 2M tokens/min): leases of 30 requests / 100,000 tokens, mostly local.
             limiter = RateLimiter(db, Settings(rate_limit_rpm=10**9, rate_limit_tpm=10**12))
-            lat, rate = await timed(lambda: limiter.admit(principal, tokens=530), requests, concurrency)
+            lat, rate = await closed_loop(lambda: limiter.admit(principal, tokens=530), requests, concurrency)
             report(f"admit(), leased (limit 1e9/min), concurrency {concurrency}", lat, rate)
             # The alternative: one upsert per request (lease size 1).
             window = limiter.window_start() + 60 * (concurrency + 7)
             params = {"key_id": key.key_id, "window_start": window, "dim": "requests", "need": 1, "ask": 1,
                       "limit": 10**9}
-            lat, rate = await timed(lambda: db.fetchone("ratelimit_lease", params), requests, concurrency)
+            lat, rate = await closed_loop(lambda: db.fetchone("ratelimit_lease", params), requests, concurrency)
             report(f"one ratelimit_lease upsert per request, concurrency {concurrency}", lat, rate)
         await db.close()
     finally:

@@ -18,6 +18,7 @@ import time
 import httpx
 import psycopg
 
+from bench.load import closed_loop
 from bench.stack import bench_stack, wait_all_completed
 
 TABLES = ("jobs", "credit_ledger", "credit_rollups", "credit_ledger_folded", "webhook_deliveries",
@@ -38,14 +39,12 @@ async def submit_all(url: str, key: str, n: int, concurrency: int) -> list[str]:
     ids: list[str] = []
     body = {"model": "bench:1b", "messages": [{"role": "user", "content": "Write one sentence about the sea."}],
             "max_tokens": 64}
-    queue = iter(range(n))
     async with httpx.AsyncClient(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
-        async def worker():
-            for _ in queue:
-                r = await client.post("/api/v1/jobs", json=body)
-                r.raise_for_status()
-                ids.append(r.json()["id"])
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def one() -> None:
+            r = await client.post("/api/v1/jobs", json=body)
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        await closed_loop(one, n, concurrency)
     return ids
 
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -26,37 +27,32 @@ MODEL = "bench:1b"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
-async def ttft_direct(client: httpx.AsyncClient, max_tokens: int) -> float:
-    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "options": {"num_predict": max_tokens}}
+async def _ttft(client: httpx.AsyncClient, path: str, body: dict, is_token: Callable[[str], bool]) -> float:
+    """Milliseconds from sending a streamed request to the first line `is_token` says carries generated text."""
     t0 = time.perf_counter()
     first = None
-    async with client.stream("POST", "/api/chat", json=body) as r:
+    async with client.stream("POST", path, json=body) as r:
         async for line in r.aiter_lines():
-            if first is None and '"content":"' in line and '"content":""' not in line:
+            if first is None and is_token(line):
                 first = time.perf_counter() - t0
     return first * 1000
+
+
+async def ttft_direct(client: httpx.AsyncClient, max_tokens: int) -> float:
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True, "options": {"num_predict": max_tokens}}
+    return await _ttft(client, "/api/chat", body,
+                       lambda line: '"content":"' in line and '"content":""' not in line)
 
 
 async def ttft_native(client: httpx.AsyncClient, max_tokens: int) -> float:
     body = {"model": MODEL, "messages": MESSAGES, "stream": True, "max_tokens": max_tokens}
-    t0 = time.perf_counter()
-    first = None
-    async with client.stream("POST", "/api/v1/jobs", json=body) as r:
-        async for line in r.aiter_lines():
-            if first is None and line == "event: token":
-                first = time.perf_counter() - t0
-    return first * 1000
+    return await _ttft(client, "/api/v1/jobs", body, lambda line: line == "event: token")
 
 
 async def ttft_openai(client: httpx.AsyncClient, max_tokens: int) -> float:
     body = {"model": MODEL, "messages": MESSAGES, "stream": True, "max_tokens": max_tokens}
-    t0 = time.perf_counter()
-    first = None
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        async for line in r.aiter_lines():
-            if first is None and line.startswith("data: {") and '"delta":{"content"' in line:
-                first = time.perf_counter() - t0
-    return first * 1000
+    return await _ttft(client, "/v1/chat/completions", body,
+                       lambda line: line.startswith("data: {") and '"delta":{"content"' in line)
 
 
 async def measure_ttft(stack, requests: int, max_tokens: int) -> None:
