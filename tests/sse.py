@@ -56,6 +56,16 @@ class SSEReader:
                 event.id = value
 
 
+async def read_until(reader: SSEReader, kind: str) -> list[Event]:
+    """The events up to and including the first `kind` event; reading `reader` again goes on after it."""
+    events = []
+    async for event in reader.events():
+        events.append(event)
+        if event.event == kind:
+            break
+    return events
+
+
 async def collect(response: httpx.Response) -> list[Event]:
     """Every event until the server closes the stream."""
     return [e async for e in SSEReader(response).events()]

@@ -14,7 +14,7 @@ from control_plane.credits.pricing import cost
 from protocol import subjects
 from tests.security.rogue import GENUINE, GENUINE_TEXT, MODEL, assert_anonymous_refused, rogue_node, settle
 from tests.fixtures.waiting import wait_until
-from tests.sse import SSEReader, tokens
+from tests.sse import SSEReader, read_until, tokens
 
 
 async def honest_job(stack, double):
@@ -122,11 +122,7 @@ async def test_4_a_node_cannot_inject_text_into_another_nodes_stream(stack, doub
     body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
     async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
         reader = SSEReader(r)
-        events = []
-        async for event in reader.events():  # up to the honest node's first token (then the double stalls)
-            events.append(event)
-            if event.event == "token":
-                break
+        events = await read_until(reader, "token")  # up to the honest node's first token (then the double stalls)
         job_id = events[0].json()["id"]
         evil = [protocol.TokenChunk(job_id, 1, seq, " INJECTED", node_id=nid)
                 for nid in (honest.node_id, rogue.node_id) for seq in range(1, 6)]
@@ -222,7 +218,7 @@ async def test_4_chunks_from_a_node_that_speaks_first_are_never_shown(stack, dou
     body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
     async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
         reader = SSEReader(r)
-        first = [e async for e in _until(reader, "job")]
+        first = await read_until(reader, "job")
         job_id = first[0].json()["id"]
         await stack.wait_job(key, job_id, statuses=("processing",))
         for seq in range(1, 4):
@@ -235,9 +231,3 @@ async def test_4_chunks_from_a_node_that_speaks_first_are_never_shown(stack, dou
     assert "INJECTED" not in text and text == GENUINE_TEXT
     assert_genuine(stack, await stack.wait_job(key, job_id), honest.node_id)
 
-
-async def _until(reader, kind: str):
-    async for event in reader.events():
-        yield event
-        if event.event == kind:
-            return
