@@ -94,6 +94,22 @@ class Stack:
             lambda: sum(1 for n in self.runtime.registry.nodes() if n.accepting and model in n.models) >= count,
             timeout=30, message=f"{count} node(s) serving {model} never advertised")
 
+    async def ready(self, double: Any, model: str, *, account: str = "alice", **node: Any) -> str:
+        """The usual start of a test: a key of `account`, and a new node on `double` (`add_node`'s keywords)
+        once some node serves `model`; returns the key."""
+        key = await self.key(account)
+        await self.add_node(double.url, **node)
+        await self.wait_nodes_serving(model)
+        return key
+
+    async def occupy_one_slot(self, double: Any, model: str, **body: Any) -> tuple[str, str]:
+        """A key and its job holding the only slot of a new node on `double` (which must stall that job), so
+        the next job for `model` waits; returns (key, the busy job's id)."""
+        key = await self.ready(double, model, slots=1)
+        busy = (await self.submit(key, model=model, **body)).json()["id"]
+        await double.wait_active(1)
+        return key, busy
+
     def auth(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
 

@@ -80,9 +80,7 @@ async def test_keys_create_credits_sets_the_grant_or_tops_up(stack, database_url
 async def test_a_job_reserves_its_worst_case_and_is_charged_its_actual_tokens(stack):
     price = Price(stack.settings.default_price_input, stack.settings.default_price_output)
     async with OllamaDouble(models=[MODEL], token_count=30, stall_after=3) as d:
-        key = await stack.key("kim")
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving(MODEL)
+        key = await stack.ready(d, MODEL, account="kim")
         start = await credits(stack, key)
         content = "what is the capital of France?"
         r = await stack.submit(key, model=MODEL, max_tokens=200, messages=[{"role": "user", "content": content}])
@@ -138,9 +136,7 @@ async def test_failed_cancelled_and_expired_jobs_are_refunded_in_full(stack):
 
 async def test_admin_prices_apply_to_new_jobs(stack, double):
     admin = stack.auth(await stack.key("root", admin=True))
-    key = await stack.key("mia")
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving(MODEL)
+    key = await stack.ready(double, MODEL, account="mia")
     r = await stack.client.post("/api/v1/admin/prices", headers=admin,
                                 json={"model": MODEL, "input_per_mtok": 3_000_000, "output_per_mtok": 7_000_000})
     assert r.status_code == 200
@@ -156,9 +152,7 @@ async def test_admin_prices_apply_to_new_jobs(stack, double):
 
 
 async def test_openai_completion_carries_x_credits_used(stack, double):
-    key = await stack.key("noah")
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving(MODEL)
+    key = await stack.ready(double, MODEL, account="noah")
     r = await stack.client.post("/v1/chat/completions", headers=stack.auth(key),
                                 json={"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
     assert r.status_code == 200, r.text

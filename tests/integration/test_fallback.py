@@ -16,9 +16,7 @@ def fallback_headers(r) -> tuple:
 
 async def test_at_submission_a_missing_or_full_model_falls_back(stack):
     async with OllamaDouble(models=[BIG], stall_after=0) as big, OllamaDouble(models=[SMALL]) as small:
-        key = await stack.key()
-        await stack.add_node(small.url, name="small")
-        await stack.wait_nodes_serving(SMALL)
+        key = await stack.ready(small, SMALL, name="small")
 
         # No node has the model at all.
         r = await stack.submit(key, model=BIG, fallback_models=[SMALL])
@@ -78,9 +76,7 @@ async def test_configured_chains_and_auto_pools_fall_back(nats_url, database_url
     s = await Stack(nats_url, database_url, {"fallback_chains": f"huge:405b>{BIG}>{SMALL}"}).start()
     try:
         async with OllamaDouble(models=[SMALL]) as small:
-            key = await s.key()
-            await s.add_node(small.url)
-            await s.wait_nodes_serving(SMALL)
+            key = await s.ready(small, SMALL)
             r = await s.submit(key, model="huge:405b")
             assert fallback_headers(r) == (SMALL, "huge:405b", "2")
             assert (await s.wait_job(key, r.json()["id"]))["status"] == "completed"

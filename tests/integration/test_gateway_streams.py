@@ -14,9 +14,7 @@ CODE = [{"role": "user", "content": "Write a Python function to sort a list"}]
 
 async def test_streams_send_the_routing_decision_before_any_token(stack):
     async with OllamaDouble(models=[SMALL, LARGE]) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=4)
-        await stack.wait_nodes_serving(LARGE)
+        key = await stack.ready(d, LARGE, slots=4)
 
         # Native SSE: an `event: routing` before the job event and the tokens.
         body = {"model": "auto", "messages": CODE, "stream": True}
@@ -49,9 +47,7 @@ async def test_streams_send_the_routing_decision_before_any_token(stack):
 
 async def test_idempotency_key_on_v1_returns_the_original_completion(stack):
     async with OllamaDouble(models=[SMALL]) as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving(SMALL)
+        key = await stack.ready(d, SMALL)
         body = {"model": SMALL, "messages": [{"role": "user", "content": "once only"}]}
         headers = stack.auth(key) | {"Idempotency-Key": "retry-7"}
         first = await stack.client.post("/v1/chat/completions", json=body, headers=headers)

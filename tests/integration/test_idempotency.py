@@ -22,9 +22,7 @@ async def post(stack: Stack, key: str, body: dict, idem: str | None, **headers: 
 
 
 async def test_a_retry_returns_the_original_job(stack, double, database_url):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
 
     first = await post(stack, key, BODY, "order-42")
     assert first.status_code == 200 and "idempotent-replayed" not in first.headers
@@ -51,9 +49,7 @@ async def test_a_retry_returns_the_original_job(stack, double, database_url):
 
 
 async def test_a_failed_request_does_not_keep_the_key_and_keys_expire(stack, double, database_url):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     missing = await post(stack, key, BODY | {"model": "nope:1b"}, "k1")
     assert missing.status_code == 404
     # The same key now works for a request that succeeds (the failed one never created a job).
@@ -70,9 +66,7 @@ async def test_racing_retries_on_two_replicas_create_one_job(nats_url, database_
     a = await Stack(nats_url, database_url).start()
     b = await Stack(nats_url, database_url).start()
     try:
-        key = await a.key()
-        await a.add_node(double.url, slots=4)
-        await a.wait_nodes_serving("qwen2.5:7b")
+        key = await a.ready(double, "qwen2.5:7b", slots=4)
         await b.wait_nodes_serving("qwen2.5:7b")
         for attempt in range(3):
             idem = f"race-{attempt}"
@@ -91,9 +85,7 @@ async def test_racing_retries_on_two_replicas_create_one_job(nats_url, database_
 async def test_a_streamed_retry_streams_the_original_job(stack, double, database_url):
     from tests.sse import collect, tokens
 
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     body = BODY | {"stream": True}
     headers = stack.auth(key) | {"Idempotency-Key": "stream-1"}
     async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=headers) as r:

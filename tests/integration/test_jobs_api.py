@@ -76,9 +76,7 @@ async def test_pinning_runs_the_job_on_the_pinned_node(stack, double):
 
 async def test_errors_use_the_documented_codes(stack, double):
     key = await stack.key("alice")
-    other = await stack.key("bob")
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    other = await stack.ready(double, "qwen2.5:7b", account="bob")
 
     r = await stack.submit(key, model="no-such-model:1b")
     assert (r.status_code, r.json()["error"]) == (404, "model_not_found")
@@ -119,9 +117,7 @@ async def test_errors_use_the_documented_codes(stack, double):
 
 async def test_list_filters_and_isolation(stack, double):
     alice = await stack.key("alice")
-    bob = await stack.key("bob")
-    await stack.add_node(double.url, slots=4)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    bob = await stack.ready(double, "qwen2.5:7b", account="bob", slots=4)
     ids = [(await stack.submit(alice, model="qwen2.5:7b")).json()["id"] for _ in range(3)]
     for job_id in ids:
         await stack.wait_job(alice, job_id)
@@ -140,9 +136,7 @@ async def test_list_filters_and_isolation(stack, double):
 
 async def test_engine_error_mid_job_fails_the_job_clearly(stack):
     async with OllamaDouble(models=["qwen2.5:7b"], error_after=3, error_message="CUDA error: out of memory") as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving("qwen2.5:7b")
+        key = await stack.ready(d, "qwen2.5:7b")
         r = await stack.submit(key, model="qwen2.5:7b")
         job = await stack.wait_job(key, r.json()["id"])
     assert job["status"] == "failed"
@@ -152,11 +146,7 @@ async def test_engine_error_mid_job_fails_the_job_clearly(stack):
 
 async def test_busy_nodes_queue_jobs_until_a_slot_frees(stack):
     async with OllamaDouble(models=["qwen2.5:7b"], stall_after=1) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=1)
-        await stack.wait_nodes_serving("qwen2.5:7b")
-        first = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
-        await d.wait_active(1)
+        key, first = await stack.occupy_one_slot(d, "qwen2.5:7b")
         second = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
         # The node is full: the second job waits in pending rather than failing.
         r = await stack.client.get(f"/api/v1/jobs/{second}", headers=stack.auth(key))
@@ -169,11 +159,7 @@ async def test_busy_nodes_queue_jobs_until_a_slot_frees(stack):
 
 async def test_a_job_that_cannot_be_placed_before_its_deadline_fails_with_no_capacity(stack):
     async with OllamaDouble(models=["qwen2.5:7b"], stall_after=1) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=1)
-        await stack.wait_nodes_serving("qwen2.5:7b")
-        await stack.submit(key, model="qwen2.5:7b")
-        await d.wait_active(1)
+        key, _ = await stack.occupy_one_slot(d, "qwen2.5:7b")
         r = await stack.submit(key, model="qwen2.5:7b", max_wallclock_secs=1)
         job = await stack.wait_job(key, r.json()["id"])
         d.release()
@@ -201,9 +187,7 @@ async def test_openapi_document_describes_the_api(stack):
 
 
 async def test_nul_characters_are_a_bad_request_not_a_crash(stack, double):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     r = await stack.submit(key, model="qwen2.5:7b", messages=[{"role": "user", "content": "a\u0000b"}])
     assert (r.status_code, r.json()["error"]) == (400, "bad_request")
     assert "content" in r.json()["error_message"]

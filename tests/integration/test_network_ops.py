@@ -47,11 +47,7 @@ async def test_cancel_a_running_job_stops_the_engine_and_keeps_partial_output(st
 
 async def test_cancel_a_pending_job_means_it_never_runs(stack):
     async with OllamaDouble(models=["qwen2.5:7b"], stall_after=1) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=1)
-        await stack.wait_nodes_serving("qwen2.5:7b")
-        first = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
-        await d.wait_active(1)
+        key, first = await stack.occupy_one_slot(d, "qwen2.5:7b")
         queued = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
         r = await stack.client.delete(f"/api/v1/jobs/{queued}", headers=stack.auth(key))
         assert r.json()["status"] == "cancelled"
@@ -80,9 +76,7 @@ async def test_nodes_list_shows_the_network_without_secrets(stack, double):
 
 async def test_model_health(stack):
     async with OllamaDouble(models=["qwen2.5:7b", "llama3.2:3b"], loaded=["qwen2.5:7b"], load_on_use=False) as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving("qwen2.5:7b")
+        key = await stack.ready(d, "qwen2.5:7b")
 
         async def health(model):
             r = await stack.client.get(f"/api/v1/models/{model}/health", headers=stack.auth(key))

@@ -20,16 +20,10 @@ def client(stack: Stack, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
 
 
-async def _ready(stack: Stack, double: OllamaDouble, model: str = MODEL, **node) -> str:
-    key = await stack.key("alice")
-    await stack.add_node(double.url, **node)
-    await stack.wait_nodes_serving(model)
-    return key
-
 
 async def test_chat_completion_is_a_job_and_passes_every_parameter(stack):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             c = await oa.chat.completions.create(
                 model=MODEL, messages=[{"role": "system", "content": "Be brief."},
@@ -53,7 +47,7 @@ async def test_chat_completion_is_a_job_and_passes_every_parameter(stack):
 
 async def test_finish_reason_length_and_max_completion_tokens(stack):
     async with OllamaDouble(models=[MODEL], token_count=16) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             short = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                                      max_completion_tokens=5)
@@ -65,7 +59,7 @@ async def test_finish_reason_length_and_max_completion_tokens(stack):
 
 async def test_streamed_completion_chunks_usage_and_done(stack):
     async with OllamaDouble(models=[MODEL], token_count=40, delay_ms=1) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             stream = await oa.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "count"}], stream=True,
@@ -86,7 +80,7 @@ async def test_streamed_completion_chunks_usage_and_done(stack):
 
 
 async def test_streamed_without_usage_has_no_usage_chunk(stack, double):
-    key = await _ready(stack, double)
+    key = await stack.ready(double, MODEL)
     async with client(stack, key) as oa:
         stream = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                                   stream=True, max_tokens=3)
@@ -97,7 +91,7 @@ async def test_streamed_without_usage_has_no_usage_chunk(stack, double):
 
 async def test_content_parts_roles_and_structured_output(stack):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
         async with client(stack, key) as oa:
             c = await oa.chat.completions.create(
@@ -118,7 +112,7 @@ async def test_content_parts_roles_and_structured_output(stack):
 
 async def test_error_classes_of_the_sdk(stack, nats_url, database_url):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="inf_wrong", max_retries=0) as bad:
             with pytest.raises(openai.AuthenticationError) as err:
                 await bad.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
@@ -161,7 +155,7 @@ async def test_rate_limit_error_past_the_open_stream_limit(nats_url, database_ur
     stack = await Stack(nats_url, database_url, overrides={"max_open_streams_per_account": 1}).start()
     try:
         async with OllamaDouble(models=[MODEL], stall_after=1) as d:
-            key = await _ready(stack, d)
+            key = await stack.ready(d, MODEL)
             async with client(stack, key) as oa:
                 msg = [{"role": "user", "content": "x"}]
                 stream = await oa.chat.completions.create(model=MODEL, messages=msg, stream=True)
@@ -179,7 +173,7 @@ async def test_rate_limit_error_past_the_open_stream_limit(nats_url, database_ur
 
 async def test_closing_a_streamed_completion_cancels_the_job_on_the_node(stack):
     async with OllamaDouble(models=[MODEL], token_count=500, delay_ms=20) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             stream = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "long"}],
                                                       stream=True)
@@ -199,7 +193,7 @@ async def test_closing_a_streamed_completion_cancels_the_job_on_the_node(stack):
 
 async def test_leaving_a_native_stream_does_not_cancel_but_leaving_v1_does(stack):
     async with OllamaDouble(models=[MODEL], token_count=200, delay_ms=10) as d:
-        key = await _ready(stack, d, slots=2)
+        key = await stack.ready(d, MODEL, slots=2)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             job_id = r.headers["x-job-id"]
@@ -223,7 +217,7 @@ async def test_leaving_a_native_stream_does_not_cancel_but_leaving_v1_does(stack
 
 async def test_engine_error_mid_stream_raises_in_the_sdk(stack):
     async with OllamaDouble(models=[MODEL], error_after=3, delay_ms=8, error_message="CUDA error: out of memory") as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             stream = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                                       stream=True)
@@ -241,7 +235,7 @@ async def test_engine_error_mid_stream_raises_in_the_sdk(stack):
 
 async def test_embeddings_float_and_base64(stack):
     async with OllamaDouble(models=[MODEL, EMBED], embed_dim=8) as d:
-        key = await _ready(stack, d, model=EMBED)
+        key = await stack.ready(d, EMBED)
         async with client(stack, key) as oa:
             one = await oa.embeddings.create(model=EMBED, input="hello world")  # the SDK asks for base64
             many = await oa.embeddings.create(model=EMBED, input=["a", "b c"], encoding_format="float")
@@ -262,7 +256,7 @@ async def test_embeddings_float_and_base64(stack):
 
 async def test_models_list_and_retrieve(stack):
     async with OllamaDouble(models=[MODEL, "llama3.2:3b"]) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         await stack.wait_nodes_serving("llama3.2:3b")
         async with client(stack, key) as oa:
             models = [m async for m in oa.models.list()]
@@ -275,7 +269,7 @@ async def test_models_list_and_retrieve(stack):
 
 
 async def test_the_sync_client_works_too(stack, double):
-    key = await _ready(stack, double)
+    key = await stack.ready(double, MODEL)
 
     def use_sync() -> tuple[str, str]:
         with openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0) as oa:
@@ -309,7 +303,7 @@ async def test_embeddings_from_token_arrays_and_with_dimensions(stack):
     cl100k = bpe_openai.get_encoding("cl100k_base")  # what langchain's OpenAIEmbeddings tokenizes with
     texts = ["Hello world", "naïve café 🌟"]
     async with OllamaDouble(models=[EMBED], embed_dim=8) as d:
-        key = await _ready(stack, d, model=EMBED)
+        key = await stack.ready(d, EMBED)
         async with client(stack, key) as oa:
             arrays = await oa.embeddings.create(model=EMBED, input=[cl100k.encode(t) for t in texts],
                                                 encoding_format="float")
@@ -328,7 +322,7 @@ async def test_embeddings_from_token_arrays_and_with_dimensions(stack):
 
 async def test_n_choices_are_independent_jobs_streamed_and_not(stack):
     async with OllamaDouble(models=[MODEL], token_count=6, delay_ms=1) as d:
-        key = await _ready(stack, d, slots=4)
+        key = await stack.ready(d, MODEL, slots=4)
         async with client(stack, key) as oa:
             c = await oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], n=2, seed=5)
             seeds = sorted(r.body["options"]["seed"] for r in d.requests_to("/api/chat")[-2:])
@@ -357,7 +351,7 @@ async def test_n_choices_are_independent_jobs_streamed_and_not(stack):
 
 async def test_v1_answers_504_for_a_timed_out_job_and_409_for_a_cancelled_one(stack):
     async with OllamaDouble(models=[MODEL], stall_after=0) as d:
-        key = await _ready(stack, d, slots=2)
+        key = await stack.ready(d, MODEL, slots=2)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
         # The job outlives its wall-clock budget on a stalled engine: 504, code timeout.
         r = await stack.client.post("/v1/chat/completions", json=body | {"max_wallclock_secs": 1.0},

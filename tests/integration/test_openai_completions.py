@@ -12,9 +12,7 @@ MODEL = "qwen2.5:7b"
 
 async def test_legacy_completions_streamed_and_not(stack):
     async with OllamaDouble(models=[MODEL], token_count=20, delay_ms=1) as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving(MODEL)
+        key = await stack.ready(d, MODEL)
         async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             c = await oa.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=50, temperature=0.2)
             sent = d.requests_to("/api/chat")[-1].body

@@ -16,9 +16,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in
 
 
 async def _sdk(stack, d) -> openai.AsyncOpenAI:
-    key = await stack.key()
-    await stack.add_node(d.url)
-    await stack.wait_nodes_serving(MODEL)
+    key = await stack.ready(d, MODEL)
     return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 

@@ -26,16 +26,10 @@ def client(stack: Stack, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
-async def _ready(stack: Stack, url: str, model: str = MODEL, **node) -> str:
-    key = await stack.key("alice")
-    await stack.add_node(url, **node)
-    await stack.wait_nodes_serving(model)
-    return key
-
 
 async def test_tool_round_trip_through_the_ollama_engine(stack):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d.url)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             first = await oa.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME])
             call = first.choices[0].message.tool_calls[0]
@@ -64,7 +58,7 @@ async def test_tool_round_trip_through_the_ollama_engine(stack):
 
 async def test_streamed_tool_calls_have_openais_delta_shape(stack):
     async with OllamaDouble(models=[MODEL], tool_calls_per_reply=2) as d:
-        key = await _ready(stack, d.url)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             stream = await oa.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME], stream=True,
                                                       stream_options={"include_usage": True})
@@ -85,7 +79,7 @@ async def test_streamed_tool_calls_have_openais_delta_shape(stack):
 
 async def test_tool_choice_none_and_named_as_ollama_can_honour_them(stack):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d.url)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             plain = await oa.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="none")
             assert not d.requests_to("/api/chat")[-1].body.get("tools")  # the client sends [] for none
@@ -109,9 +103,7 @@ async def test_tool_choice_none_and_named_as_ollama_can_honour_them(stack):
 async def test_tool_jobs_go_only_to_tool_capable_nodes_and_are_refused_when_none_is(stack):
     plain_model = DoubleModel(MODEL, capabilities=("completion",))
     async with OllamaDouble(models=[plain_model]) as plain, OllamaDouble(models=[MODEL]) as tooled:
-        key = await stack.key("alice")
-        await stack.add_node(plain.url, name="plain", slots=4)
-        await stack.wait_nodes_serving(MODEL)
+        key = await stack.ready(plain, MODEL, name="plain", slots=4)
         async with client(stack, key) as oa:
             with pytest.raises(openai.BadRequestError) as err:  # at once, not after a timeout
                 await oa.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER])
@@ -135,7 +127,7 @@ async def test_tool_jobs_go_only_to_tool_capable_nodes_and_are_refused_when_none
 async def test_tools_logprobs_and_penalties_through_the_openai_compatible_engine(stack):
     async with OpenAIDouble(models=["double-chat"], token_count=4) as d:
         d.tool_calls_per_reply = 2
-        key = await _ready(stack, d.url, model="double-chat", engine="openai")
+        key = await stack.ready(d, "double-chat", engine="openai")
         async with client(stack, key) as oa:
             both = await oa.chat.completions.create(model="double-chat", messages=ASK, tools=[WEATHER, TIME])
             one = await oa.chat.completions.create(model="double-chat", messages=ASK, tools=[WEATHER, TIME],
@@ -168,7 +160,7 @@ async def test_tools_logprobs_and_penalties_through_the_openai_compatible_engine
 
 async def test_the_native_jobs_api_carries_tools_and_tool_calls(stack):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d.url)
+        key = await stack.ready(d, MODEL)
         r = await stack.submit(key, model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="auto")
         assert r.status_code == 200, r.text
         job = await stack.wait_job(key, r.json()["id"])
@@ -190,9 +182,7 @@ async def test_the_native_jobs_api_carries_tools_and_tool_calls(stack):
 async def test_auto_routing_with_tools_chooses_among_tool_capable_models(stack):
     small = DoubleModel("qwen2.5:7b", capabilities=("completion",))  # the router's pick for short prompts
     async with OllamaDouble(models=[small, "qwen2.5:72b"]) as d:
-        key = await stack.key("alice")
-        await stack.add_node(d.url, slots=4)
-        await stack.wait_nodes_serving("qwen2.5:72b")
+        key = await stack.ready(d, "qwen2.5:72b", slots=4)
         async with client(stack, key) as oa:
             plain = await oa.chat.completions.with_raw_response.create(model="auto", messages=ASK)
             assert plain.headers["x-model-used"] == "qwen2.5:7b"
@@ -207,7 +197,7 @@ async def test_auto_routing_with_tools_chooses_among_tool_capable_models(stack):
 
 async def test_openai_features_no_engine_has_are_a_400_naming_them(stack):
     async with OllamaDouble(models=[MODEL]) as d:
-        key = await _ready(stack, d.url)
+        key = await stack.ready(d, MODEL)
         async with client(stack, key) as oa:
             for extra, param in (({"reasoning_effort": "high"}, "reasoning_effort"),
                                  ({"modalities": ["text", "audio"]}, "modalities"),

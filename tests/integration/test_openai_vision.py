@@ -49,9 +49,7 @@ class ImageServer:
 
 async def test_data_url_images_reach_vision_models_only(stack):
     async with OllamaDouble(models=[VISION, PLAIN]) as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving(VISION)
+        key = await stack.ready(d, VISION)
         async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             c = await oa.chat.completions.create(model=VISION, messages=ask(f"data:image/png;base64,{B64}"))
             sent = d.requests_to("/api/chat")[-1].body["messages"]
@@ -71,9 +69,7 @@ async def test_data_url_images_reach_vision_models_only(stack):
 
 async def test_http_image_urls_follow_the_webhook_address_rules_and_the_size_limit(stack, nats_url, database_url):
     async with OllamaDouble(models=[VISION]) as d, ImageServer(PNG) as host:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving(VISION)
+        key = await stack.ready(d, VISION)
         async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             # A loopback image host is refused: the control plane never fetches from private addresses ...
             with pytest.raises(openai.BadRequestError) as err:
@@ -84,9 +80,7 @@ async def test_http_image_urls_follow_the_webhook_address_rules_and_the_size_lim
         open_stack = await Stack(nats_url, database_url, {"webhook_allow_private": True,
                                                            "max_image_bytes": 2 * len(PNG)}).start()
         try:
-            key = await open_stack.key()
-            await open_stack.add_node(d.url)
-            await open_stack.wait_nodes_serving(VISION)
+            key = await open_stack.ready(d, VISION)
             async with openai.AsyncOpenAI(base_url=f"{open_stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
                 await oa.chat.completions.create(model=VISION, messages=ask(host.url))
                 assert d.requests_to("/api/chat")[-1].body["messages"][0]["images"] == [B64]
@@ -101,9 +95,7 @@ async def test_http_image_urls_follow_the_webhook_address_rules_and_the_size_lim
 async def test_images_through_the_openai_compatible_engine_as_data_url_parts(stack):
     async with OpenAIDouble(models=["vlm"]) as d:
         d.capabilities = {"vlm": ["completion", "multimodal"]}
-        key = await stack.key()
-        await stack.add_node(d.url, engine="openai")
-        await stack.wait_nodes_serving("vlm")
+        key = await stack.ready(d, "vlm", engine="openai")
         async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0, timeout=60) as oa:
             await oa.chat.completions.create(model="vlm", messages=ask(f"data:image/png;base64,{B64}"))
     assert d.requests[-1]["body"]["messages"][0]["content"] == [

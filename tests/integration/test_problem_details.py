@@ -104,9 +104,7 @@ async def test_unexpected_exceptions_are_500_in_both_envelopes():
 
 
 async def test_request_id_is_kept_stored_on_the_job_and_in_every_log_line(stack, double, database_url):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         r = await stack.client.post("/api/v1/jobs", headers=stack.auth(key) | {"X-Request-Id": "trace-abc.123"},
                                     json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]})

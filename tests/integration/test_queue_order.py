@@ -9,11 +9,7 @@ MODEL = "qwen2.5:7b"
 
 async def test_jobs_queued_for_a_busy_node_start_in_submission_order(stack):
     async with OllamaDouble(models=[MODEL], stall_after=0) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=1)
-        await stack.wait_nodes_serving(MODEL)
-        first = (await stack.submit(key, model=MODEL, messages=[{"role": "user", "content": "job-0"}])).json()["id"]
-        await d.wait_active(1)
+        key, first = await stack.occupy_one_slot(d, MODEL, messages=[{"role": "user", "content": "job-0"}])
         queued = []
         for i in range(1, 6):
             r = await stack.submit(key, model=MODEL, messages=[{"role": "user", "content": f"job-{i}"}])

@@ -11,9 +11,7 @@ SMALL, LARGE = "qwen2.5:7b", "qwen2.5:72b"
 
 async def test_auto_routes_by_task_and_records_the_decision(stack, database_url):
     async with OllamaDouble(models=[SMALL, LARGE, "nomic-embed-text:latest"]) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=4)
-        await stack.wait_nodes_serving(LARGE)
+        key = await stack.ready(d, LARGE, slots=4)
 
         r = await stack.submit(key, model="auto",
                                messages=[{"role": "user", "content": "Write a Python function to sort a list"}])
@@ -62,9 +60,7 @@ async def test_auto_routes_by_task_and_records_the_decision(stack, database_url)
 
 
 async def test_auto_errors_are_clear(stack, double):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     r = await stack.submit(key, model="auto", routing={"model_pool": ["gone:1b"]})
     assert (r.status_code, r.json()["error"]) == (404, "model_not_found") and "gone:1b" in r.json()["error_message"]
     r = await stack.submit(key, model="auto", routing={"optimize": "fastest"})

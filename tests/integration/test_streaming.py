@@ -11,7 +11,7 @@ from protocol import subjects
 from tests.doubles.ollama_double import OllamaDouble
 from tests.fixtures.waiting import wait_until
 from tests.harness import Stack
-from tests.sse import SSEReader, collect, tokens
+from tests.sse import SSEReader, collect, read_until, tokens
 
 MODEL = "qwen2.5:7b"
 
@@ -25,18 +25,12 @@ def _assert_in_order(events, first: int = 1) -> None:
     assert ids == list(range(first, first + len(ids))), ids
 
 
-async def _ready(stack: Stack, double: OllamaDouble, **node) -> str:
-    key = await stack.key("alice")
-    await stack.add_node(double.url, **node)
-    await stack.wait_nodes_serving(MODEL)
-    return key
-
 
 async def test_stream_true_answers_with_tokens_in_order_then_the_result(stack):
     # The node sends the first token at once and coalesces later ones; a 10 s window makes that independent of
     # how fast this (shared) machine produces the 60 tokens.
     async with OllamaDouble(models=[MODEL], token_count=60, delay_ms=1) as d:
-        key = await _ready(stack, d, coalesce_ms=10_000)
+        key = await stack.ready(d, MODEL, coalesce_ms=10_000)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             assert r.status_code == 200
@@ -60,7 +54,7 @@ async def test_stream_true_answers_with_tokens_in_order_then_the_result(stack):
 
 
 async def test_a_job_not_streamed_records_no_first_token(stack, double):
-    key = await _ready(stack, double)
+    key = await stack.ready(double, MODEL)
     r = await stack.submit(key, model=MODEL)
     job = await stack.wait_job(key, r.json()["id"])
     assert job["status"] == "completed" and "time_to_first_token_ms" not in job
@@ -75,7 +69,7 @@ async def _published(stack: Stack, job_id: str) -> None:
 
 async def test_late_join_gets_every_token_then_the_live_ones(stack):
     async with OllamaDouble(models=[MODEL], token_count=30, delay_ms=2, stall_after=10) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         job_id = (await stack.submit(key, model=MODEL)).json()["id"]
         await _published(stack, job_id)
         async with stack.client.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=stack.auth(key)) as r:
@@ -97,15 +91,11 @@ async def test_late_join_gets_every_token_then_the_live_ones(stack):
 
 async def test_last_event_id_resumes_mid_stream_and_leaving_does_not_cancel(stack):
     async with OllamaDouble(models=[MODEL], token_count=20, delay_ms=2, stall_after=8) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "resume me"}], "stream": True}
-        first: list = []
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             job_id = r.headers["x-job-id"]
-            async for event in SSEReader(r).events():
-                first.append(event)
-                if event.event == "token":
-                    break  # the client goes away mid-stream
+            first = await read_until(SSEReader(r), "token")  # then the client goes away mid-stream
         last_id = tokens(first)[-1][0]
         # The job keeps running: nobody cancelled it.
         row = await stack.runtime.db.fetchone("get_job_any", {"id": job_id})
@@ -122,7 +112,7 @@ async def test_last_event_id_resumes_mid_stream_and_leaving_does_not_cancel(stac
 
 async def test_a_finished_job_is_replayed_whole(stack):
     async with OllamaDouble(models=[MODEL], token_count=40, delay_ms=1) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         job_id = (await stack.submit(key, model=MODEL)).json()["id"]
         job = await stack.wait_job(key, job_id)
     async with stack.client.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=stack.auth(key)) as r:
@@ -144,7 +134,7 @@ async def test_a_finished_job_is_replayed_whole(stack):
 async def test_engine_error_mid_stream_ends_with_an_error_event(stack):
     async with OllamaDouble(models=[MODEL], error_after=4, delay_ms=1,
                             error_message="CUDA error: out of memory") as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             job_id = r.headers["x-job-id"]
@@ -162,15 +152,11 @@ async def test_heartbeats_keep_a_quiet_stream_alive(nats_url, database_url):
     stack = await Stack(nats_url, database_url, overrides={"stream_heartbeat_s": 0.1}).start()
     try:
         async with OllamaDouble(models=[MODEL], stall_after=1) as d:
-            key = await _ready(stack, d)
+            key = await stack.ready(d, MODEL)
             body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
             async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
                 reader = SSEReader(r)
-                events = []
-                async for event in reader.events():
-                    events.append(event)
-                    if event.event == "token":
-                        break
+                await read_until(reader, "token")
                 async for _ in reader.events(comments=True):
                     if len(reader.comments) >= 2:
                         break
@@ -182,16 +168,12 @@ async def test_heartbeats_keep_a_quiet_stream_alive(nats_url, database_url):
 
 async def test_chunks_of_another_attempt_never_reach_the_client(stack):
     async with OllamaDouble(models=[MODEL], token_count=12, delay_ms=2, stall_after=3) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "attempts"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             job_id = r.headers["x-job-id"]
             reader = SSEReader(r)
-            events = []
-            async for event in reader.events():
-                events.append(event)
-                if event.event == "token":
-                    break
+            events = await read_until(reader, "token")
             # A stray chunk of another attempt (a node that was presumed lost) and a duplicate of this one.
             nc = stack.runtime.bus.nc
             node_id = stack.nodes[-1].node_id  # as if the job's own node sent them
@@ -236,7 +218,7 @@ async def test_any_replica_serves_any_job_stream(stack, nats_url, database_url):
     other = await Stack(nats_url, database_url).start()
     try:
         async with OllamaDouble(models=[MODEL], token_count=25, delay_ms=2, stall_after=5) as d:
-            key = await _ready(stack, d)
+            key = await stack.ready(d, MODEL)
             job_id = (await stack.submit(key, model=MODEL)).json()["id"]
             await d.wait_active(1)
             async with other.client.stream("GET", f"/api/v1/jobs/{job_id}/stream", headers=other.auth(key)) as r:
@@ -256,7 +238,7 @@ async def test_any_replica_serves_any_job_stream(stack, nats_url, database_url):
 
 
 async def test_stream_errors_before_streaming_are_plain_errors(stack, double):
-    key = await _ready(stack, double)
+    key = await stack.ready(double, MODEL)
     other = await stack.key("bob")
     body = {"model": "nope:1b", "messages": [{"role": "user", "content": "x"}], "stream": True}
     r = await stack.client.post("/api/v1/jobs", headers=stack.auth(key), json=body)
@@ -275,7 +257,7 @@ async def test_too_many_open_streams_for_an_account_is_429(nats_url, database_ur
     stack = await Stack(nats_url, database_url, overrides={"max_open_streams_per_account": 1}).start()
     try:
         async with OllamaDouble(models=[MODEL], stall_after=1) as d:
-            key = await _ready(stack, d)
+            key = await stack.ready(d, MODEL)
             body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True}
             async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
                 reader = SSEReader(r)
@@ -326,7 +308,7 @@ async def _after(stack, job_id, upto):
 async def test_held_tokens_reach_the_client_while_the_engine_pauses(stack):
     """Tokens coalesced behind the first are flushed on a timer, not only when the next token arrives."""
     async with OllamaDouble(models=[MODEL], stall_after=4) as d:  # 4 tokens in one burst, then silence
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "burst then pause"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             reader = SSEReader(r)

@@ -19,9 +19,7 @@ def ledger_kinds(database_url: str, job_id: str) -> list[str]:
 
 async def test_valid_output_is_typed_and_charged(stack, database_url):
     async with OllamaDouble(models=["qwen2.5:7b"], tokens=['{"name": ', '"Ada", ', '"age": 36}']) as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving("qwen2.5:7b")
+        key = await stack.ready(d, "qwen2.5:7b")
         r = await stack.submit(key, model="qwen2.5:7b", response_schema=PERSON)
         assert r.status_code == 200, r.text
         job = await stack.wait_job(key, r.json()["id"])
@@ -43,9 +41,7 @@ async def test_valid_output_is_typed_and_charged(stack, database_url):
 
 async def test_invalid_output_fails_and_is_refunded(stack, database_url):
     async with OllamaDouble(models=["qwen2.5:7b"], tokens=['{"name": "Ada", "age": -3}']) as d:
-        key = await stack.key()
-        await stack.add_node(d.url)
-        await stack.wait_nodes_serving("qwen2.5:7b")
+        key = await stack.ready(d, "qwen2.5:7b")
         job = await stack.wait_job(key, (await stack.submit(key, model="qwen2.5:7b", response_schema=PERSON)).json()["id"])
         assert (job["status"], job["error"]) == ("failed", "schema_validation_failed"), job
         assert job["typed"] is None and "age" in job["error_message"] and "refunded" in job["error_message"]
@@ -60,9 +56,7 @@ async def test_invalid_output_fails_and_is_refunded(stack, database_url):
 
 
 async def test_schemas_are_checked_at_submission(stack, double):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     for bad in ({"type": "not-a-type"}, {"properties": 5}, {"required": "name"}):
         r = await stack.submit(key, model="qwen2.5:7b", response_schema=bad)
         assert (r.status_code, r.json()["error"]) == (400, "bad_request"), bad

@@ -32,11 +32,7 @@ async def test_a_running_job_past_its_budget_is_stopped_and_refunded(stack, data
 
 async def test_a_job_that_never_finds_capacity_fails_at_its_deadline(stack):
     async with OllamaDouble(models=["qwen2.5:7b"], stall_after=0) as d:
-        key = await stack.key()
-        await stack.add_node(d.url, slots=1)
-        await stack.wait_nodes_serving("qwen2.5:7b")
-        busy = (await stack.submit(key, model="qwen2.5:7b")).json()["id"]
-        await d.wait_active(1)
+        key, busy = await stack.occupy_one_slot(d, "qwen2.5:7b")
         queued = (await stack.submit(key, model="qwen2.5:7b", max_wallclock_secs=1.0)).json()["id"]
         job = await stack.wait_job(key, queued, timeout=30)
         assert (job["status"], job["error"]) == ("failed", "no_capacity") and "deadline" in job["error_message"]

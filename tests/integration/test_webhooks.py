@@ -38,9 +38,7 @@ async def delivery(stack: Stack, key: str, job_id: str, status: str, timeout: fl
 
 async def test_signed_delivery_retried_until_accepted(hooks_stack, double):
     s = hooks_stack
-    key = await s.key()
-    await s.add_node(double.url)
-    await s.wait_nodes_serving("qwen2.5:7b")
+    key = await s.ready(double, "qwen2.5:7b")
     secret = (await s.client.get("/api/v1/webhooks/secret", headers=s.auth(key))).json()
     assert secret["secret"].startswith("whsec_") and secret["header"] == "Infernet-Signature"
 
@@ -103,9 +101,7 @@ async def test_failed_and_cancelled_jobs_are_delivered_too(hooks_stack):
 
 
 async def test_private_targets_are_refused_unless_allowed(stack, double):
-    key = await stack.key()
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving("qwen2.5:7b")
+    key = await stack.ready(double, "qwen2.5:7b")
     for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x", "http://[::1]/x",
                 "http://169.254.169.254/latest/meta-data", "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/",
                 "http://[2002:7f00:1::1]/", "http://[::127.0.0.1]/", "http://[::ffff:10.0.0.1]/", "http://127.1/",
@@ -128,9 +124,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(nats
         url = f"http://{host}:{rx.port}/hooks/infernet"
         s = await Stack(nats_url, database_url, dict(STRICT)).start()
         try:
-            key = await s.key()
-            await s.add_node(double.url)
-            await s.wait_nodes_serving("qwen2.5:7b")
+            key = await s.ready(double, "qwen2.5:7b")
             r = await s.submit(key, model="qwen2.5:7b", webhook_url=url)
             assert r.status_code == 200, r.text  # a name passes submission...
             job = await delivery(s, key, r.json()["id"], "failed")  # ...and is refused once resolved, for good
@@ -157,9 +151,7 @@ async def test_delivery_survives_a_control_plane_restart(nats_url, database_url,
     async with WebhookReceiver() as rx:
         rx.always = 503
         try:
-            key = await a.key()
-            await a.add_node(double.url)
-            await a.wait_nodes_serving("qwen2.5:7b")
+            key = await a.ready(double, "qwen2.5:7b")
             job_id = (await a.submit(key, model="qwen2.5:7b", webhook_url=rx.url)).json()["id"]
             await wait_until(lambda: len(rx.received) >= 2, timeout=30, message="no webhook attempts")
         finally:
@@ -179,9 +171,7 @@ async def test_delivery_gives_up_after_the_retry_window(nats_url, database_url, 
     try:
         async with WebhookReceiver() as rx:
             rx.always = 500
-            key = await s.key()
-            await s.add_node(double.url)
-            await s.wait_nodes_serving("qwen2.5:7b")
+            key = await s.ready(double, "qwen2.5:7b")
             job_id = (await s.submit(key, model="qwen2.5:7b", webhook_url=rx.url)).json()["id"]
             job = await delivery(s, key, job_id, "failed")
         assert len(job["webhook"]["attempts"]) == len(rx.received) >= 2

@@ -12,9 +12,7 @@ from tests.security.rogue import MODEL
 
 async def test_a_deleted_results_stream_is_recreated_and_readyz_tells_meanwhile(stack, double):
     double.stall_after = None
-    key = await stack.key("alice")
-    await stack.add_node(double.url)
-    await stack.wait_nodes_serving(MODEL)
+    key = await stack.ready(double, MODEL)
     nc = await nats.connect(stack.nats_url)  # an operator's mistake, made with a control plane's identity
     js = nc.jetstream()
     try:
