@@ -55,6 +55,8 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from tests.doubles.asgi import read_body
+
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 DEFAULT_ERROR = "an error was encountered while running the model: unexpected EOF"
 DEFAULT_MODELS = ("llama3.2:1b", "nomic-embed-text:latest")
@@ -466,15 +468,9 @@ class OllamaDouble:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        raw = b"".join(chunks)
+        raw = await read_body(receive)
+        if raw is None:
+            return
         if path.startswith("/_double/"):
             return await self._control(method, path, raw, send)
         try:

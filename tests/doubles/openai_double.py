@@ -38,6 +38,7 @@ from typing import Any
 
 import uvicorn
 
+from tests.doubles.asgi import read_body
 from tests.doubles.ollama_double import tool_arguments
 
 _JSON = [(b"content-type", b"application/json")]
@@ -127,12 +128,9 @@ class OpenAIDouble:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
+        if raw is None:
+            return
         body = json.loads(raw) if raw else None
         self.requests.append({"method": method, "path": path, "body": body})
         if (method, path) == ("GET", "/v1/models"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from tests.doubles.asgi import read_body
 from tests.fixtures.ports import free_port
 from tests.fixtures.waiting import wait_until
 
@@ -39,12 +40,9 @@ class WebhookReceiver:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.received.append(Received(scope["path"], headers, body))
         self._arrived.set()
