@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from control_plane.settings import Settings
+
+if TYPE_CHECKING:
+    from control_plane.store import Database
 
 
 def _settings(**overrides) -> Settings:
@@ -19,6 +25,18 @@ def _need_db(settings: Settings) -> str:
         click.echo("error: INFERNET_DATABASE_URL is not set (e.g. postgresql://user:pass@host/db)", err=True)
         sys.exit(2)
     return settings.database_url
+
+
+@asynccontextmanager
+async def _database(url: str) -> AsyncIterator[Database]:
+    """A small pool for one command, closed when the command is done with it."""
+    from control_plane.store import Database
+
+    db = await Database.open(url, min_size=1, max_size=2)
+    try:
+        yield db
+    finally:
+        await db.close()
 
 
 @click.group()
@@ -104,12 +122,10 @@ async def _create_key(url: str, account: str, name: str, admin: bool, *, credits
                       top_up: int | None = None) -> str:
     from control_plane.accounts.service import create_key, ensure_account
     from control_plane.credits.ledger import deposit
-    from control_plane.store import Database
     from control_plane.store.migrate import apply_migrations
 
     await asyncio.to_thread(apply_migrations, url)
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         acct = await ensure_account(db, account, credits=credits)
         if acct["created"]:
             click.echo(f"created account {account} ({acct['id']}) with {credits if credits is not None else 'the default'}"
@@ -118,8 +134,6 @@ async def _create_key(url: str, account: str, name: str, admin: bool, *, credits
             await deposit(db, acct["id"], top_up, "top-up with keys create --credits")
             click.echo(f"added {top_up} credits to existing account {account}", err=True)
         return (await create_key(db, acct["id"], name=name, admin=admin)).key
-    finally:
-        await db.close()
 
 
 @main.group()
@@ -140,10 +154,8 @@ def credits_add(account: str, amount: int, note: str | None, database_url: str |
 
 async def _credits_add(url: str, account: str, amount: int, note: str | None) -> str:
     from control_plane.credits.ledger import account_credits, deposit
-    from control_plane.store import Database
 
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         row = await db.fetchone("get_account_by_name", {"name": account})
         if row is None:
             click.echo(f"error: no account named {account}", err=True)
@@ -151,8 +163,6 @@ async def _credits_add(url: str, account: str, amount: int, note: str | None) ->
         await deposit(db, row["id"], amount, note or "top-up with the CLI")
         c = await account_credits(db, row["id"])
         return f"balance {c.balance} reserved {c.reserved} available {c.available}"
-    finally:
-        await db.close()
 
 
 @credits.command("price")
@@ -172,13 +182,9 @@ def credits_price(model: str, input_per_mtok: int, output_per_mtok: int, databas
 async def _credits_price(url: str, model: str, input_per_mtok: int, output_per_mtok: int) -> None:
     from control_plane.credits.prices import set_price
     from control_plane.credits.pricing import Price
-    from control_plane.store import Database
 
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         await set_price(db, model, Price(input_per_mtok, output_per_mtok))
-    finally:
-        await db.close()
 
 
 @main.group()
@@ -206,17 +212,13 @@ async def _register_node(url: str, name: str, operator: str | None, *, max_slots
                          models: tuple[str, ...] | None = None) -> str:
     from control_plane.accounts.service import ensure_account
     from control_plane.nodes.service import register_node
-    from control_plane.store import Database
     from control_plane.store.migrate import apply_migrations
 
     await asyncio.to_thread(apply_migrations, url)
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         grant = _settings().signup_credits
         operator_id = (await ensure_account(db, operator, credits=grant))["id"] if operator else None
         return (await register_node(db, name, operator_id, max_slots=max_slots, models=models)).token
-    finally:
-        await db.close()
 
 
 @nodes.command("set-models")
@@ -262,17 +264,12 @@ def nodes_clear_quarantine(node_id: str, database_url: str | None) -> None:
 async def _clear_quarantine(url: str, node_id: str) -> str:
     import time
 
-    from control_plane.store import Database
-
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         if await db.fetchone("get_node_token_hash", {"id": node_id}) is None:
             click.echo(f"error: no node {node_id} is registered", err=True)
             sys.exit(1)
         row = await db.fetchone("trust_clear", {"node_id": node_id, "now": time.time()})
         return f"{node_id}: cleared, on probation" if row else f"{node_id}: no trust record; nothing to clear"
-    finally:
-        await db.close()
 
 
 @nodes.command("revoke")
@@ -292,13 +289,8 @@ def nodes_revoke(node: str, database_url: str | None) -> None:
 
 
 async def _revoke_node(url: str, settings: Settings, node: str) -> tuple[list[dict], dict[str, int]]:
-    from control_plane.store import Database
-
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         rows = await db.fetchall("revoke_node", {"node": node, "by_name": True})
-    finally:
-        await db.close()
     disconnected: dict[str, int] = {}
     if rows and settings.nats_system_user:
         from control_plane.bus.system import SystemBus
