@@ -240,15 +240,11 @@ def nodes_set_models(node: str, models: tuple[str, ...], database_url: str | Non
 
 async def _set_models(url: str, node: str, models: tuple[str, ...] | None) -> dict | None:
     from control_plane.nodes.service import set_node_models
-    from control_plane.store import Database
     from control_plane.store.migrate import apply_migrations
 
     await asyncio.to_thread(apply_migrations, url)
-    db = await Database.open(url, min_size=1, max_size=2)
-    try:
+    async with _database(url) as db:
         return await set_node_models(db, node, models)
-    finally:
-        await db.close()
 
 
 @nodes.command("clear-quarantine")
