@@ -58,6 +58,24 @@ class ContextLengthExceeded(EngineError):
     code = "context_length_exceeded"
 
 
+#: HTTP statuses with which an engine refuses for load (Ollama's full queue, a server's 503, a rate limit's 429).
+BUSY_STATUSES = frozenset({429, 503})
+
+
+def status_error(status: int, message: str, *, produced_tokens: bool = False) -> EngineError:
+    """The EngineError an engine's refusal with this HTTP status means: busy, no such model (404), or failed."""
+    if status in BUSY_STATUSES:
+        return EngineBusy(message, produced_tokens=produced_tokens)
+    if status == 404:
+        return ModelUnavailable(message, produced_tokens=produced_tokens)
+    return GenerationFailed(message, produced_tokens=produced_tokens)
+
+
+def unreachable(server: str, exc: BaseException, *, produced_tokens: bool = False) -> EngineUnavailable:
+    """The EngineUnavailable for a transport error (refused, reset, timed out): the server and the cause."""
+    return EngineUnavailable(f"{server} unreachable: {str(exc) or type(exc).__name__}", produced_tokens=produced_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineModel:
     """A model the engine can serve; `loaded` means resident in memory right now."""

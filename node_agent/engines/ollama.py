@@ -32,13 +32,12 @@ from node_agent.engines import ollama_wire
 from node_agent.engines.base import (
     Completion,
     Delta,
-    EngineBusy,
     EngineError,
     EngineHealth,
     EngineModel,
-    EngineUnavailable,
     GenerationFailed,
-    ModelUnavailable,
+    status_error,
+    unreachable,
 )
 from node_agent.engines.http1 import HttpClient
 from protocol import ChatMessage, GenerationParams
@@ -46,7 +45,6 @@ from protocol import ChatMessage, GenerationParams
 __all__ = ["DEFAULT_URL", "OllamaEngine", "is_embedding_model"]
 
 DEFAULT_URL = "http://127.0.0.1:11434"
-_BUSY_STATUSES = frozenset({429, 503})
 #: Seconds to wait for /api/show while listing models; past it the model's capabilities are guessed this time.
 _SHOW_TIMEOUT_S = 2.0
 #: How long a finished chat waits for the rest of its HTTP body (a few bytes, normally sent with the last line).
@@ -64,15 +62,9 @@ def is_embedding_model(name: str, family: str | None = None, families: Sequence[
 def _engine_error(exc: BaseException, *, produced_tokens: bool = False) -> EngineError:
     """The most specific EngineError for a driver error."""
     if isinstance(exc, ollama.ResponseError):
-        message = f"ollama: {exc.error}"
-        if exc.status_code in _BUSY_STATUSES:
-            return EngineBusy(message, produced_tokens=produced_tokens)
-        if exc.status_code == 404:
-            return ModelUnavailable(message, produced_tokens=produced_tokens)
-        return GenerationFailed(message, produced_tokens=produced_tokens)
+        return status_error(exc.status_code, f"ollama: {exc.error}", produced_tokens=produced_tokens)
     if isinstance(exc, (httpx.TransportError, ConnectionError)):
-        detail = str(exc) or type(exc).__name__
-        return EngineUnavailable(f"ollama unreachable: {detail}", produced_tokens=produced_tokens)
+        return _transport_error(exc, produced_tokens=produced_tokens)
     return GenerationFailed(f"ollama: bad request or response: {exc}", produced_tokens=produced_tokens)
 
 
@@ -111,8 +103,7 @@ def _http_url(url: str) -> str:
 
 
 def _transport_error(exc: BaseException, *, produced_tokens: bool = False) -> EngineError:
-    detail = str(exc) or type(exc).__name__
-    return EngineUnavailable(f"ollama unreachable: {detail}", produced_tokens=produced_tokens)
+    return unreachable("ollama", exc, produced_tokens=produced_tokens)
 
 
 def _status_error(status: int, body: bytes) -> EngineError:
@@ -121,12 +112,7 @@ def _status_error(status: int, body: bytes) -> EngineError:
         text = msgspec.json.decode(body, type=_ErrorBody).error
     except msgspec.DecodeError:
         text = body[:200].decode(errors="replace")
-    message = f"ollama: {text or f'status {status}'}"
-    if status in _BUSY_STATUSES:
-        return EngineBusy(message)
-    if status == 404:
-        return ModelUnavailable(message)
-    return GenerationFailed(message)
+    return status_error(status, f"ollama: {text or f'status {status}'}")
 
 
 def _part_completion(final: _ChatPart, calls: list) -> Completion:

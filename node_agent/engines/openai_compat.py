@@ -33,20 +33,20 @@ from node_agent.engines.base import (
     Completion,
     ContextLengthExceeded,
     Delta,
-    EngineBusy,
     EngineError,
     EngineHealth,
     EngineModel,
     EngineUnavailable,
     GenerationFailed,
     ModelUnavailable,
+    status_error,
+    unreachable,
 )
 from protocol import ChatMessage, GenerationParams, TokenLogprob, ToolCall, TopLogprob
 
 __all__ = ["DEFAULT_URL", "OpenAICompatEngine", "api_base"]
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
-_BUSY = frozenset({429, 503})
 
 
 def api_base(url: str) -> str:
@@ -72,18 +72,13 @@ _CONTEXT_WORDS = re.compile(r"context[ _-]?(length|window|size)", re.IGNORECASE)
 
 def _status_error(status: int, body: Any, *, produced: bool = False) -> EngineError:
     message = f"openai-compatible server answered {status}: {_error_text(body)}"
-    if status in _BUSY:
-        return EngineBusy(message, produced_tokens=produced)
-    if status == 404:
-        return ModelUnavailable(message, produced_tokens=produced)
     if status == 400 and _CONTEXT_WORDS.search(message):  # vLLM, llama.cpp server, OpenAI all say it this way
         return ContextLengthExceeded(message, produced_tokens=produced)
-    return GenerationFailed(message, produced_tokens=produced)
+    return status_error(status, message, produced_tokens=produced)
 
 
 def _unavailable(exc: BaseException, *, produced: bool = False) -> EngineUnavailable:
-    return EngineUnavailable(f"openai-compatible server unreachable: {str(exc) or type(exc).__name__}",
-                             produced_tokens=produced)
+    return unreachable("openai-compatible server", exc, produced_tokens=produced)
 
 
 #: Capability words servers use in model entries -> ours.
