@@ -33,17 +33,15 @@ def _depth_and_path(value: Any) -> tuple[int, str]:
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         node, depth, path = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > deepest:
+            deepest, where = depth, path
+        if depth > MAX_JSON_DEPTH:
+            break
         if isinstance(node, dict):
-            if depth > deepest:
-                deepest, where = depth, path
-            if depth > MAX_JSON_DEPTH:
-                break
             stack.extend((v, depth + 1, f"{path}.{k}" if path else str(k)) for k, v in node.items())
-        elif isinstance(node, list):
-            if depth > deepest:
-                deepest, where = depth, path
-            if depth > MAX_JSON_DEPTH:
-                break
+        else:
             stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(node))
     return deepest, where
 
