@@ -328,15 +328,11 @@ async def test_the_first_token_reaches_the_client_before_its_write_and_a_lost_ra
     does when a node is declared lost: the write finds the attempt gone, and the job is failed (node_lost) instead
     of run again, so the client, who saw the first attempt's token, never sees a second attempt's."""
     async with OllamaDouble(models=[MODEL], token_count=6, stall_after=0) as d:
-        key = await _ready(stack, d)
+        key = await stack.ready(d, MODEL)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
         async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
             reader = SSEReader(r)
-            events = []
-            async for event in reader.events():
-                events.append(event)
-                if event.event == "job":
-                    break
+            events = await read_until(reader, "job")
             job_id = events[-1].json()["id"]
             await wait_until(lambda: d.active_streams >= 1, timeout=30, message="the engine never started the job")
             async with await psycopg.AsyncConnection.connect(database_url) as holder:
