@@ -58,7 +58,7 @@ async def stack(nats_url, database_url):
 
 async def start_node(stack, name: str, engine: LlamaCppEngine) -> RunningNode:
     operator = (await ensure_account(stack.runtime.db, f"op-{name}"))["id"]
-    registered = await register_node(stack.runtime.db, name, operator)
+    registered = await register_node(stack.runtime.db, name, operator, models=("*",))  # vouched for: no claim probe
     settings = NodeSettings(nats_url=stack.nats_url, node_token=registered.token, engine="llamacpp",
                             log_format="console", log_level="warning", advertise_interval_s=0.3)
     agent = NodeAgent(settings, engine, node_id=registered.node_id)
