@@ -137,6 +137,11 @@ class Publisher:
                 await self.js.publish(subject, data, headers=headers, timeout=5)
                 return True
             except Exception as exc:  # NATS down, JetStream electing, stream missing: keep it and retry
+                if self.nc.is_closed:  # closed for good (the agent is stopping): no retry can ever succeed
+                    self._log.error("outcome_dropped", job_id=outcome.job_id, error=str(exc) or type(exc).__name__,
+                                    detail="the NATS connection is closed; the control plane will re-place or fail "
+                                           "the job")
+                    return False
                 if time.monotonic() > give_up:
                     self._log.error("outcome_dropped", job_id=outcome.job_id, error=str(exc),
                                     detail="could not store the result for an hour; the control plane will "
