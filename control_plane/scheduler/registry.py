@@ -29,6 +29,10 @@ NodeStatus = Literal["online", "draining", "offline"]
 ModelHealth = Literal["ready", "loading", "unavailable"]
 
 OFFLINE_AFTER_INTERVALS = 3
+#: A silent node stays online at least this long. A dropped connection is caught at once by the server's
+#: disconnect events; heartbeats only catch a node that is connected but hung, so a short interval must not turn
+#: a control plane (or node) starved of CPU for a second into a node declared offline with its jobs re-placed.
+MIN_OFFLINE_WINDOW_S = 5.0
 RETENTION_S = 600.0
 SUCCESS_ALPHA = 0.2  # weight of the newest outcome in the success-rate moving average
 _DEFAULT_INTERVAL_S, _MIN_INTERVAL_S, _MAX_INTERVAL_S = 5.0, 0.1, 3600.0
@@ -217,7 +221,7 @@ class NodeRegistry:
             if node.offline:
                 node.offline, node.drain_requested = False, False
         node.ad, node.interval_s, node.last_seen = ad, interval, now
-        node.deadline = now + OFFLINE_AFTER_INTERVALS * interval
+        node.deadline = now + max(OFFLINE_AFTER_INTERVALS * interval, MIN_OFFLINE_WINDOW_S)
         self._count_advertised(node, ad)
         node.full = node.unreachable = False
         if ad.state == "draining":

@@ -8,7 +8,7 @@ import pytest
 
 from control_plane.scheduler import placement
 from control_plane.scheduler.placement import DEFAULT_PRIOR_TPS
-from control_plane.scheduler.registry import RETENTION_S, Change, ModelSummary, NodeRegistry
+from control_plane.scheduler.registry import MIN_OFFLINE_WINDOW_S, RETENTION_S, Change, ModelSummary, NodeRegistry
 from protocol.messages import Advertisement, ModelInfo
 
 
@@ -136,12 +136,20 @@ def test_offline_after_three_intervals(reg: NodeRegistry, clock: Clock) -> None:
 
 
 def test_offline_uses_the_advertised_interval(reg: NodeRegistry, clock: Clock) -> None:
-    reg.observe(ad("fast", interval=1.0))
+    reg.observe(ad("fast", interval=2.0))
     reg.observe(ad("slow", interval=10.0))
-    clock.t += 3.0
+    clock.t += 6.0
     assert reg.expire() == ["fast"]
-    clock.t += 27.0
+    clock.t += 24.0
     assert reg.expire() == ["slow"]
+
+
+def test_a_silent_node_stays_online_for_the_minimum_window(reg: NodeRegistry, clock: Clock) -> None:
+    reg.observe(ad("quick", interval=0.5))  # three intervals would be 1.5 s: one CPU-starved second too few
+    clock.t += 4.9
+    assert reg.expire() == [] and reg.online_count() == 1
+    clock.t += MIN_OFFLINE_WINDOW_S - 4.9
+    assert reg.expire() == ["quick"]
 
 
 def test_heartbeats_keep_a_node_online(reg: NodeRegistry, clock: Clock) -> None:
@@ -358,9 +366,9 @@ def test_models_summary_averages_known_tokens_per_second(reg: NodeRegistry, cloc
     reg.observe(ad("n2", models=(model("m", tps=30.0, loaded=False),)))
     reg.observe(ad("n3", models=(model("m", tps=None),)))
     reg.observe(ad("n4", models=(model("m", tps=1000.0), model("drain-only")), state="draining"))
-    reg.observe(ad("n5", models=(model("m", tps=1000.0),), interval=1.0))
+    reg.observe(ad("n5", models=(model("m", tps=1000.0),), interval=2.0))
     reg.observe(ad("n6", models=(model("m", tps=1000.0),), engine_ok=False))
-    clock.t += 3.0  # n5 goes silent
+    clock.t += 6.0  # n5 goes silent
     summary = reg.models_summary()
     assert summary == [ModelSummary("m", 3, 20.0), ModelSummary("only-unknown", 1, None)]
     assert [tuple(s) for s in summary] == [("m", 3, 20.0), ("only-unknown", 1, None)]
@@ -372,11 +380,11 @@ def test_model_health(reg: NodeRegistry, clock: Clock) -> None:
     assert reg.model_health("x") == "loading"
     reg.observe(ad("n2", models=(model("x", loaded=True),), state="draining"))
     assert reg.model_health("x") == "loading"  # a draining node takes no jobs
-    reg.observe(ad("n3", models=(model("x", loaded=True),), interval=1.0))
+    reg.observe(ad("n3", models=(model("x", loaded=True),), interval=2.0))
     assert reg.model_health("x") == "ready"
-    clock.t += 3.0  # n3 silent
+    clock.t += 6.0  # n3 silent
     assert reg.model_health("x") == "loading"
-    clock.t += 12.0  # n1 silent too
+    clock.t += 9.0  # n1 silent too
     assert reg.model_health("x") == "unavailable"
 
 

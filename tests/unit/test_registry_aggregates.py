@@ -106,8 +106,8 @@ def test_expire_reports_a_node_once_even_when_a_read_marked_it_offline() -> None
     clock = Clock()
     reg = NodeRegistry(now=clock)
     reg.observe(Advertisement(node_id="node_01", agent_version="1", engine="e", state="online", slots=1,
-                              active_jobs=0, interval_s=1.0, models=(ModelInfo("a"),)))
-    clock.t += 3.5
+                              active_jobs=0, interval_s=2.0, models=(ModelInfo("a"),)))
+    clock.t += 6.5
     assert reg.online_count() == 0  # a read applies the due offline check...
     assert reg.expire() == ["node_01"]  # ...and the sweeper still learns of the loss, once
     assert reg.expire() == []
@@ -117,9 +117,9 @@ def test_a_node_back_before_the_sweep_is_not_reported_lost() -> None:
     clock = Clock()
     reg = NodeRegistry(now=clock)
     one = Advertisement(node_id="node_01", agent_version="1", engine="e", state="online", slots=1,
-                        active_jobs=0, interval_s=1.0, models=(ModelInfo("a"),))
+                        active_jobs=0, interval_s=2.0, models=(ModelInfo("a"),))
     reg.observe(one)
-    clock.t += 3.5
+    clock.t += 6.5
     assert reg.models_summary() == []
     reg.observe(one)
     assert reg.expire() == [] and reg.online_count() == 1
