@@ -196,16 +196,28 @@ class JobService:
         if row is None:
             raise NotFound(f"job {job_id} not found")
         if job_id in self._early:
-            delay, give_up = 0.001, time.monotonic() + EARLY_READ_WAIT_S
-            while row is not None and row["status"] not in ENDED and time.monotonic() < give_up:
-                await asyncio.sleep(delay)  # the recorder is a round trip or two behind the answer
-                delay = min(delay * 2, 0.05)
-                row = await self._db.fetchone("get_job", {"id": job_id, "account_id": principal.account_id})
+            [row] = await self._recorded(
+                [row], lambda: self._db.fetchone("get_job", {"id": job_id, "account_id": principal.account_id}))
             if row is None:
                 raise NotFound(f"job {job_id} not found")
-            if row["status"] in ENDED:
-                self._early.pop(job_id, None)
         return row
+
+    async def _recorded(self, rows: list, fetch) -> list:
+        """`rows` once none is a job answered early whose row the recorder has not written yet (read your writes):
+        `fetch` reads them again (one row or a list) until then, for at most EARLY_READ_WAIT_S."""
+        def behind(rows: list) -> bool:
+            return any(r is not None and r["id"] in self._early and r["status"] not in ENDED for r in rows)
+
+        delay, give_up = 0.001, time.monotonic() + EARLY_READ_WAIT_S
+        while behind(rows) and time.monotonic() < give_up:
+            await asyncio.sleep(delay)  # the recorder is a round trip or two behind the answer
+            delay = min(delay * 2, 0.05)
+            got = await fetch()
+            rows = got if isinstance(got, list) else [got]
+        for r in rows:
+            if r is not None and r["status"] in ENDED:
+                self._early.pop(r["id"], None)
+        return rows
 
     async def cancel(self, principal: Principal, job_id: str) -> dict:
         """Cancel a pending or running job; the node stops generating and a later result is ignored."""
@@ -231,6 +243,8 @@ class JobService:
             raise BadRequest(f"status must be all or one of {', '.join(JOB_STATUSES)}", param="status")
         since_ts = parse_timestamp(since, "since")
         params = {"account_id": principal.account_id, "status": status, "since": since_ts, "limit": limit}
-        if model:
-            return await self._db.fetchall("list_jobs_of_model", params | {"model": model})
-        return await self._db.fetchall("list_jobs", params)
+        query, params = ("list_jobs_of_model", params | {"model": model}) if model else ("list_jobs", params)
+        rows = await self._db.fetchall(query, params)
+        if self._early:
+            rows = await self._recorded(rows, lambda: self._db.fetchall(query, params))
+        return rows

@@ -55,8 +55,10 @@ async def test_v1_answers_from_the_result_while_the_recorder_is_held_then_record
             assert await _ledger(database_url, job_id) == [("reserve", 0, await _held(database_url, job_id))]
             # Read your writes: a read of the job through this replica waits for the recorder.
             read = asyncio.create_task(stack.client.get(f"/api/v1/jobs/{job_id}", headers=stack.auth(key)))
+            listed = asyncio.create_task(stack.client.get("/api/v1/jobs", headers=stack.auth(key)))
             await holder.rollback()
         assert (await read).json()["status"] == "completed"
+        assert [(j["id"], j["status"]) for j in (await listed).json()["jobs"]] == [(job_id, "completed")]
         job = await stack.wait_job(key, job_id)
     assert body["id"] == job_id and r.headers["x-job-id"] == job_id
     assert body["choices"][0]["message"]["content"] == "".join(default_tokens(PROMPT, 8))
