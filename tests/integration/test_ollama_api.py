@@ -29,8 +29,16 @@ async def test_chat_generate_streamed_and_not(stack):
         reply = await client.chat(model=MODEL, messages=[{"role": "user", "content": "Why is the sky blue?"}],
                                   options={"temperature": 0.1, "num_predict": 100, "seed": 3})
         sent = d.requests_to("/api/chat")[-1].body
-        parts = [p async for p in await client.chat(model=MODEL, stream=True,
-                                                    messages=[{"role": "user", "content": "Why is the sky blue?"}])]
+        # The stream holds after 3 tokens until the first part has reached the client, so parts come before and
+        # after that point however fast the node relays (chunks that arrive together may share one part).
+        d.stall_after = 3
+        parts = []
+        async for p in await client.chat(model=MODEL, stream=True,
+                                         messages=[{"role": "user", "content": "Why is the sky blue?"}]):
+            parts.append(p)
+            if len(parts) == 1:
+                d.stall_after = None
+                d.release()
         gen = await client.generate(model=MODEL, prompt="Hello", system="Be brief.", options={"num_predict": 5})
         gen_parts = [p async for p in await client.generate(model=MODEL, prompt="Hello", stream=True)]
         loaded = await client.generate(model=MODEL, prompt="")
