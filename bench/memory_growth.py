@@ -29,7 +29,7 @@ async def run(args: argparse.Namespace) -> None:
     from bench.load import closed_loop
     from control_plane.accounts.service import create_key, ensure_account
     from control_plane.app import create_app
-    from control_plane.embedded import free_port, start_nats, start_postgres, wait_for_port
+    from control_plane.embedded import bus_env, free_port, start_nats, start_postgres, wait_for_port
     from control_plane.nodes.service import register_node
     from control_plane.runtime import Runtime
     from control_plane.settings import Settings
@@ -48,8 +48,10 @@ async def run(args: argparse.Namespace) -> None:
     try:
         wait_for_port(dport, proc=double)
         port = free_port()
-        settings = Settings(database_url=db_url, nats_url=nats_url, http_port=port, log_level="warning", log_format="json",
-                            warmup_s=0, rate_limit_rpm=0, rate_limit_tpm=0)
+        # the control plane's identities on the secured dev bus, as `dev` gives them
+        settings = Settings.from_env(bus_env(root), database_url=db_url, nats_url=nats_url, http_port=port,
+                                     log_level="warning", log_format="json", warmup_s=0, rate_limit_rpm=0,
+                                     rate_limit_tpm=0)
         runtime = await Runtime.start(settings)
         server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime=runtime), host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on", loop="none"))
