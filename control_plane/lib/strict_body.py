@@ -15,17 +15,12 @@ from litestar import Request
 from litestar.exceptions import ValidationException
 from litestar.types import Empty
 
-#: handler -> the annotation of its `data` parameter (None: the handler takes no body).
-_TARGETS: dict[int, Any] = {}
-
-
 def _target(request: Request) -> Any:
-    handler = request.route_handler
-    key = id(handler)
-    if key not in _TARGETS:
-        field = handler.parsed_fn_signature.parameters.get("data")
-        _TARGETS[key] = None if field is None else field.annotation
-    return _TARGETS[key]
+    """The annotation of the handler's `data` parameter (None: the handler takes no body). Read from the handler
+    each time (its parsed signature is cached on it): a cache keyed by id(handler) handed one handler's body type
+    to another once an app was collected and its handlers' ids reused (tests build many apps in one process)."""
+    field = request.route_handler.parsed_fn_signature.parameters.get("data")
+    return None if field is None else field.annotation
 
 
 async def strict_body(request: Request) -> None:
