@@ -19,6 +19,9 @@ def error(r) -> tuple[int, str, str | None]:
 @pytest.fixture
 async def limited(nats_url, database_url, double):
     s = await Stack(nats_url, database_url, {"rate_limit_rpm": 4, "rate_limit_tpm": 0}).start()
+    limiter = s.runtime.gateway.limiter
+    frozen = limiter.window_start() + 1.0  # the test's requests all fall in one window: none straddles a minute
+    limiter.clock = lambda: frozen
     try:
         await s.add_node(double.url, slots=4)
         await s.wait_nodes_serving("qwen2.5:7b")
