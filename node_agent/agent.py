@@ -206,10 +206,27 @@ class NodeAgent:
         self.stop()
 
     async def _on_drain(self, msg) -> None:
+        """Only a Drain for this node drains it. Permissions let only control planes publish here, but a node can
+        make the server publish anything it stores in a stream to a reply subject of its choice (JetStream's
+        acknowledgement), so the message itself must be a drain, not merely arrive on this subject."""
+        try:
+            drain = protocol.decode(msg.data, protocol.Drain)
+        except protocol.DecodeError as exc:
+            self._log.warning("malformed_drain", error=str(exc), detail="ignored: the node keeps serving")
+            return
+        if drain.node_id != self.node_id:
+            self._log.warning("drain_for_another_node", drain_node_id=drain.node_id, detail="ignored")
+            return
         asyncio.create_task(self.drain())
 
     async def _on_advertisement_request(self, msg) -> None:
-        """A control plane started and asks every node to advertise now; a short random delay spreads the answers."""
+        """A control plane started and asks every node to advertise now; a short random delay spreads the answers.
+        Anything else on the subject (a reflected JetStream acknowledgement, see _on_drain) is not an ask."""
+        try:
+            protocol.decode(msg.data, protocol.AdvertisementRequest)
+        except protocol.DecodeError:
+            return
+
         async def answer() -> None:
             await asyncio.sleep(random.uniform(0, ADVERTISEMENT_REQUEST_JITTER_S))
             await self.advertise()
