@@ -108,12 +108,22 @@ def nats_line(out: str) -> str:
     return line
 
 
+async def _doctor_against(server, double, tmp_path: Path) -> tuple[int, str]:
+    """`infernet-node doctor` with a well-formed token no control plane registered, against `server` (stopped after)."""
+    from control_plane.lib.ids import new_id, new_node_token
+
+    try:
+        return await run_cli("doctor", "--engine-url", double.url, "--nats-url", server.public_url,
+                             "--node-token", new_node_token(new_id("node", 6)), env={"XDG_CONFIG_HOME": str(tmp_path)})
+    finally:
+        server.stop()
+
+
 async def test_doctor_names_a_tls_failure_and_the_ca_fix(tmp_path: Path, double):
     """The bus runs TLS with a private CA this node was not given: doctor says TLS, not "cannot connect"."""
     import trustme
 
     from control_plane.bus.natsconf import TlsFiles
-    from control_plane.lib.ids import new_id, new_node_token
     from tests.fixtures.nats import NatsServer
 
     ca = trustme.CA()
@@ -121,12 +131,7 @@ async def test_doctor_names_a_tls_failure_and_the_ca_fix(tmp_path: Path, double)
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     server = NatsServer(tmp_path / "nats", tls=TlsFiles(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))).start()
-    try:
-        code, out = await run_cli("doctor", "--engine-url", double.url, "--nats-url", server.public_url,
-                                  "--node-token", new_node_token(new_id("node", 6)),
-                                  env={"XDG_CONFIG_HOME": str(tmp_path)})
-    finally:
-        server.stop()
+    code, out = await _doctor_against(server, double, tmp_path)
     assert code == 1, out
     line = nats_line(out)
     assert line.startswith("[FAIL]") and f"TLS with {server.public_url} failed" in line, out
@@ -135,16 +140,10 @@ async def test_doctor_names_a_tls_failure_and_the_ca_fix(tmp_path: Path, double)
 
 async def test_doctor_says_no_control_plane_checked_the_token_when_none_runs(tmp_path: Path, double):
     """NATS answers but no control plane answers its auth callout: doctor says so, not "token refused"."""
-    from control_plane.lib.ids import new_id, new_node_token
     from tests.fixtures.nats import NatsServer
 
     server = NatsServer(tmp_path / "nats").start()  # secured like every bus we ship; no control plane on it
-    try:
-        code, out = await run_cli("doctor", "--engine-url", double.url, "--nats-url", server.public_url,
-                                  "--node-token", new_node_token(new_id("node", 6)),
-                                  env={"XDG_CONFIG_HOME": str(tmp_path)})
-    finally:
-        server.stop()
+    code, out = await _doctor_against(server, double, tmp_path)
     assert code == 1, out
     line = nats_line(out)
     assert line.startswith("[FAIL]") and "no control plane checked this node's token in time" in line, out

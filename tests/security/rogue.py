@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import pytest
@@ -12,6 +14,7 @@ from control_plane.nodes.service import register_node
 from protocol import subjects
 from tests.fixtures.nats import public
 from tests.fixtures.waiting import wait_until
+from tests.sse import Event, SSEReader, read_until
 
 MODEL = "llama3.2:3b"
 #: The honest engine's answer, token by token.
@@ -78,3 +81,32 @@ async def settle(stack, rogue: Rogue) -> None:
     plane's flush puts its messages through the server, the rogue's flush reads all that was routed to it."""
     await stack.runtime.bus.flush()
     await rogue.nc.flush()
+
+
+@dataclass
+class LiveStream:
+    """A user's streamed job on an honest node, a rogue node connected beside it, and the events read so far."""
+
+    key: str
+    honest: Any
+    rogue: Rogue
+    reader: SSEReader
+    events: list[Event]
+
+    @property
+    def job_id(self) -> str:
+        return self.events[0].json()["id"]
+
+
+@asynccontextmanager
+async def live_stream(stack, double, until: str):
+    """Alice streams a job placed on an honest node beside `double`, with a rogue node connected; yields once the
+    stream has sent its first `until` event ("job": placed; "token": the honest node's first token)."""
+    key = await stack.key("alice")
+    honest = await stack.add_node(double.url, name="honest")
+    await stack.wait_nodes_serving(MODEL)
+    rogue = await rogue_node(stack)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
+    async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
+        reader = SSEReader(r)
+        yield LiveStream(key, honest, rogue, reader, await read_until(reader, until))

@@ -12,9 +12,10 @@ import protocol
 from control_plane.credits.prices import default_price
 from control_plane.credits.pricing import cost
 from protocol import subjects
-from tests.security.rogue import GENUINE, GENUINE_TEXT, MODEL, assert_anonymous_refused, rogue_node, settle
+from tests.security.rogue import (GENUINE, GENUINE_TEXT, MODEL, assert_anonymous_refused, live_stream, rogue_node,
+                                  settle)
 from tests.fixtures.waiting import wait_until
-from tests.sse import SSEReader, read_until, tokens
+from tests.sse import tokens
 
 
 async def honest_job(stack, double):
@@ -115,15 +116,10 @@ async def test_4_anonymous_cannot_connect_to_inject_tokens(stack):
 
 
 async def test_4_a_node_cannot_inject_text_into_another_nodes_stream(stack, double):
-    key = await stack.key("alice")
-    honest = await stack.add_node(double.url, name="honest")
-    await stack.wait_nodes_serving(MODEL)
-    rogue = await rogue_node(stack)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
-    async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
-        reader = SSEReader(r)
-        events = await read_until(reader, "token")  # up to the honest node's first token (then the double stalls)
-        job_id = events[0].json()["id"]
+    # up to the honest node's first token (then the double stalls)
+    async with live_stream(stack, double, "token") as live:
+        key, honest, rogue, reader, events, job_id = (live.key, live.honest, live.rogue, live.reader, live.events,
+                                                      live.job_id)
         evil = [protocol.TokenChunk(job_id, 1, seq, " INJECTED", node_id=nid)
                 for nid in (honest.node_id, rogue.node_id) for seq in range(1, 6)]
         for chunk in evil[:5]:  # as the honest node, on its subject: refused by the server
@@ -211,15 +207,9 @@ async def test_4_chunks_from_a_node_that_speaks_first_are_never_shown(stack, dou
     """The rogue's chunks reach the stream before the assigned node produced any: the stream checks the
     assignment before showing the first token, refuses the impostor, and shows the honest text."""
     double.stall_after = 0  # the honest node's engine holds its first token until release()
-    key = await stack.key("alice")
-    honest = await stack.add_node(double.url, name="honest")
-    await stack.wait_nodes_serving(MODEL)
-    rogue = await rogue_node(stack)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
-    async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
-        reader = SSEReader(r)
-        first = await read_until(reader, "job")
-        job_id = first[0].json()["id"]
+    async with live_stream(stack, double, "job") as live:
+        key, honest, rogue, reader, first, job_id = (live.key, live.honest, live.rogue, live.reader, live.events,
+                                                     live.job_id)
         await stack.wait_job(key, job_id, statuses=("processing",))
         for seq in range(1, 4):
             chunk = protocol.TokenChunk(job_id, 1, seq, " INJECTED", node_id=rogue.node_id)

@@ -8,21 +8,15 @@ from __future__ import annotations
 
 from protocol import subjects
 from tests.fixtures.waiting import wait_until
-from tests.security.rogue import GENUINE_TEXT, MODEL, rogue_node
+from tests.security.rogue import GENUINE_TEXT, MODEL, live_stream
 from tests.security.test_bus_attacks import assert_genuine
-from tests.sse import SSEReader, read_until, tokens
+from tests.sse import tokens
 
 
 async def test_acknowledgements_reflected_onto_other_subjects_change_nothing_a_user_sees(stack, double):
-    key = await stack.key("alice")
-    honest = await stack.add_node(double.url, name="honest")
-    await stack.wait_nodes_serving(MODEL)
-    rogue = await rogue_node(stack)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please"}], "stream": True}
-    async with stack.client.stream("POST", "/api/v1/jobs", json=body, headers=stack.auth(key)) as r:
-        reader = SSEReader(r)
-        events = await read_until(reader, "token")  # the honest node's first token (then its engine holds)
-        job_id = events[0].json()["id"]
+    async with live_stream(stack, double, "token") as live:  # the honest node's first token (then its engine holds)
+        key, honest, rogue, reader, events, job_id = (live.key, live.honest, live.rogue, live.reader, live.events,
+                                                      live.job_id)
         targets = [subjects.node_assign(honest.node_id), subjects.node_cancel(honest.node_id),
                    subjects.node_drain(honest.node_id), subjects.node_advertise(honest.node_id),
                    subjects.node_job_tokens(honest.node_id, job_id), subjects.node_job_result(honest.node_id, job_id),
