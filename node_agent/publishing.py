@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import time
 from collections import OrderedDict
 
@@ -53,7 +54,9 @@ class Publisher:
         """Ask the token stream to acknowledge each chunk on this node's own inbox (no JetStream API needed):
         chunks it did not store, e.g. while its leader is being elected, are sent again. No round trip is
         awaited per chunk."""
-        self._ack_prefix = f"{subjects.node_inbox_prefix(self.node_id)}.chunks"
+        # Unguessable: any node can make the server send a real acknowledgement to a subject of its choice (the
+        # reply of a message it stores), so a guessable ack subject would let it cancel this node's resends.
+        self._ack_prefix = f"{subjects.node_inbox_prefix(self.node_id)}.chunks.{secrets.token_hex(12)}"
         await self.nc.subscribe(f"{self._ack_prefix}.*", cb=self._on_chunk_ack)
         self._resender = asyncio.create_task(self._resend_loop(), name="chunk-resend")
 
