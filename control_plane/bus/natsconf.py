@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,20 @@ from control_plane.bus import jwt
 
 APP_ACCOUNT = "INFERNET"
 SYSTEM_ACCOUNT = "SYS"
+
+
+_LETTERS = string.ascii_letters
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def bus_password(length: int = 32) -> str:
+    """A random password that nats-server reads back as a string when a config names it as `$VARIABLE`.
+
+    The server parses a variable's value as a config value: one that starts with `-` or a digit, or looks like a
+    number, size or date, is refused or becomes a number (then "interface {} is int64, not string"). Starting
+    with a letter and using only letters and digits keeps it a string; 32 of them carry about 190 bits.
+    """
+    return secrets.choice(_LETTERS) + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +58,8 @@ class BusCredentials:
     def generate(cls, replicas: int = 1) -> BusCredentials:
         return cls(
             issuer_seed=jwt.new_account_seed(),
-            control_planes=tuple(Identity(f"control-plane-{i + 1}", secrets.token_urlsafe(24)) for i in range(replicas)),
-            systems=tuple(Identity(f"control-plane-{i + 1}-sys", secrets.token_urlsafe(24)) for i in range(replicas)),
+            control_planes=tuple(Identity(f"control-plane-{i + 1}", bus_password()) for i in range(replicas)),
+            systems=tuple(Identity(f"control-plane-{i + 1}-sys", bus_password()) for i in range(replicas)),
         )
 
     @property

@@ -17,7 +17,7 @@ import pytest
 import trustme
 import yaml
 
-from control_plane.bus.natsconf import BusCredentials, deployment_env
+from control_plane.bus.natsconf import BusCredentials, bus_password, deployment_env
 from control_plane.settings import Settings
 from node_agent.settings import NodeSettings
 from tests.fixtures.nats import nats_server_binary
@@ -47,6 +47,19 @@ def deploy_env(tmp_path_factory):
 @pytest.mark.parametrize("conf", sorted((DEPLOY / "nats").glob("*.conf")), ids=lambda p: p.name)
 def test_nats_configs_are_valid(conf, deploy_env):
     env, _, _ = deploy_env
+    out = subprocess.run([nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30,
+                         env=env)
+    assert out.returncode == 0 and "is valid" in (out.stdout + out.stderr), out.stderr
+
+
+def test_generated_bus_passwords_are_read_back_as_strings_by_nats_server(tmp_path):
+    """The shipped configs name passwords as `$VARIABLE`, which nats-server parses as a config value: a password
+    starting with '-' (1 in 64 of URL-safe tokens) or reading as a number fails the config. 1,000 draws at once."""
+    passwords = [bus_password() for _ in range(1000)]
+    users = "\n".join(f"{{ user: u{i}, password: $PW{i} }}" for i in range(len(passwords)))
+    conf = tmp_path / "many.conf"
+    conf.write_text(f"listen: {HOST}:-1\naccounts {{ A {{ users: [\n{users}\n] }} }}\n")
+    env = dict(os.environ, **{f"PW{i}": pw for i, pw in enumerate(passwords)})
     out = subprocess.run([nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30,
                          env=env)
     assert out.returncode == 0 and "is valid" in (out.stdout + out.stderr), out.stderr
