@@ -50,6 +50,11 @@ __all__ = ["NodeAgent", "RunningJob", "model_allowed", "reconnect_backoff"]
 
 #: Nodes answer a control plane's request to advertise within this many seconds (spread so 10,000 do not at once).
 ADVERTISEMENT_REQUEST_JITTER_S = 0.25
+#: On stop, how long jobs' outcomes may take to be stored on JetStream before they are abandoned (the control
+#: plane then re-places or fails those jobs); a drain has already waited for the jobs themselves.
+OUTCOME_FLUSH_S = 30.0
+#: On stop, how long draining the NATS connection (unsubscribe, flush) may take before it is closed outright.
+NATS_CLOSE_S = 10.0
 
 
 def reconnect_backoff(servers, server_info) -> tuple:
@@ -235,14 +240,22 @@ class NodeAgent:
         task.add_done_callback(self._answers.discard)
 
     async def _shutdown(self) -> None:
+        self._log.info("node_stopping", running=len(self.jobs), storing_outcomes=self.assignments.pending)
         self.slots.stop_all("node_shutdown")
-        await self.assignments.wait_all()
+        unstored = await self.assignments.wait_all(timeout=OUTCOME_FLUSH_S)
+        if unstored:
+            self._log.warning("outcomes_not_stored", jobs=unstored,
+                              detail=f"NATS did not store them within {OUTCOME_FLUSH_S:.0f} s of stopping; the control "
+                                     "plane re-places or fails those jobs")
         await self.publisher.close()
         if self.nc is not None:
             try:
-                await self.nc.drain()
-            except Exception:  # connection already gone
-                pass
+                await asyncio.wait_for(self.nc.drain(), timeout=NATS_CLOSE_S)
+            except Exception:  # reconnecting, already closed, or too slow: close outright, no reconnect after stop
+                try:
+                    await self.nc.close()
+                except Exception as exc:  # the socket was already gone; the client is closed all the same
+                    self._log.debug("nats_close_error", error=str(exc) or type(exc).__name__)
         await self.engine.aclose()
         await self._close_side_services()
         self._log.info("node_stopped", jobs_served=self.jobs_served)

@@ -30,6 +30,8 @@ class Assignments:
         self._serves = serves
         self.jobs_served = 0
         self.outcomes: dict[str, int] = {}
+        #: Every job task until it ends: running, or storing its outcome after its slot was freed.
+        self._tasks: set[asyncio.Task] = set()
         self._log = log.bind(node_id=node_id)
 
     async def on_assign(self, msg) -> None:
@@ -52,6 +54,8 @@ class Assignments:
         """Admit the job and start its task; the slot is freed when the task ends, however it ends."""
         job = self.slots.admit(assignment)
         job.task = asyncio.create_task(self._run(job), name=f"job {assignment.job_id}")
+        self._tasks.add(job.task)
+        job.task.add_done_callback(self._tasks.discard)
         # A task cancelled before its first step never runs its body: free the slot here too (idempotent).
         job.task.add_done_callback(lambda _task, job=job: self._task_done(job))
         return job
@@ -92,6 +96,19 @@ class Assignments:
         finally:
             self.slots.settle(job)
 
-    async def wait_all(self) -> None:
-        tasks = [j.task for j in self.slots.running.values() if j.task]
-        await asyncio.gather(*tasks, return_exceptions=True)
+    @property
+    def pending(self) -> int:
+        """Job tasks not ended yet: running, or storing an outcome."""
+        return len(self._tasks)
+
+    async def wait_all(self, timeout: float | None = None) -> int:
+        """Wait for every job task, outcome stored included; past `timeout` cancel the rest and return how many
+        were cancelled (their outcomes were not stored: the control plane re-places or fails those jobs)."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return 0
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        return len(late)

@@ -227,4 +227,7 @@ class Bus:
             await self.nc.flush(timeout=2)
         except Exception:  # disconnected: nothing more can be flushed
             pass
-        await self.nc.close()
+        try:
+            await self.nc.close()
+        except Exception as exc:  # the socket died mid-reconnect: the client is closed all the same
+            log.debug("nats_close_error", error=str(exc) or type(exc).__name__)

@@ -9,6 +9,7 @@ import httpx
 import nats
 import pytest
 
+import node_agent.agent
 import protocol
 from control_plane.nodes.service import register_node
 from node_agent.agent import NodeAgent
@@ -151,3 +152,28 @@ async def test_nats_restart_reconnects_and_advertises_again(stack, nats_server, 
                      message="the agent never reconnected to the restarted NATS")
     ad = await next_advertisement(stack.nats_url, agent.node_id, lambda ad: ad.models)
     assert ad.boot_id == agent.boot_id  # the same process, back on the bus
+
+
+async def test_a_node_stopped_while_nats_is_down_leaves_nothing_running(stack, nats_server, double, monkeypatch):
+    """A job ends while NATS is down, so its outcome waits to be stored; the node is then stopped. It gives the
+    outcome a bounded time, then closes its connection: no task keeps retrying and no reconnect loop outlives
+    it (an operator's restart must not leave a half-stopped agent behind)."""
+    monkeypatch.setattr(node_agent.agent, "OUTCOME_FLUSH_S", 2.0)
+    double.stall_after = 2
+    node = await start_agent(stack, create_engine("ollama", double.url))
+    agent = node.agent
+    key = await stack.key()
+    await stack.wait_nodes_serving("llama3.2:3b")
+    assert (await stack.submit(key, model="llama3.2:3b")).status_code == 200
+    try:
+        await double.wait_for(lambda: double.active_streams == 1)
+        await asyncio.to_thread(nats_server.stop)
+        double.release()
+        await wait_until(lambda: not agent.jobs and agent.assignments.pending == 1, timeout=30,
+                         message="the job never ended with its outcome waiting for NATS")
+        agent.stop()
+        await asyncio.wait_for(asyncio.shield(node.task), timeout=60)
+        assert agent.assignments.pending == 0, "an outcome task outlived the agent"
+        assert agent.nc.is_closed, "the NATS connection outlived the agent (it would reconnect forever)"
+    finally:
+        await asyncio.to_thread(nats_server.start)
