@@ -29,6 +29,7 @@ async def test_acknowledgements_reflected_onto_other_subjects_change_nothing_a_u
 
         # The control plane's own connection sees where the acknowledgements land (a node could not).
         watch = await stack.runtime.bus.nc.subscribe(subjects.node_assign(honest.node_id), cb=ack_seen)
+        await stack.runtime.bus.nc.flush()  # the server has the subscription before the rogue's first message
         for stored in stored_on:
             for target in targets:
                 await rogue.nc.publish(stored, b"{}", reply=target)
