@@ -52,6 +52,11 @@ class HeartbeatHandler:
         self._verifying: asyncio.Task | None = None
         self.reports = RunningReports()
         self._boots: dict[str, str] = {}
+        #: node id -> (its last advertisement, the registration it was checked against), kept only when that
+        #: registration alone accepted it unchanged (no claim to measure, no slot cap): the same advertisement
+        #: again under the same registration is accepted without checking it model by model.
+        self._plain: dict[str, tuple[protocol.Advertisement, NodeEntry]] = {}
+        self.repeats = 0  # advertisements accepted that way
         self._rejected_logged: dict[str, float] = {}
         self._results_ready = results_ready
         #: Models nodes claim outside their registration, verified by measurement (None: none is ever verified).
@@ -118,7 +123,18 @@ class HeartbeatHandler:
         if entry is None or entry.revoked:
             self._rejected(ad.node_id, "node revoked" if entry else "unknown node")
             return
+        plain = self._plain.get(ad.node_id)
+        if (plain is not None and plain[1] is entry
+                and msgspec.structs.replace(ad, sent_at=plain[0].sent_at) == plain[0]):
+            self._plain[ad.node_id] = (ad, entry)
+            self.repeats += 1
+            self._repeated(ad)
+            return
         bounded, withheld = self._bounded(ad, entry)
+        if bounded is ad and not withheld and all(entry.trusts(m.name) for m in ad.models):
+            self._plain[ad.node_id] = (ad, entry)
+        else:
+            self._plain.pop(ad.node_id, None)
         await self.observe(bounded)
         self._registry.set_claims(ad.node_id, withheld)
         if not withheld:
@@ -213,6 +229,15 @@ class HeartbeatHandler:
                 self._rejected_logged.clear()
             self._rejected_logged[node_id] = now
             log.warning("advertisement_rejected", node_id=node_id, detail=detail)
+
+    def _repeated(self, ad: protocol.Advertisement) -> None:
+        """The node's previous advertisement again (only `sent_at` differs), already accepted as it is: the same
+        boot, nothing withheld. Liveness, the running-jobs report and last_seen_at move; the registry sees it
+        (and takes its own short path when nothing of its state depends on it)."""
+        if self._registry.observe(ad):
+            self._dispatcher.wake()
+        self.reports.record(ad.node_id, datetime.now(timezone.utc), ad.running, ad.interval_s)
+        self.writer.seen(ad)
 
     async def observe(self, ad: protocol.Advertisement) -> None:
         previous_boot = self._boots.get(ad.node_id)

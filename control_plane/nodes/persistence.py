@@ -75,6 +75,19 @@ class NodeStateWriter:
             # A queued full advertisement stays full (its change is not written yet); it just gets newer.
             self._dirty[ad.node_id] = (now, ad if queued is not None and queued[1] is not None else None)
 
+    def seen(self, ad: Advertisement) -> None:
+        """`note` for an advertisement whose stable part equals the node's previous one (a repeat): only the
+        age of the stored last_seen_at is checked."""
+        before = self._written.get(ad.node_id)
+        if before is None:
+            self.note(ad)
+            return
+        now = self._clock()
+        if now - before[1] >= self._seen_resolution_s:
+            self._written[ad.node_id] = (before[0], now)
+            queued = self._dirty.get(ad.node_id)
+            self._dirty[ad.node_id] = (now, ad if queued is not None and queued[1] is not None else None)
+
     def forget(self, node_id: str) -> None:
         """The registry forgot the node: a later advertisement is written in full again."""
         self._written.pop(node_id, None)

@@ -203,10 +203,17 @@ class NodeRegistry:
     def observe(self, ad: Advertisement) -> Change:
         """Insert or update a node from its advertisement; the result says what became possible."""
         now = self._now()
+        node = self._nodes.get(ad.node_id)
+        if node is not None and self._repeats(node, ad, now):
+            # The same advertisement again (only its send time differs) from a live node with nothing of this
+            # replica's pending on it: only liveness moves (the full path below would change nothing else).
+            node.ad, node.last_seen = ad, now
+            node.deadline = now + max(OFFLINE_AFTER_INTERVALS * node.interval_s, MIN_OFFLINE_WINDOW_S)
+            self._arm(node)
+            return Change.NONE
         interval = ad.interval_s if math.isfinite(ad.interval_s) and ad.interval_s > 0 else _DEFAULT_INTERVAL_S
         interval = min(max(interval, _MIN_INTERVAL_S), _MAX_INTERVAL_S)
         served = self._served(ad)
-        node = self._nodes.get(ad.node_id)
         change = Change.NONE
         if node is None:
             node = _Node(ad.node_id, ad, interval, now, now, {}, ())
@@ -238,6 +245,19 @@ class NodeRegistry:
             if any(name not in before or (m.loaded and not before[name].loaded) for name, m in served.items()):
                 change |= Change.MODELS
         return change
+
+    @staticmethod
+    def _repeats(node: _Node, ad: Advertisement, now: float) -> bool:
+        """The advertisement equals the node's previous one apart from `sent_at`, and observing it fully could
+        change nothing but liveness: the node is live (not offline, not past its deadline), not marked full or
+        unreachable, no drain of ours awaits its acknowledgement, no offer or end of ours awaits an
+        advertisement (`mine`, `ended` empty), and for a node that does not list its jobs no end was counted
+        against its advertised count since."""
+        before = node.ad
+        return (not node.offline and now < node.deadline and not node.full and not node.unreachable
+                and not node.drain_requested and not node.mine and not node.ended
+                and (ad.running is not None or node.anon == max(ad.active_jobs, 0))
+                and msgspec.structs.replace(ad, sent_at=before.sent_at) == before)
 
     def expire(self) -> list[str]:
         """Mark nodes silent for 3 of their intervals offline and return them (every node marked since the

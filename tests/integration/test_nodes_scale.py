@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import nats
 
 import protocol
 from control_plane.accounts.service import ensure_account
+from control_plane.nodes.revocation import revoke_everywhere
 from control_plane.nodes.service import NodeRegistrations, register_node
 from protocol import subjects
 from tests.fixtures.waiting import wait_until
@@ -128,5 +130,63 @@ async def test_node_rows_are_written_only_when_the_advertisement_changes(stack):
         await wait_until(has_m2, timeout=30, message="the changed advertisement was never stored")
         assert writer.rows_written == written + 1
         assert "token" not in await stored()
+    finally:
+        await nc.close()
+
+
+async def test_a_repeated_advertisement_refreshes_the_node_and_a_changed_one_is_seen_in_full(stack):
+    db, registry, handler = stack.runtime.db, stack.runtime.registry, stack.runtime.heartbeats
+    node = await register_node(db, "repeater", models=("*",), max_slots=2)
+    capped = await register_node(db, "capped", models=("*",), max_slots=1)
+    nc = await nats.connect(stack.nats_url)
+
+    async def advertise(who, sent_at: float, **kw) -> None:
+        ad = advert(who, **kw)
+        await nc.publish(subjects.node_advertise(who.node_id), protocol.encode(
+            msgspec.structs.replace(ad, sent_at=sent_at)))
+        await nc.flush()
+
+    try:
+        await advertise(node, 1.0)
+        await wait_until(lambda: registry.get(node.node_id), timeout=30, message="first advertisement never seen")
+        repeats, seen = handler.repeats, registry.get(node.node_id).last_seen
+        await advertise(node, 2.0)  # the same again, sent later: liveness moves, nothing else
+        await wait_until(lambda: registry.get(node.node_id).last_seen > seen, timeout=30,
+                         message="a repeated advertisement did not refresh the node")
+        assert handler.repeats == repeats + 1
+        assert registry.get(node.node_id).state == "online"
+
+        await advertise(node, 3.0, models=("m1", "m2"))  # a model appeared: seen, placed, stored
+        await wait_until(lambda: "m2" in registry.get(node.node_id).models, timeout=30,
+                         message="a changed advertisement was not seen")
+        assert handler.repeats == repeats + 1
+        assert [n for _, n in registry.ranked("m2", 5)] == [node.node_id]
+
+        async def stored_m2():
+            rows = [r for r in await db.fetchall("list_nodes") if r["id"] == node.node_id]
+            ad = rows[0]["last_advertisement"] if rows else None
+            return ad is not None and [m["name"] for m in ad["models"]] == ["m1", "m2"]
+        await wait_until(stored_m2, timeout=30, message="the changed advertisement was never stored")
+
+        # A node whose advertisement the registration bounds (2 slots claimed, 1 allowed) is checked every time.
+        await advertise(capped, 1.0)
+        await wait_until(lambda: registry.get(capped.node_id), timeout=30, message="capped node never seen")
+        repeats = handler.repeats
+        seen = registry.get(capped.node_id).last_seen
+        await advertise(capped, 2.0)
+        await wait_until(lambda: registry.get(capped.node_id).last_seen > seen, timeout=30,
+                         message="the capped node's second advertisement was not seen")
+        assert registry.get(capped.node_id).slots == 1 and handler.repeats == repeats
+
+        # Revoked: the same advertisement again is refused, not taken as a repeat.
+        await revoke_everywhere(stack.runtime, node.node_id)
+        assert registry.get(node.node_id).state == "offline"
+        await advertise(node, 4.0, models=("m1", "m2"))
+        await advertise(capped, 3.0)  # a later message on the same connection: the revoked one was handled
+        await wait_until(lambda: registry.get(capped.node_id).last_seen > seen, timeout=30,
+                         message="the capped node's third advertisement was not seen")
+        await wait_until(lambda: not handler._unverified and (handler._verifying is None or handler._verifying.done()),
+                         timeout=30, message="the registration lookup never finished")
+        assert registry.get(node.node_id).state == "offline" and handler.repeats == repeats
     finally:
         await nc.close()
