@@ -323,14 +323,19 @@ async def measure(stack: Stack, args: argparse.Namespace, run: int) -> dict:
         if spy is not None:
             spy.wait(timeout=60)
 
-        # GET /api/v1/nodes?limit=100, sequentially.
+        # GET /api/v1/nodes?limit=100, sequentially (the first call of a fresh process included).
+        spy = profile(stack, args, f"list-{stack.k}", None, rate=1000) if run == 0 else None
         lat = []
         for _ in range(args.list_calls):
             t = time.perf_counter()
             r = await client.get(f"{stack.url}/api/v1/nodes", params={"limit": 100}, headers=auth)
             lat.append((time.perf_counter() - t) * 1000)
             assert r.status_code == 200 and len(r.json()["nodes"]) == min(100, stack.k), r.text[:300]
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+            spy.wait(timeout=60)
         out["nodes_list_ms"] = (pct(lat, 50), pct(lat, 99))
+        out["nodes_list_slowest"] = [(round(ms, 2), i) for ms, i in sorted((ms, i) for i, ms in enumerate(lat))[-3:]]
         lat = []
         for _ in range(args.list_calls):  # the floor of an authenticated GET on the same machine, for scale
             t = time.perf_counter()
@@ -370,14 +375,20 @@ async def measure(stack: Stack, args: argparse.Namespace, run: int) -> dict:
     return out
 
 
-def profile(stack: Stack, args: argparse.Namespace, name: str, seconds: float) -> subprocess.Popen | None:
-    """py-spy on the control plane for `seconds`, as collapsed stacks (feed them to flamegraph.pl or speedscope)."""
+def profile(stack: Stack, args: argparse.Namespace, name: str, seconds: float | None,
+            rate: int = 100) -> subprocess.Popen | None:
+    """py-spy on the control plane for `seconds` (None: until sent SIGINT), `rate` samples a second, as collapsed
+    stacks (feed them to flamegraph.pl or speedscope)."""
     if not args.profile_dir:
         return None
     out = Path(args.profile_dir) / f"{name}.txt"
-    return subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "-p", str(stack.cp.pid), "-r", "100",
-                             "-d", str(max(int(seconds), 1)), "--nonblocking", "-f", "raw", "-o", str(out)],
-                            stdout=stack.logs, stderr=stack.logs)
+    duration = [] if seconds is None else ["-d", str(max(int(seconds), 1))]
+    spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "-p", str(stack.cp.pid), "-r", str(rate),
+                            *duration, "--nonblocking", "-f", "raw", "-o", str(out)],
+                           stdout=stack.logs, stderr=stack.logs)
+    if seconds is None:
+        time.sleep(1.0)  # py-spy attaches before the measured calls start
+    return spy
 
 
 def top_frames(path: Path, n: int = 14) -> list[tuple[str, float]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from control_plane.credits.usage import operator_node_stats
@@ -17,10 +16,11 @@ from control_plane.errors import BadRequest
 from control_plane.jobs.schemas import iso
 from control_plane.scheduler import capabilities
 from control_plane.nodes.schemas import NodeEntry, NodeList, NodeModel, OperatorStats
-from control_plane.scheduler.registry import NodeRegistry
+from control_plane.scheduler.registry import NodeBrief, NodeRegistry
 from control_plane.store import Database
 from control_plane.store.database import jsonb
 from control_plane.trust.service import TrustService
+from protocol.messages import Advertisement, ModelInfo
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 STATES = ("online", "draining", "offline", "quarantined")
@@ -29,6 +29,8 @@ StateFilter = Literal["online", "draining", "offline", "quarantined"]
 #: Ids examined per page at most, as a multiple of `limit`: a filter that matches few nodes returns a short
 #: (even empty) page with a cursor rather than walking the whole network in one request.
 SCAN_FACTOR = 4
+#: Nodes whose shown models are kept at most (a network larger than this rebuilds some per page).
+MAX_SHOWN = 100_000
 
 
 class NodeDirectory:
@@ -40,6 +42,8 @@ class NodeDirectory:
         self._registry = registry
         self._trust = trust
         self._clock = clock  # the registry's clock (its last_seen stamps)
+        #: node id -> (its advertised models, what the list shows of them), see _models
+        self._shown: dict[str, tuple[tuple[ModelInfo, ...], list[NodeModel]]] = {}
 
     async def page(self, *, account_id: str | None, limit: int | None = None, cursor: str | None = None,
                    model: str | None = None, state: str | None = None, is_admin: bool = False) -> NodeList:
@@ -66,8 +70,9 @@ class NodeDirectory:
         bound = min((ids[-1] for ids in sources if len(ids) == scan), default=None)
         candidates = sorted({i for ids in sources for i in ids if bound is None or i <= bound})
         picked, stopped = [], None
+        brief = self._registry.brief
         for i, node_id in enumerate(candidates):
-            view = self._registry.get(node_id)  # a snapshot per candidate: at most `scan` of them
+            view = brief(node_id)  # at most `scan` of them
             if state is None or self._state(node_id, view) == state:
                 picked.append((node_id, view))
                 if len(picked) == limit:
@@ -80,8 +85,8 @@ class NodeDirectory:
         missing = [node_id for node_id, _ in picked if node_id not in rows]
         if missing:
             rows.update({r["id"]: r for r in await self._db.fetchall("nodes_by_ids", {"ids": jsonb(missing)})})
-        now_wall, now_mono = datetime.now(timezone.utc), self._clock()
-        entries = [self._entry(node_id, view, rows.get(node_id), now_wall, now_mono) for node_id, view in picked]
+        wall_minus_mono, seen_at = time.time() - self._clock(), {}
+        entries = [self._entry(node_id, view, rows.get(node_id), wall_minus_mono, seen_at) for node_id, view in picked]
         mine = [e for e in entries if account_id is not None and (rows.get(e.id) or {}).get("operator_account_id")
                 == account_id]
         if mine:  # the caller operates some of these nodes: their figures, in a second query
@@ -103,19 +108,34 @@ class NodeDirectory:
             return "quarantined"
         return view.state
 
-    @staticmethod
-    def _entry(node_id: str, view, row: dict | None, now_wall: datetime, now_mono: float) -> NodeEntry:
+    def _entry(self, node_id: str, view: NodeBrief | None, row: dict | None, wall_minus_mono: float,
+               seen_at: dict[int, str]) -> NodeEntry:
         name = row["name"] if row else None
         if view is None:  # registered, not heard by this replica recently
             return NodeEntry(id=node_id, name=name, state="offline", engine=None, models=[], slots=0, active_jobs=0,
                              last_seen=iso(row["last_seen_at"]) if row else None, labels={})
-        last_seen = now_wall - timedelta(seconds=max(0.0, now_mono - view.last_seen))
-        return NodeEntry(
-            id=node_id, name=name, state=view.state, engine=view.engine,
-            models=[NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings,
-                              sorted(capabilities.of(m)), m.context_length) for m in view.models.values()],
-            slots=view.slots, active_jobs=view.estimated_active, last_seen=iso(last_seen), labels=dict(view.labels),
-        )
+        # Shown to the second: the nodes of a page were last heard within a few distinct seconds.
+        second = int(min(wall_minus_mono + view.last_seen, time.time()))
+        last_seen = seen_at.get(second)
+        if last_seen is None:
+            last_seen = seen_at[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        ad = view.ad
+        return NodeEntry(id=node_id, name=name, state=view.state, engine=ad.engine, models=self._models(node_id, ad),
+                         slots=view.slots, active_jobs=view.estimated_active, last_seen=last_seen,
+                         labels=dict(ad.labels))
+
+    def _models(self, node_id: str, ad: Advertisement) -> list[NodeModel]:
+        """The node's models as the list shows them, built again only when its advertised models changed (an
+        advertisement usually repeats the previous one's). Entries share the list: it is only encoded."""
+        cached = self._shown.get(node_id)
+        if cached is not None and cached[0] == ad.models:
+            return cached[1]
+        shown = [NodeModel(m.name, m.loaded, m.tokens_per_second, m.embeddings, sorted(capabilities.of(m)),
+                           m.context_length) for m in {m.name: m for m in ad.models}.values()]
+        if len(self._shown) >= MAX_SHOWN:
+            self._shown.clear()
+        self._shown[node_id] = (ad.models, shown)
+        return shown
 
     async def _add_operator_stats(self, account_id: str, entries: list[NodeEntry]) -> None:
         mine = {r["node_id"]: r for r in await operator_node_stats(self._db, account_id, [e.id for e in entries])}

@@ -87,6 +87,16 @@ class NodeView:
         return self.state == "online" and self.engine_ok
 
 
+class NodeBrief(NamedTuple):
+    """What a list of nodes shows of one node, without NodeView's copies (see NodeRegistry.brief)."""
+
+    state: NodeStatus
+    ad: Advertisement  # as accepted (bounded by the registration); never modify it
+    slots: int
+    estimated_active: int
+    last_seen: float  # on the registry's clock
+
+
 @dataclass(slots=True, eq=False)
 class _Node:
     node_id: str
@@ -467,6 +477,15 @@ class NodeRegistry:
     def get(self, node_id: str) -> NodeView | None:
         node = self._nodes.get(node_id)
         return None if node is None else self._view(node, self._now())
+
+    def brief(self, node_id: str) -> NodeBrief | None:
+        """The node's state, advertisement and figures for a list of nodes; cheaper than get()."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return None
+        state: NodeStatus = ("offline" if not node.alive(self._now()) else "draining" if node.draining
+                             else "online")
+        return NodeBrief(state, node.ad, node.slots, node.est_active, node.last_seen)
 
     def nodes(self) -> list[NodeView]:
         now = self._now()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 import msgspec
 import nats
 
@@ -155,12 +158,23 @@ async def test_a_repeated_advertisement_refreshes_the_node_and_a_changed_one_is_
                          message="a repeated advertisement did not refresh the node")
         assert handler.repeats == repeats + 1
         assert registry.get(node.node_id).state == "online"
+        key = await stack.key("lister")
 
-        await advertise(node, 3.0, models=("m1", "m2"))  # a model appeared: seen, placed, stored
+        async def listed() -> dict:
+            r = await stack.client.get("/api/v1/nodes", params={"limit": 10}, headers=stack.auth(key))
+            assert r.status_code == 200, r.text
+            return next(n for n in r.json()["nodes"] if n["id"] == node.node_id)
+        shown = await listed()
+        assert [m["id"] for m in shown["models"]] == ["m1"] and shown["state"] == "online"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown["last_seen"])
+        assert shown["last_seen"] <= datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        await advertise(node, 3.0, models=("m1", "m2"))  # a model appeared: seen, placed, listed, stored
         await wait_until(lambda: "m2" in registry.get(node.node_id).models, timeout=30,
                          message="a changed advertisement was not seen")
         assert handler.repeats == repeats + 1
         assert [n for _, n in registry.ranked("m2", 5)] == [node.node_id]
+        assert [m["id"] for m in (await listed())["models"]] == ["m1", "m2"]
 
         async def stored_m2():
             rows = [r for r in await db.fetchall("list_nodes") if r["id"] == node.node_id]
