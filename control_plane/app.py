@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -79,6 +80,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         own = runtime is None
         app.state.runtime = runtime or await Runtime.start(settings)
+        if own:
+            # What start-up built lives as long as the process: out of the collector's way, so a full collection
+            # (which stalls the event loop for every request) walks only what came later (the nodes, the jobs).
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
