@@ -6,6 +6,8 @@ user sees: the stream's text, the job's content, status and charge, the honest n
 
 from __future__ import annotations
 
+import nats
+
 from protocol import subjects
 from tests.fixtures.waiting import wait_until
 from tests.security.rogue import GENUINE_TEXT, MODEL, live_stream
@@ -27,16 +29,20 @@ async def test_acknowledgements_reflected_onto_other_subjects_change_nothing_a_u
         async def ack_seen(msg) -> None:
             acks.append(msg.data)
 
-        # The control plane's own connection sees where the acknowledgements land (a node could not).
-        watch = await stack.runtime.bus.nc.subscribe(subjects.node_assign(honest.node_id), cb=ack_seen)
-        await stack.runtime.bus.nc.flush()  # the server has the subscription before the rogue's first message
-        for stored in stored_on:
-            for target in targets:
-                await rogue.nc.publish(stored, b"{}", reply=target)
-        await rogue.nc.flush()
-        await wait_until(lambda: len(acks) >= len(stored_on), timeout=10,
-                         message="the server delivered no reflected acknowledgement (the attack did not happen)")
-        await watch.unsubscribe()
+        # A connection of its own with the control plane's identity (a node could not) sees where the
+        # acknowledgements land; flushed, so the server has the subscription before the rogue's first message.
+        watcher = await nats.connect(stack.nats_url)
+        try:
+            await watcher.subscribe(subjects.node_assign(honest.node_id), cb=ack_seen)
+            await watcher.flush()
+            for stored in stored_on:
+                for target in targets:
+                    await rogue.nc.publish(stored, b"{}", reply=target)
+            await rogue.nc.flush()
+            await wait_until(lambda: len(acks) >= len(stored_on), timeout=30,
+                             message="the server delivered no reflected acknowledgement (the attack did not happen)")
+        finally:
+            await watcher.close()
         assert all(b'"stream"' in a for a in acks)  # the server's acknowledgement, no content of the rogue's
         double.release()
         rest = [e async for e in reader.events()]
