@@ -114,12 +114,18 @@ class Sweeper:
 
     async def _check_reports(self) -> None:
         """Attempts that a live node's last two reports do not list (e.g. the replica that offered them died
-        before the offer went out) are re-placed or failed like those of a lost node."""
+        before the offer went out) are re-placed or failed like those of a lost node. So are attempts recorded on
+        a node that is offline or unknown here: a replica that dies while handing a job to a node that dies at
+        the same moment can commit the attempt after the node's loss was handled, and no later loss covers it."""
         latest = self.reports.latest
-        if not latest:
-            return
-        rows = [r for r in await self._db.fetchall("unconfirmed_processing", {"min_age": 2.0})
-                if r["node_id"] in latest]
+        processing = await self._db.fetchall("unconfirmed_processing", {"min_age": 2.0})
+        for row in processing:
+            if row["node_id"] not in latest and self._offline(row["node_id"]):
+                if self._outcome_waiting is not None and await self._outcome_waiting(
+                        row["node_id"], row["id"], row["attempt"], row.get("lease")):
+                    continue  # its outcome is stored and waits to be recorded
+                await self.lose_attempt(row, "offline")
+        rows = [r for r in processing if r["node_id"] in latest]
         current = {(r["id"], r["attempt"]) for r in rows}
         for key in [k for k in self.reports.missing_since if k not in current]:
             del self.reports.missing_since[key]  # ended normally after one missing report
@@ -129,6 +135,11 @@ class Sweeper:
                         row["node_id"], row["id"], row["attempt"], row.get("lease")):
                     continue  # it ended: its outcome is stored and waits to be recorded (e.g. JetStream re-elected)
                 await self.lose_attempt(row, "not holding the job")
+
+    def _offline(self, node_id: str) -> bool:
+        """The registry has the node offline, or does not know it (never seen since start-up, or forgotten)."""
+        brief = self._registry.brief(node_id)
+        return brief is None or brief.state == "offline"
 
     async def nodes_lost(self, node_ids: Iterable[str], *, started_before=None) -> None:
         """Re-place (or fail) the processing jobs of nodes that died or restarted."""

@@ -11,6 +11,7 @@ from control_plane.jobs.sweeper import Sweeper
 from control_plane.nodes.reports import RunningReports
 from control_plane.scheduler.registry import NodeRegistry
 from control_plane.settings import Settings
+from protocol import Advertisement, ModelInfo
 
 NODE = "node_a"
 ASSIGNED = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -64,4 +65,38 @@ def test_an_attempt_its_node_stopped_listing_is_re_placed() -> None:
 def test_an_attempt_whose_outcome_is_stored_but_not_yet_recorded_is_left_to_the_recorder() -> None:
     db, asked = check(stored=True)
     assert asked  # the check did find it missing
+    assert db.requeued == 0 and db.row["status"] == "processing"
+
+
+def lose_on(known: str | None) -> Jobs:
+    """One report check of a processing attempt on NODE, with `known`: None (NODE never seen here), "offline"
+    (advertised once, silent since) or "online" (advertising, but not listing jobs)."""
+    async def go() -> Jobs:
+        db = Jobs()
+        clock = [0.0]
+        settings = Settings(replica_id="r1", max_attempts=3)
+        registry = NodeRegistry(now=lambda: clock[0])
+        if known is not None:
+            registry.observe(Advertisement(node_id=NODE, agent_version="0", engine="ollama", state="online",
+                                           slots=1, active_jobs=1, interval_s=1.0, boot_id="b",
+                                           models=(ModelInfo("m", loaded=True),)))
+            clock[0] = 60.0 if known == "offline" else 0.5
+        dispatcher = Dispatcher(db, None, registry, settings)  # type: ignore[arg-type]
+        sweeper = Sweeper(db, registry, dispatcher, settings)  # type: ignore[arg-type]
+        sweeper.reports = RunningReports()  # no report from NODE at all
+        await sweeper._check_reports()
+        return db
+    return asyncio.run(go())
+
+
+def test_an_attempt_on_a_node_offline_or_unknown_here_is_re_placed() -> None:
+    """A replica that died while handing a job to a node that died too can leave the attempt committed after
+    the node's loss was handled: nothing else would ever re-place it."""
+    for known in (None, "offline"):
+        db = lose_on(known)
+        assert db.requeued == 1 and db.row["status"] == "pending", known
+
+
+def test_an_attempt_on_an_online_node_that_sends_no_reports_is_left_alone() -> None:
+    db = lose_on("online")
     assert db.requeued == 0 and db.row["status"] == "processing"
