@@ -22,7 +22,7 @@ from control_plane.jobs.sweeper import Sweeper
 from control_plane.nodes.persistence import NodeStateWriter
 from control_plane.nodes.reports import RunningReports
 from control_plane.nodes.service import UNKNOWN, NodeEntry, NodeRegistrations
-from control_plane.scheduler.registry import NodeRegistry
+from control_plane.scheduler.registry import NodeRegistry, repeats
 from control_plane.store import Database, StoreError
 from control_plane.trust.claims import ModelClaims
 from protocol import subjects
@@ -125,7 +125,7 @@ class HeartbeatHandler:
             return
         plain = self._plain.get(ad.node_id)
         if (plain is not None and plain[1] is entry
-                and msgspec.structs.replace(ad, sent_at=plain[0].sent_at) == plain[0]):
+                and repeats(ad, plain[0])):
             self._plain[ad.node_id] = (ad, entry)
             self.repeats += 1
             self._repeated(ad)

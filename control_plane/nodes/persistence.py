@@ -70,10 +70,7 @@ class NodeStateWriter:
             self._written[ad.node_id] = (stable, now)
             self._dirty[ad.node_id] = (now, ad)
         elif now - before[1] >= self._seen_resolution_s:
-            self._written[ad.node_id] = (stable, now)
-            queued = self._dirty.get(ad.node_id)
-            # A queued full advertisement stays full (its change is not written yet); it just gets newer.
-            self._dirty[ad.node_id] = (now, ad if queued is not None and queued[1] is not None else None)
+            self._touch(ad, stable, now)
 
     def seen(self, ad: Advertisement) -> None:
         """`note` for an advertisement whose stable part equals the node's previous one (a repeat): only the
@@ -84,9 +81,14 @@ class NodeStateWriter:
             return
         now = self._clock()
         if now - before[1] >= self._seen_resolution_s:
-            self._written[ad.node_id] = (before[0], now)
-            queued = self._dirty.get(ad.node_id)
-            self._dirty[ad.node_id] = (now, ad if queued is not None and queued[1] is not None else None)
+            self._touch(ad, before[0], now)
+
+    def _touch(self, ad: Advertisement, stable: tuple, now: float) -> None:
+        """Queue the node's last_seen_at to be written (what the table holds of it is otherwise current)."""
+        self._written[ad.node_id] = (stable, now)
+        queued = self._dirty.get(ad.node_id)
+        # A queued full advertisement stays full (its change is not written yet); it just gets newer.
+        self._dirty[ad.node_id] = (now, ad if queued is not None and queued[1] is not None else None)
 
     def forget(self, node_id: str) -> None:
         """The registry forgot the node: a later advertisement is written in full again."""

@@ -87,6 +87,16 @@ class NodeView:
         return self.state == "online" and self.engine_ok
 
 
+def repeats(ad: Advertisement, before: Advertisement) -> bool:
+    """`ad` is `before` again: equal in everything but its send time."""
+    return msgspec.structs.replace(ad, sent_at=before.sent_at) == before
+
+
+def _deadline(now: float, interval_s: float) -> float:
+    """When a node heard at `now` that advertises every `interval_s` counts as offline if silent."""
+    return now + max(OFFLINE_AFTER_INTERVALS * interval_s, MIN_OFFLINE_WINDOW_S)
+
+
 class NodeBrief(NamedTuple):
     """What a list of nodes shows of one node, without NodeView's copies (see NodeRegistry.brief)."""
 
@@ -218,7 +228,7 @@ class NodeRegistry:
             # The same advertisement again (only its send time differs) from a live node with nothing of this
             # replica's pending on it: only liveness moves (the full path below would change nothing else).
             node.ad, node.last_seen = ad, now
-            node.deadline = now + max(OFFLINE_AFTER_INTERVALS * node.interval_s, MIN_OFFLINE_WINDOW_S)
+            node.deadline = _deadline(now, node.interval_s)
             self._arm(node)
             return Change.NONE
         interval = ad.interval_s if math.isfinite(ad.interval_s) and ad.interval_s > 0 else _DEFAULT_INTERVAL_S
@@ -238,7 +248,7 @@ class NodeRegistry:
             if node.offline:
                 node.offline, node.drain_requested = False, False
         node.ad, node.interval_s, node.last_seen = ad, interval, now
-        node.deadline = now + max(OFFLINE_AFTER_INTERVALS * interval, MIN_OFFLINE_WINDOW_S)
+        node.deadline = _deadline(now, interval)
         self._count_advertised(node, ad)
         node.full = node.unreachable = False
         if ad.state == "draining":
@@ -267,7 +277,7 @@ class NodeRegistry:
         return (not node.offline and now < node.deadline and not node.full and not node.unreachable
                 and not node.drain_requested and not node.mine and not node.ended
                 and (ad.running is not None or node.anon == max(ad.active_jobs, 0))
-                and msgspec.structs.replace(ad, sent_at=before.sent_at) == before)
+                and repeats(ad, before))
 
     def expire(self) -> list[str]:
         """Mark nodes silent for 3 of their intervals offline and return them (every node marked since the
