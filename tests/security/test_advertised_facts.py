@@ -4,6 +4,8 @@ the control plane measured itself (control_plane/trust, tested there)."""
 
 from __future__ import annotations
 
+import msgspec
+
 import protocol
 from control_plane.nodes.service import register_node
 from protocol import subjects
@@ -33,5 +35,38 @@ async def test_3_a_node_cannot_claim_more_slots_or_models_than_registered(stack,
     assert view.slots == 2  # its registration's limit, not 64
     assert set(view.models) == {MODEL}  # the model outside its registration is not counted
     # A job for the model only the impostor claimed is refused, as for a model nobody has.
+    r = await stack.submit(key, model="invented:1b")
+    assert r.status_code == 404 and r.json()["error"] == "model_not_found", r.text
+
+
+async def test_3_repeating_an_advertisement_does_not_carry_an_over_claim_past_the_registration(stack, double):
+    """Repeated advertisements take a short path: a node first advertises within its registration (so repeats
+    are accepted as they are), then escalates to 64 slots and an invented model and repeats that. Every repeat
+    is still bounded by the registration."""
+    key = await stack.key("alice")
+    registered = await register_node(stack.runtime.db, "escalator", max_slots=2, models=("llama3.2:*",))
+    rogue = await connect_as_node(stack.nats_url, registered.token, registered.node_id)
+    honest = protocol.Advertisement(
+        node_id=registered.node_id, agent_version="0", engine="ollama", state="online", slots=2, active_jobs=0,
+        interval_s=60.0, boot_id="escalator", models=(protocol.ModelInfo(MODEL, loaded=True),))
+    await rogue.publish(subjects.node_advertise(registered.node_id), protocol.encode(honest))
+    await wait_until(lambda: stack.runtime.registry.brief(registered.node_id), timeout=30,
+                     message="the node's first advertisement was never admitted")
+    for i in (1, 2):  # its first one was checked in full: these repeat it
+        await rogue.publish(subjects.node_advertise(registered.node_id), protocol.encode(
+            msgspec.structs.replace(honest, sent_at=float(i))))
+    await wait_until(lambda: stack.runtime.heartbeats.repeats >= 2, timeout=30,
+                     message="the node's repeated advertisements never took the short path")
+    escalated = msgspec.structs.replace(honest, slots=64, models=(
+        protocol.ModelInfo(MODEL, loaded=True, tokens_per_second=99_999.0),
+        protocol.ModelInfo("invented:1b", loaded=True, tokens_per_second=99_999.0)))
+    for i in range(3, 8):
+        await rogue.publish(subjects.node_advertise(registered.node_id), protocol.encode(
+            msgspec.structs.replace(escalated, sent_at=float(i))))
+    await wait_until(lambda: (b := stack.runtime.registry.brief(registered.node_id)) and b.ad.sent_at == 7.0,
+                     timeout=30, message="the escalated advertisements were never observed")
+    view = stack.runtime.registry.get(registered.node_id)
+    assert view.slots == 2  # its registration's limit, not 64
+    assert set(view.models) == {MODEL}  # the invented model is not counted
     r = await stack.submit(key, model="invented:1b")
     assert r.status_code == 404 and r.json()["error"] == "model_not_found", r.text
