@@ -6,6 +6,7 @@ import enum
 import heapq
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -38,7 +39,6 @@ SUCCESS_ALPHA = 0.2  # weight of the newest outcome in the success-rate moving a
 _DEFAULT_INTERVAL_S, _MIN_INTERVAL_S, _MAX_INTERVAL_S = 5.0, 0.1, 3600.0
 #: Speed bands one trust tier down costs a node in placement (1.1 ** 8: it must be about 2.1x faster to win).
 TIER_BANDS = 8
-_OFFLINE_CHECK, _FORGET_CHECK = 0, 1
 
 _Bucket = dict[str, None]  # node ids with one same score, in the order they got it (ties go to the first)
 
@@ -92,9 +92,9 @@ def repeats(ad: Advertisement, before: Advertisement) -> bool:
     return msgspec.structs.replace(ad, sent_at=before.sent_at) == before
 
 
-def _deadline(now: float, interval_s: float) -> float:
-    """When a node heard at `now` that advertises every `interval_s` counts as offline if silent."""
-    return now + max(OFFLINE_AFTER_INTERVALS * interval_s, MIN_OFFLINE_WINDOW_S)
+def _window(interval_s: float) -> float:
+    """How long a node that advertises every `interval_s` may be silent before it counts as offline."""
+    return max(OFFLINE_AFTER_INTERVALS * interval_s, MIN_OFFLINE_WINDOW_S)
 
 
 class NodeBrief(NamedTuple):
@@ -135,7 +135,7 @@ class _Node:
     success_rate: float = 1.0
     sig: tuple | None = None  # what the placement index holds for this node; None: not placed
     placed: list[_Bucket] = field(default_factory=list)  # the buckets holding it, one per model
-    timer_at: float | None = None
+    window: float | None = None  # the offline window whose watch queue holds it (None: in none, e.g. offline)
     contrib: Contribution = NOTHING  # what it adds to the registry's aggregates (see _account)
 
     @property
@@ -212,9 +212,14 @@ class NodeRegistry:
         self._retention_s = retention_s
         self._nodes: dict[str, _Node] = {}
         self._index: dict[str, _ModelIndex] = {}
-        self._timers: list[tuple[float, int, str]] = []
+        # Offline checks: per offline window, the live nodes in the order they were last heard, so in deadline
+        # order; hearing a node moves it to the end (O(1)) and a check reads only the nodes now due. (A heap of
+        # deadlines re-armed as nodes advertise costs about a microsecond per node per window, and those re-arms
+        # bunch up: at 10,000 nodes, 2-5 ms sweeps for seconds on end, each a stall of every request.)
+        self._watch: dict[float, OrderedDict[str, None]] = {}
+        self._forget_at: list[tuple[float, str]] = []  # (when, node id): checks of offline nodes to forget
         self._agg = RegistryAggregates()
-        self._gone: list[str] = []  # marked offline since the last expire() call
+        self._gone: dict[str, None] = {}  # marked offline for silence since the last expire(), and still offline
         self._trust: dict[str, tuple[int, bool]] = {}  # node id -> (trust tier, quarantined), from control_plane.trust
         self._measured: dict[str, dict[str, float]] = {}  # node id -> model -> tokens/sec the control plane measured
         self._claims: dict[str, dict[str, ModelInfo]] = {}  # node id -> models it claims, unverified: probes only
@@ -228,8 +233,10 @@ class NodeRegistry:
             # The same advertisement again (only its send time differs) from a live node with nothing of this
             # replica's pending on it: only liveness moves (the full path below would change nothing else).
             node.ad, node.last_seen = ad, now
-            node.deadline = _deadline(now, node.interval_s)
-            self._arm(node)
+            # A live node is in the watch queue of its window, which a repeat (same interval) leaves unchanged.
+            window = node.window
+            node.deadline = now + window
+            self._watch[window].move_to_end(ad.node_id)
             return Change.NONE
         interval = ad.interval_s if math.isfinite(ad.interval_s) and ad.interval_s > 0 else _DEFAULT_INTERVAL_S
         interval = min(max(interval, _MIN_INTERVAL_S), _MAX_INTERVAL_S)
@@ -247,14 +254,15 @@ class NodeRegistry:
             before = node.indexed
             if node.offline:
                 node.offline, node.drain_requested = False, False
+                self._gone.pop(ad.node_id, None)  # back before the sweeper heard of the loss: no loss to report
         node.ad, node.interval_s, node.last_seen = ad, interval, now
-        node.deadline = _deadline(now, interval)
+        node.deadline = now + _window(interval)
         self._count_advertised(node, ad)
         node.full = node.unreachable = False
         if ad.state == "draining":
             node.drain_requested = False  # acknowledged: from now on the advertisement says
         self._set_served(node, served)
-        self._arm(node)
+        self._heard(node)
         self._rerank(node)
         self._account(node)
         if node.accepting(now):
@@ -283,36 +291,32 @@ class NodeRegistry:
         """Mark nodes silent for 3 of their intervals offline and return them (every node marked since the
         last call, also those a read marked); forget long-offline ones."""
         self._settle(self._now())
-        gone, self._gone = self._gone, []
-        nodes = self._nodes
-        # One entry per node, and none for a node that advertised again since a read marked it.
-        return [n for n in dict.fromkeys(gone) if (node := nodes.get(n)) is not None and node.offline]
+        gone, self._gone = self._gone, {}
+        return list(gone)
 
     def _settle(self, now: float) -> None:
         """Apply the offline and forget checks that are due, so counts read now are exact (cheap when none is)."""
-        gone = self._gone
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            when, kind, node_id = heapq.heappop(timers)
-            node = self._nodes.get(node_id)
-            if node is None:
-                continue
-            if kind == _FORGET_CHECK:
-                if node.offline and node.offline_since + self._retention_s <= now:
-                    self.forget(node_id)
-                continue
-            if node.timer_at != when or node.offline:
-                continue  # superseded by an earlier check
-            node.timer_at = None
-            if node.deadline > now:
-                self._arm(node)
-                continue
-            node.offline, node.offline_since = True, now
-            self._set_served(node, {})
-            self._rerank(node)
-            self._account(node)
-            heapq.heappush(timers, (now + self._retention_s, _FORGET_CHECK, node_id))
-            gone.append(node_id)
+        nodes = self._nodes
+        for queue in self._watch.values():
+            while queue:
+                node_id = next(iter(queue))
+                node = nodes[node_id]
+                if node.deadline > now:
+                    break  # the queue is in deadline order: nothing after it is due either
+                del queue[node_id]
+                node.window = None
+                node.offline, node.offline_since = True, now
+                self._set_served(node, {})
+                self._rerank(node)
+                self._account(node)
+                heapq.heappush(self._forget_at, (now + self._retention_s, node_id))
+                self._gone[node_id] = None
+        forget_at = self._forget_at
+        while forget_at and forget_at[0][0] <= now:
+            _, node_id = heapq.heappop(forget_at)
+            node = nodes.get(node_id)
+            if node is not None and node.offline and node.offline_since + self._retention_s <= now:
+                self.forget(node_id)
 
     def mark_offline(self, node_id: str) -> bool:
         """The bus says the node's connection is gone: offline now, as if it had missed its heartbeats.
@@ -322,15 +326,19 @@ class NodeRegistry:
             return False
         now = self._now()
         node.offline, node.offline_since = True, now
+        self._unwatch(node)
         self._set_served(node, {})
         self._rerank(node)
-        heapq.heappush(self._timers, (now + self._retention_s, _FORGET_CHECK, node_id))
+        self._account(node)
+        heapq.heappush(self._forget_at, (now + self._retention_s, node_id))
         return True
 
     def forget(self, node_id: str) -> None:
-        """Drop a node entirely (its timer entries go stale and are skipped)."""
+        """Drop a node entirely (a forget check still queued for it finds it gone and is skipped)."""
         node = self._nodes.pop(node_id, None)
+        self._gone.pop(node_id, None)
         if node is not None:
+            self._unwatch(node)
             self._unplace(node)
             self._set_served(node, {})
             self._agg.apply(node_id, node.contrib, NOTHING)
@@ -745,11 +753,20 @@ class NodeRegistry:
             self._agg.apply(node.node_id, node.contrib, contrib)
             node.contrib = contrib
 
-    def _arm(self, node: _Node) -> None:
-        """Make sure an offline check is queued no later than the node's deadline."""
-        if node.timer_at is None or node.deadline < node.timer_at:
-            node.timer_at = node.deadline
-            heapq.heappush(self._timers, (node.deadline, _OFFLINE_CHECK, node.node_id))
+    def _heard(self, node: _Node) -> None:
+        """Queue the node's offline check: last in its window's queue (its deadline is the latest there)."""
+        window = _window(node.interval_s)
+        if node.window != window:
+            self._unwatch(node)
+            node.window = window
+            self._watch.setdefault(window, OrderedDict())[node.node_id] = None
+        else:
+            self._watch[window].move_to_end(node.node_id)
+
+    def _unwatch(self, node: _Node) -> None:
+        if node.window is not None:
+            self._watch[node.window].pop(node.node_id, None)
+            node.window = None
 
     def _view(self, node: _Node, now: float) -> NodeView:
         ad = node.ad
