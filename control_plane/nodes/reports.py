@@ -21,7 +21,14 @@ class RunningReports:
     missing_since: dict[tuple[str, int], datetime] = field(default_factory=dict)
 
     def record(self, node_id: str, received_at: datetime, running: tuple[str, ...] | None, interval_s: float) -> None:
-        if running is not None:  # agents that do not report are never judged by this
+        if running is None:  # agents that do not report are never judged by this
+            return
+        report = self.latest.get(node_id)
+        if report is not None and len(running) == len(report.running) and all(j in report.running for j in running):
+            # The same jobs as last time (at idle, always): updated in place, so a quiet node's heartbeat leaves no
+            # new object behind for the collector to walk (see HeartbeatHandler._admit).
+            report.received_at, report.interval_s = received_at, interval_s
+        else:
             self.latest[node_id] = RunningReport(received_at, frozenset(running), interval_s)
 
     def vanished(self, job_id: str, attempt: int, node_id: str, assigned_at: datetime) -> bool:

@@ -231,8 +231,9 @@ class NodeRegistry:
         node = self._nodes.get(ad.node_id)
         if node is not None and self._repeats(node, ad, now):
             # The same advertisement again (only its send time differs) from a live node with nothing of this
-            # replica's pending on it: only liveness moves (the full path below would change nothing else).
-            node.ad, node.last_seen = ad, now
+            # replica's pending on it: only liveness moves (the full path below would change nothing else). The
+            # node keeps its equal earlier advertisement object, so this one is freed once handled.
+            node.last_seen = now
             # A live node is in the watch queue of its window, which a repeat (same interval) leaves unchanged.
             window = node.window
             node.deadline = now + window
