@@ -241,6 +241,9 @@ async def test_a_node_restarted_mid_job_gets_its_job_placed_again(cluster):
         job_id = await submit(client, key, model="qwen2.5:7b")
         job = await wait_job(client, key, job_id, statuses=("processing",))
         assert job["node_id"] == node_id_of(token) and job["attempt"] == 1
+        # "processing" is stored before the node answers the offer; only once it accepted is the job running there
+        # (killed earlier, the offer just bounces and attempt 1 runs on the restarted node, as it should).
+        await cp.wait_for_log_async(rf'"job_id": "{job_id}".*"event": "job_assigned"', timeout=60, from_start=True)
         node.kill()
         cluster.start_node(token, fast, name="node-after", interval=5.0)  # same node, new process, new boot_id
         await cp.wait_for_log_async(r"node_restarted", timeout=60)
