@@ -159,10 +159,26 @@ async def _serve(settings: NodeSettings, node_id: str) -> None:
     from node_agent.agent import NodeAgent
     from node_agent.engines.registry import engine_for
 
+    import structlog
+
     agent = NodeAgent(settings, engine_for(settings), node_id=node_id)
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(agent.drain()))
-    loop.add_signal_handler(signal.SIGINT, agent.stop)
+    log = structlog.get_logger("node_agent.cli")
+    draining: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    def on_sigterm() -> None:
+        # Logged here, before anything else runs, so a stop that never completes shows whether the signal arrived.
+        log.info("signal_received", signal="SIGTERM", node_id=node_id, action="draining, then stopping")
+        task = asyncio.ensure_future(agent.drain())
+        draining.add(task)
+        task.add_done_callback(draining.discard)
+
+    def on_sigint() -> None:
+        log.info("signal_received", signal="SIGINT", node_id=node_id, action="stopping")
+        agent.stop()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
     await agent.run()
 
 
