@@ -216,7 +216,7 @@ class NodeRegistry:
         # order; hearing a node moves it to the end (O(1)) and a check reads only the nodes now due. (A heap of
         # deadlines re-armed as nodes advertise costs about a microsecond per node per window, and those re-arms
         # bunch up: at 10,000 nodes, 2-5 ms sweeps for seconds on end, each a stall of every request.)
-        self._watch: dict[float, OrderedDict[str, None]] = {}
+        self._watch: dict[float, OrderedDict[str, None]] = {}  # never an empty queue: at most one per live node
         self._forget_at: list[tuple[float, str]] = []  # (when, node id): checks of offline nodes to forget
         self._agg = RegistryAggregates()
         self._gone: dict[str, None] = {}  # marked offline for silence since the last expire(), and still offline
@@ -298,14 +298,13 @@ class NodeRegistry:
     def _settle(self, now: float) -> None:
         """Apply the offline and forget checks that are due, so counts read now are exact (cheap when none is)."""
         nodes = self._nodes
-        for queue in self._watch.values():
+        for queue in list(self._watch.values()):  # _unwatch drops a queue it empties
             while queue:
-                node_id = next(iter(queue))
-                node = nodes[node_id]
+                node = nodes[next(iter(queue))]
                 if node.deadline > now:
                     break  # the queue is in deadline order: nothing after it is due either
-                del queue[node_id]
-                node.window = None
+                self._unwatch(node)
+                node_id = node.node_id
                 node.offline, node.offline_since = True, now
                 self._set_served(node, {})
                 self._rerank(node)
@@ -766,7 +765,12 @@ class NodeRegistry:
 
     def _unwatch(self, node: _Node) -> None:
         if node.window is not None:
-            self._watch[node.window].pop(node.node_id, None)
+            queue = self._watch[node.window]
+            queue.pop(node.node_id, None)
+            if not queue:
+                # A node may advertise any interval: queues of windows nobody uses any more must not pile up
+                # (each check reads every queue).
+                del self._watch[node.window]
             node.window = None
 
     def _view(self, node: _Node, now: float) -> NodeView:

@@ -74,3 +74,30 @@ async def test_3_repeating_an_advertisement_does_not_carry_an_over_claim_past_th
     assert set(view.models) == {MODEL}  # the invented model is not counted
     r = await stack.submit(key, model="invented:1b")
     assert r.status_code == 404 and r.json()["error"] == "model_not_found", r.text
+
+
+async def test_3_a_node_changing_its_interval_every_advertisement_leaves_nothing_behind(stack, double):
+    """Every distinct interval is its own offline window in the registry; a node that advertises a new one each
+    time (here 300) must not leave a trail of them for every liveness check to read, and serving goes on."""
+    double.stall_after = None
+    key = await stack.key("alice")
+    await stack.add_node(double.url, name="honest", slots=2)
+    await stack.wait_nodes_serving(MODEL)
+    registered = await register_node(stack.runtime.db, "wobbler", max_slots=2, models=("llama3.2:*",))
+    rogue = await connect_as_node(stack.nats_url, registered.token, registered.node_id)
+    ad = protocol.Advertisement(
+        node_id=registered.node_id, agent_version="0", engine="ollama", state="online", slots=2, active_jobs=0,
+        boot_id="wobbler", models=(protocol.ModelInfo(MODEL, loaded=True),))
+    for i in range(300):
+        await rogue.publish(subjects.node_advertise(registered.node_id), protocol.encode(
+            msgspec.structs.replace(ad, interval_s=2.0 + i / 100, sent_at=float(i))))
+    await wait_until(lambda: (v := stack.runtime.registry.get(registered.node_id)) and v.interval_s == 4.99,
+                     timeout=30, message="the node's advertisements were never all observed")
+    registry = stack.runtime.registry
+    # One window per interval in use: the honest node's and the wobbler's latest, none of the 299 before.
+    assert len(registry._watch) == 2 and all(registry._watch.values()), list(registry._watch)
+    assert registry.online_count() == 2
+    r = await stack.submit(key, model=MODEL)
+    assert r.status_code == 200, r.text
+    job = await stack.wait_job(key, r.json()["id"])
+    assert job["status"] == "completed", job

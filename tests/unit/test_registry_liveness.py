@@ -94,3 +94,4 @@ def check(ops) -> None:
             assert brief is not None, node
             assert (brief.state == "offline") == offline(node), (node, clock.t, model[node])
         assert online == sum(not offline(n) for n in model)
+        assert all(reg._watch.values())  # no queue of a window nobody uses is left to read on every check
