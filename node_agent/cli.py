@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
 import signal
@@ -152,6 +153,9 @@ def start(config_path: Path | None, **flags: Any) -> None:
               "copy it exactly as 'nodes register' printed it.")
     from node_agent import loop
 
+    # `kill -USR1 <pid>` prints every thread's stack to the log, even when the event loop is stuck: what an
+    # operator (or a test) needs to see when a node does not stop or does not answer.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     loop.run(_serve(settings, node_id))
 
 

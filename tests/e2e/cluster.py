@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class Cluster:
             [PY, "-m", "node_agent.cli", "start"],
             env={**self.env(INFERNET_NODE_TOKEN=token, OLLAMA_HOST=engine_url, INFERNET_MAX_CONCURRENCY=slots,
                             INFERNET_ADVERTISE_INTERVAL_S=interval, **env), **NODE_DROPS},
-            name=name,
+            name=name, stack_signal=signal.SIGUSR1,
         )
         proc.wait_for_log(r"node_started", timeout=60)
         return proc

@@ -162,7 +162,8 @@ async def test_start_status_and_sigterm_drain(stack, processes, tmp_path: Path):
     assert code == 0, out
     env = {**CLEAN_ENV, "INFERNET_METRICS_PORT": str(metrics_port), "INFERNET_LOG_FORMAT": "json"}
     node = processes.start([*NODE, "start", "--config", str(config), "--advertise-interval", "0.3",
-                            "--deny-model", "qwen*"], env=env, name="infernet-node")
+                            "--deny-model", "qwen*"], env=env, name="infernet-node",
+                            stack_signal=signal.SIGUSR1)
     await node.wait_for_log_async(r'"event": "node_started"', timeout=60)
     await stack.wait_nodes_serving("llama3.2:1b")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -306,3 +307,19 @@ def test_wait_for_port_and_teardown_kills_everything(tmp_path):
     server.wait_for_port(port, timeout=30)
     procs.close()
     assert server.returncode == -9 and not port_open(port)
+
+
+async def test_a_process_that_does_not_exit_shows_where_it_is_stuck(processes):
+    """The failure of an exit wait is written at the deadline, with the stack of each of the process's threads."""
+    proc = processes.start(_script("""
+        import faulthandler, signal, time
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        def stuck_here():
+            print("up", flush=True)
+            time.sleep(600)
+        stuck_here()
+    """), name="stuck", stack_signal=signal.SIGUSR1)
+    await proc.wait_for_log_async("^up$", timeout=30)
+    with pytest.raises(AssertionError, match=r"(?s)stuck still running.*line \d+ in stuck_here"):
+        await proc.wait_exit_async(timeout=1)
+    assert proc.running  # asked for its stacks, not stopped
