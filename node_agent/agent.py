@@ -55,6 +55,8 @@ ADVERTISEMENT_REQUEST_JITTER_S = 0.25
 OUTCOME_FLUSH_S = 30.0
 #: On stop, how long draining the NATS connection (unsubscribe, flush) may take before it is closed outright.
 NATS_CLOSE_S = 10.0
+#: A drain past its grace stops the running jobs, then waits this long for them to end before stopping anyway.
+JOB_STOP_S = 10.0
 
 
 def reconnect_backoff(servers, server_info) -> tuple:
@@ -207,8 +209,12 @@ class NodeAgent:
         except asyncio.TimeoutError:
             self._log.warning("drain_grace_expired", running=len(self.jobs), detail="stopping remaining jobs")
             self.slots.stop_all("node_shutdown")
-            await asyncio.wait_for(self.slots.idle.wait(), timeout=10)
-        self.stop()
+            try:
+                await asyncio.wait_for(self.slots.idle.wait(), timeout=JOB_STOP_S)
+            except asyncio.TimeoutError:  # a job that ignores its stop must not keep the node up: stop says which
+                self._log.warning("jobs_not_stopping", jobs=sorted(self.jobs), detail="stopping the node anyway")
+        finally:
+            self.stop()  # whatever happened above, a drain ends in a stop
 
     async def _on_drain(self, msg) -> None:
         """Only a Drain for this node drains it. Permissions let only control planes publish here, but a node can
