@@ -18,6 +18,8 @@ from node_agent.settings import NodeSettings, SettingsError
 from protocol.identity import node_id_from_token
 
 _ENGINES = ("ollama", "openai", "llamacpp")
+#: After the agent has stopped, the process exits within this many seconds or prints its stacks and exits 1.
+EXIT_WATCHDOG_S = 30.0
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -184,6 +186,10 @@ async def _serve(settings: NodeSettings, node_id: str) -> None:
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     await agent.run()
+    # The agent has stopped; what is left is the event loop's teardown (leftover tasks cancelled, executor threads
+    # joined) and the interpreter's exit, seconds at most. Should that hang, print every thread's stack and exit
+    # non-zero rather than leave a stopped node's process running.
+    faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
 
 
 @main.command()
