@@ -31,6 +31,7 @@ from node_agent.runner import JobRunner
 from node_agent.settings import NodeSettings
 from node_agent.slots import RunningJob, SlotTable
 from node_agent.status_http import StatusServer
+from node_agent.tasks import cancel_and_wait
 from protocol import subjects
 
 log = structlog.get_logger("node_agent")
@@ -135,8 +136,7 @@ class NodeAgent:
         try:
             await self._stop.wait()
         finally:
-            advertiser.cancel()
-            await asyncio.gather(advertiser, return_exceptions=True)
+            await cancel_and_wait(advertiser)
             await self._shutdown()
 
     def stop(self) -> None:
@@ -187,8 +187,7 @@ class NodeAgent:
         finally:
             stopping.cancel()
             if not connecting.done():
-                connecting.cancel()
-                await asyncio.gather(connecting, return_exceptions=True)
+                await cancel_and_wait(connecting)
         return connecting.result() if not connecting.cancelled() else None
 
     async def _close_side_services(self) -> None:
@@ -299,9 +298,12 @@ class NodeAgent:
     async def refresh_engine(self) -> None:
         """Ask the engine what it has; on failure advertise no models until it answers again."""
         try:
-            health = await asyncio.wait_for(self.engine.health(), timeout=5)
-            models = list(await asyncio.wait_for(self.engine.list_models(), timeout=5)) if health.ok else []
-        except (EngineError, asyncio.TimeoutError) as exc:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation (see tasks.py)
+            async with asyncio.timeout(5):
+                health = await self.engine.health()
+            async with asyncio.timeout(5):
+                models = list(await self.engine.list_models()) if health.ok else []
+        except (EngineError, TimeoutError) as exc:
             health, models = None, []
             detail = str(exc) or type(exc).__name__
         else:

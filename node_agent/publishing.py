@@ -13,6 +13,7 @@ import msgspec
 import structlog
 
 import protocol
+from node_agent.tasks import cancel_and_wait
 from protocol import subjects
 
 log = structlog.get_logger("node_agent")
@@ -67,8 +68,7 @@ class Publisher:
 
     async def close(self) -> None:
         if self._resender is not None:
-            self._resender.cancel()
-            await asyncio.gather(self._resender, return_exceptions=True)
+            await cancel_and_wait(self._resender)
 
     async def chunk(self, chunk: protocol.TokenChunk) -> None:
         subject, data = subjects.node_job_tokens(self.node_id, chunk.job_id), protocol.encode(chunk)

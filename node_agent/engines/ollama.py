@@ -210,7 +210,8 @@ class OllamaEngine:
             return self._shown[key]
         try:
             # Bounded: a slow /api/show must not hold up the listing (and so the advertisement).
-            shown = await asyncio.wait_for(self._client.show(model), timeout=_SHOW_TIMEOUT_S)
+            async with asyncio.timeout(_SHOW_TIMEOUT_S):  # not wait_for, which can swallow a cancellation on 3.11
+                shown = await self._client.show(model)
         except (*_DRIVER_ERRORS, TimeoutError):
             return None  # asked again next time
         reported = getattr(shown, "capabilities", None)

@@ -215,3 +215,31 @@ async def test_a_drain_stops_the_node_even_when_a_job_does_not_stop(stack, doubl
     finally:
         double.release()
     await asyncio.wait_for(asyncio.shield(node.task), timeout=60)
+
+
+async def test_a_node_stops_even_when_its_engine_check_swallows_the_cancellation(stack, double):
+    """A stop cancels the advertising loop; if the cancellation is lost inside the engine check (Python 3.11's
+    wait_for loses one that lands with the result; a library may catch it), the loop runs on. The stop repeats the
+    cancellation until the loop has ended, so the node still stops. Once-cancelled, this hung for good."""
+    engine = create_engine("ollama", double.url)
+    real_health = engine.health
+    entered, swallowed = asyncio.Event(), asyncio.Event()
+    hold = False
+
+    async def health():
+        if hold and not swallowed.is_set():
+            entered.set()
+            try:
+                await asyncio.Event().wait()  # until cancelled
+            except asyncio.CancelledError:
+                swallowed.set()  # the misbehaviour under test: the cancellation is dropped
+        return await real_health()
+
+    engine.health = health
+    node = await start_agent(stack, engine)
+    await stack.wait_nodes_serving("llama3.2:3b")
+    hold = True
+    await asyncio.wait_for(entered.wait(), timeout=30)
+    node.agent.stop()
+    await asyncio.wait_for(asyncio.shield(node.task), timeout=60)
+    assert swallowed.is_set() and node.agent.nc.is_closed
