@@ -172,9 +172,13 @@ class Runtime:
         return time.monotonic()
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Cancelled again every second until all have ended: a cancellation can be lost (Python 3.11's wait_for,
+        # a library catching it), and a loop that lost it runs on; one cancel and an unbounded wait never return.
+        while pending := [task for task in self.tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
+        await asyncio.gather(*self.tasks, return_exceptions=True)  # (all ended) retrieves their outcomes
         if self.relay is not None:
             await self.relay.stop()
         await self.dispatcher.close()

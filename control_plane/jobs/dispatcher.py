@@ -233,9 +233,10 @@ class Dispatcher:
     async def run(self) -> None:
         """Place queued jobs whenever woken; never returns until cancelled."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.sweep_interval_s)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout: on Python 3.11 wait_for drops a cancellation that lands with a wake-up
+                async with asyncio.timeout(self._settings.sweep_interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
