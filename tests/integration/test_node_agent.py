@@ -41,6 +41,17 @@ async def start_agent(stack: Stack, engine, *, name: str = "node", gpu_probe: Gp
     return node
 
 
+async def agent_with_a_held_job(stack: Stack, double) -> RunningNode:
+    """A node agent running one job, which its engine holds after 2 tokens until `double.release()`."""
+    double.stall_after = 2
+    node = await start_agent(stack, create_engine("ollama", double.url))
+    key = await stack.key()
+    await stack.wait_nodes_serving("llama3.2:3b")
+    assert (await stack.submit(key, model="llama3.2:3b")).status_code == 200
+    await double.wait_for(lambda: double.active_streams == 1)
+    return node
+
+
 async def next_advertisement(nats_url: str, node_id: str, predicate=lambda ad: True) -> protocol.Advertisement:
     nc = await nats.connect(nats_url)
     found: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -159,14 +170,9 @@ async def test_a_node_stopped_while_nats_is_down_leaves_nothing_running(stack, n
     outcome a bounded time, then closes its connection: no task keeps retrying and no reconnect loop outlives
     it (an operator's restart must not leave a half-stopped agent behind)."""
     monkeypatch.setattr(node_agent.agent, "OUTCOME_FLUSH_S", 2.0)
-    double.stall_after = 2
-    node = await start_agent(stack, create_engine("ollama", double.url))
+    node = await agent_with_a_held_job(stack, double)
     agent = node.agent
-    key = await stack.key()
-    await stack.wait_nodes_serving("llama3.2:3b")
-    assert (await stack.submit(key, model="llama3.2:3b")).status_code == 200
     try:
-        await double.wait_for(lambda: double.active_streams == 1)
         await asyncio.to_thread(nats_server.stop)
         double.release()
         await wait_until(lambda: not agent.jobs and agent.assignments.pending == 1, timeout=30,
@@ -182,14 +188,9 @@ async def test_a_node_stopped_while_nats_is_down_leaves_nothing_running(stack, n
 async def test_a_drain_past_its_grace_stops_the_running_job_then_the_node(stack, double):
     """SIGTERM's drain gives running jobs a grace period; a job still running after it is stopped (failed as
     node_shutdown, for the control plane to place again) and the node stops."""
-    double.stall_after = 2
-    node = await start_agent(stack, create_engine("ollama", double.url))
+    node = await agent_with_a_held_job(stack, double)
     agent = node.agent
-    key = await stack.key()
-    await stack.wait_nodes_serving("llama3.2:3b")
-    assert (await stack.submit(key, model="llama3.2:3b")).status_code == 200
     try:
-        await double.wait_for(lambda: double.active_streams == 1)
         await asyncio.wait_for(agent.drain(grace_s=0.2), timeout=60)
         await asyncio.wait_for(asyncio.shield(node.task), timeout=60)
         assert agent.outcomes == {"failed": 1} and not agent.jobs
@@ -201,14 +202,9 @@ async def test_a_drain_stops_the_node_even_when_a_job_does_not_stop(stack, doubl
     """A job that ignores its stop (stop_all replaced by a no-op stands in for one) must not keep a drained node
     up forever: the drain gives it JOB_STOP_S, says which job it was, and stops the node."""
     monkeypatch.setattr(node_agent.agent, "JOB_STOP_S", 0.2)
-    double.stall_after = 2
-    node = await start_agent(stack, create_engine("ollama", double.url))
+    node = await agent_with_a_held_job(stack, double)
     agent = node.agent
-    key = await stack.key()
-    await stack.wait_nodes_serving("llama3.2:3b")
-    assert (await stack.submit(key, model="llama3.2:3b")).status_code == 200
     try:
-        await double.wait_for(lambda: double.active_streams == 1)
         monkeypatch.setattr(agent.slots, "stop_all", lambda reason: None)
         await asyncio.wait_for(agent.drain(grace_s=0.2), timeout=60)
         assert agent._stop.is_set(), "the drain ended without stopping the node"
